@@ -1,0 +1,160 @@
+//! The rule language: parse → type-check → compile → evaluate.
+//!
+//! Rules are small CEL-like expressions (`customer.age >= 18 && customer.segment in
+//! ["gold", "platinum"]`). They are parsed with a pest grammar, checked against the
+//! [`Schema`] once at load time (every error collected, each with its span), and compiled
+//! to a tree of nodes specialised by run-time kind, with attribute names resolved to slots
+//! and constants folded. Evaluating a compiled rule takes no lock, does no I/O, allocates
+//! nothing and never panics; a missing value is `None` and propagates (see docs/rules.md).
+//!
+//! This module knows nothing of YAML or files: spans are byte offsets in the expression,
+//! and `catalog/` maps them to `file:line:col`.
+
+mod ast;
+mod check;
+mod compile;
+mod error;
+mod ir;
+mod parse;
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod tests;
+
+pub use ast::{Expr, Span};
+pub use error::{ExprError, did_you_mean};
+pub use ir::{FUNCTIONS, Ty};
+pub use parse::parse;
+
+use crate::schema::{Schema, Value};
+
+static MISSING: Value = Value::Missing;
+
+/// What a compiled expression reads: the slots of each entity, and the time.
+#[derive(Debug, Clone, Copy)]
+pub struct Env<'a> {
+    // Indexed by `Entity as usize`: customer, context, offer.
+    entities: [&'a [Value]; 3],
+    /// Now, in milliseconds since the Unix epoch.
+    pub now: i64,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(
+        customer: &'a [Value],
+        context: &'a [Value],
+        offer: &'a [Value],
+        now: i64,
+    ) -> Env<'a> {
+        Env {
+            entities: [customer, context, offer],
+            now,
+        }
+    }
+
+    /// The value in a slot; a slot beyond the record reads as missing.
+    #[inline]
+    fn get(&self, entity: usize, slot: u32) -> &'a Value {
+        self.entities
+            .get(entity)
+            .and_then(|values| values.get(slot as usize))
+            .unwrap_or(&MISSING)
+    }
+}
+
+/// A compiled boolean rule (eligibility).
+#[derive(Debug, Clone)]
+pub struct Predicate {
+    root: compile::B,
+}
+
+impl Predicate {
+    /// Parses, checks and compiles `src`; `what` names the rule in messages ("eligibility").
+    pub fn compile(src: &str, schema: &Schema, what: &str) -> Result<Predicate, Vec<ExprError>> {
+        let expr = parse(src).map_err(|e| vec![e])?;
+        let (ir, ty) = check::check(&expr, schema, false)?;
+        if ty != Ty::Bool {
+            return Err(vec![ExprError::WrongResult {
+                span: expr.span,
+                what: what.to_string(),
+                expected: "bool".to_string(),
+                found: ty.to_string(),
+            }]);
+        }
+        Ok(Predicate {
+            root: compile::compile_bool(&ir),
+        })
+    }
+
+    /// A rule that always holds.
+    pub fn always() -> Predicate {
+        Predicate {
+            root: compile::B::Const(Some(true)),
+        }
+    }
+
+    /// `Some(true)` or `Some(false)`, or `None` when a missing value left it undecided.
+    #[inline]
+    pub fn eval(&self, env: &Env<'_>) -> Option<bool> {
+        self.root.eval(env)
+    }
+
+    /// Whether the rule definitely holds: a rule that is undecided does not match.
+    #[inline]
+    pub fn matches(&self, env: &Env<'_>) -> bool {
+        self.root.eval(env) == Some(true)
+    }
+}
+
+/// A compiled numeric expression (propensity, value, weight, score formulas).
+#[derive(Debug, Clone)]
+pub struct Formula {
+    root: compile::F,
+}
+
+impl Formula {
+    /// Parses, checks and compiles `src`. `allow_offer` admits the `offer.*` score variables.
+    pub fn compile(
+        src: &str,
+        schema: &Schema,
+        what: &str,
+        allow_offer: bool,
+    ) -> Result<Formula, Vec<ExprError>> {
+        let expr = parse(src).map_err(|e| vec![e])?;
+        let (ir, ty) = check::check(&expr, schema, allow_offer)?;
+        let ir = match ty {
+            Ty::Float => ir,
+            Ty::Int => ir::Ir::IntToFloat(Box::new(ir)),
+            other => {
+                return Err(vec![ExprError::WrongResult {
+                    span: expr.span,
+                    what: what.to_string(),
+                    expected: "float".to_string(),
+                    found: other.to_string(),
+                }]);
+            }
+        };
+        Ok(Formula {
+            root: compile::compile_float(&ir),
+        })
+    }
+
+    pub fn constant(x: f64) -> Formula {
+        Formula {
+            root: compile::F::Const(x.is_finite().then_some(x)),
+        }
+    }
+
+    /// The constant this formula always yields, if it reads nothing.
+    pub fn as_constant(&self) -> Option<f64> {
+        match self.root {
+            compile::F::Const(x) => x,
+            _ => None,
+        }
+    }
+
+    #[inline]
+    pub fn eval(&self, env: &Env<'_>) -> Option<f64> {
+        self.root.eval(env)
+    }
+}

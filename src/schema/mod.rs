@@ -1,0 +1,290 @@
+//! The typed attribute schema shared by the catalog, the rule language and customer state.
+//!
+//! A schema names the attributes of two entities, the customer (profile attributes pushed
+//! by upstream systems) and the request context (channel, device, intent, ...), and gives
+//! each a type, an optional default and a description. Attribute names become slot indices
+//! here, once, so that rules and state address values by position and never hash a name on
+//! the hot path.
+//!
+//! This module does not parse YAML (that is `catalog/`'s job) and does not store customers
+//! (that is `state/`'s job); it only describes and holds typed values.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Which entity an attribute belongs to. The rule language spells them `customer.x`,
+/// `context.x`, and (in score formulas only) `offer.x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Entity {
+    Customer = 0,
+    Context = 1,
+    Offer = 2,
+}
+
+impl Entity {
+    pub const ALL: [Entity; 3] = [Entity::Customer, Entity::Context, Entity::Offer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Customer => "customer",
+            Entity::Context => "context",
+            Entity::Offer => "offer",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Entity> {
+        Entity::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+/// The type of a schema attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrType {
+    Bool,
+    Int,
+    Float,
+    String,
+    /// A closed set of strings; values are stored as the index of the variant.
+    Enum(EnumDef),
+    /// A set of strings (products held, tags); stored sorted and deduplicated.
+    Set,
+    /// A point in time, stored as milliseconds since the Unix epoch (UTC).
+    Timestamp,
+}
+
+impl AttrType {
+    /// The name used in `schema.yaml` and in messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttrType::Bool => "bool",
+            AttrType::Int => "int",
+            AttrType::Float => "float",
+            AttrType::String => "string",
+            AttrType::Enum(_) => "enum",
+            AttrType::Set => "set",
+            AttrType::Timestamp => "timestamp",
+        }
+    }
+}
+
+/// The variants of one enum attribute, in declaration order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnumDef {
+    pub variants: Arc<[Box<str>]>,
+}
+
+impl EnumDef {
+    pub fn new(variants: impl IntoIterator<Item = impl Into<Box<str>>>) -> EnumDef {
+        EnumDef {
+            variants: variants.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<u32> {
+        self.variants
+            .iter()
+            .position(|v| &**v == name)
+            .map(|i| i as u32)
+    }
+}
+
+/// A typed value of an attribute. `Missing` is an attribute that was never set.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Value {
+    #[default]
+    Missing,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Box<str>),
+    /// The index of the variant in the attribute's [`EnumDef`].
+    Enum(u32),
+    /// INVARIANT: sorted and deduplicated; built by [`Value::set`].
+    Set(Box<[Box<str>]>),
+    /// Milliseconds since the Unix epoch.
+    Timestamp(i64),
+}
+
+impl Value {
+    /// A set value, sorted and deduplicated so membership is a binary search.
+    pub fn set(items: impl IntoIterator<Item = impl Into<Box<str>>>) -> Value {
+        let mut v: Vec<Box<str>> = items.into_iter().map(Into::into).collect();
+        v.sort_unstable();
+        v.dedup();
+        Value::Set(v.into_boxed_slice())
+    }
+
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Value::Missing)
+    }
+
+    /// Whether this value may be stored in an attribute of type `ty`.
+    pub fn fits(&self, ty: &AttrType) -> bool {
+        match (self, ty) {
+            (Value::Missing, _) => true,
+            (Value::Bool(_), AttrType::Bool)
+            | (Value::Int(_), AttrType::Int)
+            | (Value::Str(_), AttrType::String)
+            | (Value::Set(_), AttrType::Set)
+            | (Value::Timestamp(_), AttrType::Timestamp) => true,
+            (Value::Float(f), AttrType::Float) => f.is_finite(),
+            (Value::Enum(i), AttrType::Enum(def)) => (*i as usize) < def.variants.len(),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Missing => f.write_str("missing"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Enum(i) => write!(f, "#{i}"),
+            Value::Set(items) => write!(f, "{items:?}"),
+            Value::Timestamp(ms) => write!(f, "@{ms}"),
+        }
+    }
+}
+
+/// One attribute of an entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribute {
+    pub name: String,
+    pub ty: AttrType,
+    /// Used wherever the attribute is unset; `Missing` when there is none.
+    /// INVARIANT: fits `ty` (checked by `catalog::load`).
+    pub default: Value,
+    pub description: Option<String>,
+}
+
+/// The attributes of one entity, addressed by slot (their position).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EntitySchema {
+    attrs: Vec<Attribute>,
+    // INVARIANT: maps every `attrs[i].name` to `i`; maintained by `push`.
+    index: HashMap<String, u32>,
+}
+
+impl EntitySchema {
+    /// Adds an attribute and returns its slot, or `None` if the name is taken.
+    pub fn push(&mut self, attr: Attribute) -> Option<u32> {
+        if self.index.contains_key(&attr.name) {
+            return None;
+        }
+        let slot = self.attrs.len() as u32;
+        self.index.insert(attr.name.clone(), slot);
+        self.attrs.push(attr);
+        Some(slot)
+    }
+
+    pub fn slot(&self, name: &str) -> Option<u32> {
+        self.index.get(name).copied()
+    }
+
+    pub fn get(&self, slot: u32) -> Option<&Attribute> {
+        self.attrs.get(slot as usize)
+    }
+
+    pub fn attributes(&self) -> &[Attribute] {
+        &self.attrs
+    }
+
+    pub fn len(&self) -> usize {
+        self.attrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attrs.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.attrs.iter().map(|a| a.name.as_str())
+    }
+}
+
+/// The customer and context attributes of a catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schema {
+    pub customer: EntitySchema,
+    pub context: EntitySchema,
+    /// The score variables of an offer, visible to score formulas as `offer.*`.
+    pub offer: EntitySchema,
+}
+
+/// The slots of the `offer.*` score variables, in the order of [`Schema::offer`].
+pub mod offer_slot {
+    pub const PROPENSITY: u32 = 0;
+    pub const VALUE: u32 = 1;
+    pub const WEIGHT: u32 = 2;
+    pub const CONTEXT_WEIGHT: u32 = 3;
+    pub const NAMES: [&str; 4] = ["propensity", "value", "weight", "context_weight"];
+}
+
+impl Schema {
+    pub fn new(customer: EntitySchema, context: EntitySchema) -> Schema {
+        let mut offer = EntitySchema::default();
+        for name in offer_slot::NAMES {
+            offer.push(Attribute {
+                name: name.to_string(),
+                ty: AttrType::Float,
+                default: Value::Missing,
+                description: None,
+            });
+        }
+        Schema {
+            customer,
+            context,
+            offer,
+        }
+    }
+
+    pub fn entity(&self, entity: Entity) -> &EntitySchema {
+        match entity {
+            Entity::Customer => &self.customer,
+            Entity::Context => &self.context,
+            Entity::Offer => &self.offer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_values_are_sorted_and_deduplicated() {
+        assert_eq!(
+            Value::set(["tv", "broadband", "tv"]),
+            Value::Set(vec!["broadband".into(), "tv".into()].into_boxed_slice())
+        );
+    }
+
+    #[test]
+    fn slots_follow_declaration_order_and_names_are_unique() {
+        let mut s = EntitySchema::default();
+        let attr = |name: &str| Attribute {
+            name: name.into(),
+            ty: AttrType::Int,
+            default: Value::Missing,
+            description: None,
+        };
+        assert_eq!(s.push(attr("a")), Some(0));
+        assert_eq!(s.push(attr("b")), Some(1));
+        assert_eq!(s.push(attr("a")), None);
+        assert_eq!(s.slot("b"), Some(1));
+    }
+
+    #[test]
+    fn values_fit_only_their_type() {
+        let e = AttrType::Enum(EnumDef::new(["a", "b"]));
+        assert!(Value::Enum(1).fits(&e));
+        assert!(!Value::Enum(2).fits(&e));
+        assert!(!Value::Float(f64::NAN).fits(&AttrType::Float));
+        assert!(!Value::Int(1).fits(&AttrType::Float));
+        assert!(Value::Missing.fits(&AttrType::Set));
+    }
+}
