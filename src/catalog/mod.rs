@@ -1,1 +1,296 @@
-//! stub
+//! The catalog: offers, placements and experiments, loaded from YAML, validated whole and
+//! compiled once into the immutable [`Catalog`] that deciding reads.
+//!
+//! Loading ([`Catalog::load`]) reads `schema.yaml`, `placements.yaml`, `experiments.yaml`
+//! and `offers/*.yaml`, and reports every error it finds at once, each at its file, line
+//! and column. A catalog that has any error is not built, so a bad catalog can never
+//! replace a good one. YAML types never leave this module: the rest of the crate sees
+//! only the domain types below, with every rule compiled and every reference resolved to
+//! an index.
+//!
+//! This module does not decide (that is `decide/`'s job) and does not enforce contact
+//! policies; it only models them.
+
+mod diag;
+mod load;
+
+use std::collections::BTreeMap;
+
+pub use diag::{Diagnostic, LoadErrors, Location, SourceFile};
+
+use crate::expr::{ExprError, Formula, Predicate};
+use crate::schema::Schema;
+
+/// Index of an offer in [`Catalog::offers`].
+pub type OfferIdx = usize;
+/// Index of a placement in [`Catalog::placements`].
+pub type PlacementIdx = usize;
+/// Index of an experiment in [`Catalog::experiments`].
+pub type ExperimentIdx = usize;
+
+/// A validated, compiled catalog.
+#[derive(Debug)]
+pub struct Catalog {
+    /// A short content hash of the catalog's files; every decision records it.
+    pub version: String,
+    pub schema: Schema,
+    pub offers: Vec<Offer>,
+    pub placements: Vec<Placement>,
+    pub experiments: Vec<Experiment>,
+}
+
+impl Catalog {
+    pub fn offer(&self, id: &str) -> Option<OfferIdx> {
+        self.offers.iter().position(|o| o.id == id)
+    }
+
+    pub fn placement(&self, id: &str) -> Option<PlacementIdx> {
+        self.placements.iter().position(|p| p.id == id)
+    }
+
+    pub fn experiment(&self, id: &str) -> Option<ExperimentIdx> {
+        self.experiments.iter().position(|e| e.id == id)
+    }
+}
+
+/// Something that can be shown: a product, a service action, a retention gesture.
+#[derive(Debug)]
+pub struct Offer {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// Offers of one group compete for one slot where a placement asks for it.
+    pub group: Option<String>,
+    pub tags: Vec<String>,
+    pub active: Window,
+    /// What to show, per placement the offer may appear in.
+    pub content: BTreeMap<PlacementIdx, Content>,
+    pub eligibility: Predicate,
+    /// The source of `eligibility`, for explanations.
+    pub eligibility_src: Option<String>,
+    pub propensity: Formula,
+    pub value: Formula,
+    pub weight: Formula,
+    /// A multiplier from the request context (e.g. a boost in the call-center channel).
+    pub context_weight: Formula,
+    pub contact_policy: ContactPolicy,
+}
+
+/// Content fields for one placement: `title`, `body`, `image_url`, `cta`, `agent_script`,
+/// `template_id`, or any other string the channel renders.
+pub type Content = BTreeMap<String, String>;
+
+/// When an offer may be shown: `from` inclusive, `until` exclusive, in ms since the epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub from: Option<i64>,
+    pub until: Option<i64>,
+}
+
+impl Window {
+    pub fn contains(&self, now: i64) -> bool {
+        self.from.is_none_or(|f| now >= f) && self.until.is_none_or(|u| now < u)
+    }
+}
+
+/// The contact-policy caps of an offer (enforced by deciding, modelled here).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContactPolicy {
+    /// At most `count` impressions within `within`.
+    pub max_impressions: Vec<FrequencyCap>,
+    /// After `count` rejects within `within`, suppress the offer for `suppress_for`.
+    pub suppress_after_rejects: Option<RejectSuppression>,
+    /// Never show the offer again once the customer has accepted it.
+    pub stop_after_accept: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub count: u32,
+    /// Milliseconds.
+    pub within: i64,
+    /// Count impressions in the requesting channel only, instead of across channels.
+    pub per_channel: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectSuppression {
+    pub count: u32,
+    /// Milliseconds.
+    pub within: i64,
+    /// Milliseconds.
+    pub suppress_for: i64,
+}
+
+/// Where offers go.
+#[derive(Debug)]
+pub struct Placement {
+    pub id: String,
+    pub channel: String,
+    pub description: Option<String>,
+    /// INVARIANT: at least 1 (checked by `load`).
+    pub slots: u32,
+    /// Shown when no offer qualifies. INVARIANT: has content for this placement.
+    pub fallback: Option<OfferIdx>,
+    pub one_per_group: bool,
+    pub experiment: Option<ExperimentIdx>,
+    /// Overrides the default score (propensity × context weight × value × weight).
+    pub score: Option<Formula>,
+    /// The offers that have content for this placement, in catalog order.
+    pub offers: Vec<OfferIdx>,
+}
+
+/// An epsilon-greedy test with champion/challenger arms.
+#[derive(Debug)]
+pub struct Experiment {
+    pub id: String,
+    pub description: Option<String>,
+    /// INVARIANT: within [0, 1] (checked by `load`).
+    pub epsilon: f64,
+    /// The length of the time window of the exploration draw, in milliseconds (> 0).
+    pub window: i64,
+    pub salt: String,
+    /// INVARIANT: non-empty, shares within (0, 1] summing to 1 (checked by `load`).
+    pub arms: Vec<Arm>,
+}
+
+#[derive(Debug)]
+pub struct Arm {
+    pub id: String,
+    pub share: f64,
+    /// Overrides the experiment's epsilon for this arm.
+    pub epsilon: Option<f64>,
+    /// Overrides the score formula for this arm.
+    pub score: Option<Formula>,
+}
+
+/// What can be wrong with a catalog. Messages follow the house style: lowercase, user
+/// input in backticks; the location is carried beside, in [`Diagnostic`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read `{path}`: {message}")]
+    Io { path: String, message: String },
+    #[error("invalid YAML: {message}")]
+    Yaml { message: String },
+    #[error("unknown key `{key}` in {context}")]
+    UnknownKey {
+        key: String,
+        context: String,
+        suggestion: Option<String>,
+    },
+    #[error("missing required key `{key}` in {context}")]
+    MissingKey { key: String, context: String },
+    #[error("`{key}` in {context} must be {expected}")]
+    Invalid {
+        key: String,
+        context: String,
+        expected: String,
+    },
+    #[error("duplicate {kind} `{id}` (first defined at {first})")]
+    Duplicate {
+        kind: String,
+        id: String,
+        first: String,
+    },
+    #[error("unknown {kind} `{id}` in {context}")]
+    Dangling {
+        kind: String,
+        id: String,
+        context: String,
+        suggestion: Option<String>,
+    },
+    #[error("{message}")]
+    Inconsistent { message: String },
+    #[error("{error} in {what} of {owner}")]
+    Rule {
+        what: String,
+        owner: String,
+        error: ExprError,
+    },
+}
+
+impl CatalogError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            CatalogError::UnknownKey {
+                suggestion: Some(s),
+                ..
+            }
+            | CatalogError::Dangling {
+                suggestion: Some(s),
+                ..
+            } => Some(format!("did you mean `{s}`?")),
+            CatalogError::Rule { error, .. } => error.help(),
+            _ => None,
+        }
+    }
+}
+
+/// A one-screen summary of a loaded catalog, as `nextbest check` prints it.
+pub fn summary(catalog: &Catalog, dir: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "catalog {dir} ok, version {}", catalog.version);
+    let _ = writeln!(
+        out,
+        "  {} customer attributes, {} context attributes, {} offers, {} placements, {} experiments",
+        catalog.schema.customer.len(),
+        catalog.schema.context.len(),
+        catalog.offers.len(),
+        catalog.placements.len(),
+        catalog.experiments.len()
+    );
+    let _ = writeln!(out, "  placements:");
+    for p in &catalog.placements {
+        let fallback = p.fallback.map_or("none", |i| catalog.offers[i].id.as_str());
+        let experiment = p
+            .experiment
+            .map_or("none", |i| catalog.experiments[i].id.as_str());
+        let _ = writeln!(
+            out,
+            "    {:<24} {:<12} {} slot(s), {:>2} offers, fallback {fallback}, experiment {experiment}",
+            p.id,
+            p.channel,
+            p.slots,
+            p.offers.len()
+        );
+    }
+    for e in &catalog.experiments {
+        let arms: Vec<String> = e
+            .arms
+            .iter()
+            .map(|a| format!("{} {:.0}%", a.id, a.share * 100.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  experiment {}: epsilon {}, arms {}",
+            e.id,
+            e.epsilon,
+            arms.join(", ")
+        );
+    }
+    out
+}
+
+/// The summary as JSON, for tools.
+pub fn summary_json(catalog: &Catalog) -> serde_json::Value {
+    serde_json::json!({
+        "ok": true,
+        "version": catalog.version,
+        "counts": {
+            "customer_attributes": catalog.schema.customer.len(),
+            "context_attributes": catalog.schema.context.len(),
+            "offers": catalog.offers.len(),
+            "placements": catalog.placements.len(),
+            "experiments": catalog.experiments.len(),
+        },
+        "placements": catalog.placements.iter().map(|p| serde_json::json!({
+            "id": p.id,
+            "channel": p.channel,
+            "slots": p.slots,
+            "offers": p.offers.len(),
+            "fallback": p.fallback.map(|i| catalog.offers[i].id.clone()),
+            "experiment": p.experiment.map(|i| catalog.experiments[i].id.clone()),
+        })).collect::<Vec<_>>(),
+    })
+}

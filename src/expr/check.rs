@@ -125,7 +125,7 @@ impl Checker<'_> {
                 op_span,
                 lhs,
                 rhs,
-            } => self.binary(*op, op_span, lhs, rhs, &e.span),
+            } => self.binary(*op, op_span, lhs, rhs),
             ExprKind::Cond {
                 cond,
                 then,
@@ -239,14 +239,7 @@ impl Checker<'_> {
         Some((ir, ty))
     }
 
-    fn binary(
-        &mut self,
-        op: BinaryOp,
-        op_span: &Span,
-        lhs: &Expr,
-        rhs: &Expr,
-        span: &Span,
-    ) -> Option<Typed> {
+    fn binary(&mut self, op: BinaryOp, op_span: &Span, lhs: &Expr, rhs: &Expr) -> Option<Typed> {
         if op == BinaryOp::In {
             return self.membership(lhs, rhs);
         }
@@ -277,7 +270,7 @@ impl Checker<'_> {
             | BinaryOp::Lt
             | BinaryOp::Le
             | BinaryOp::Gt
-            | BinaryOp::Ge => self.comparison(op, a, b, op_span, span, what),
+            | BinaryOp::Ge => self.comparison(op, a, b, op_span, [&lhs.span, &rhs.span], what),
             BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => {
                 self.arithmetic(op, a, b, op_span, what)
             }
@@ -291,7 +284,7 @@ impl Checker<'_> {
         a: Typed,
         b: Typed,
         op_span: &Span,
-        span: &Span,
+        spans: [&Span; 2],
         what: String,
     ) -> Option<Typed> {
         let cmp = match op {
@@ -324,7 +317,7 @@ impl Checker<'_> {
                     (b, a, true)
                 };
                 if let Some(lit) = const_str(&s.0) {
-                    let index = self.variant(&e.1, lit, span)?;
+                    let index = self.variant(&e.1, lit, spans[usize::from(!swapped)])?;
                     let k = Ir::Const(Value::Int(index.into()));
                     return if swapped {
                         done(Kind::Int, k, e.0)

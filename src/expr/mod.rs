@@ -21,7 +21,7 @@ mod reference;
 #[cfg(test)]
 mod tests;
 
-pub use ast::{Expr, Span};
+pub use ast::{Expr, ExprKind, Span};
 pub use error::{ExprError, did_you_mean};
 pub use ir::{FUNCTIONS, Ty};
 pub use parse::parse;

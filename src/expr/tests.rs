@@ -312,7 +312,7 @@ fn errors_name_the_problem_and_the_place() {
     check_err(
         "customer.segment == 'gld'",
         "`gld` is not a value of enum `customer.segment`",
-        0..25,
+        20..25,
         Some("did you mean `gold`?"),
     );
     check_err(
