@@ -113,15 +113,20 @@ impl Catalog {
         let experiments = experiments_file
             .map(|f| l.experiments(f, &ctx))
             .unwrap_or_default();
+        let before = l.diags.len();
         let placements = placements_file
             .map(|f| l.placements(f, &ctx, &experiments))
             .unwrap_or_default();
+        l.placements_complete = placements_file.is_some() && l.diags.len() == before;
         let mut offers = Vec::new();
         let mut seen = HashMap::new();
+        let before = l.diags.len();
         for f in offer_files {
             l.offers(f, &ctx, &placements, &mut offers, &mut seen);
         }
-        let placements = l.resolve_placements(placements, &offers);
+        // An offer that failed to load is not "unknown": say nothing more about it.
+        let offers_complete = l.diags.len() == before;
+        let placements = l.resolve_placements(placements, &offers, offers_complete);
 
         if !l.diags.is_empty() {
             // In file order, then by position, as a reader goes through them.
@@ -206,6 +211,9 @@ struct LoadedOffer {
 struct Loader {
     files: Vec<SourceFile>,
     diags: Vec<Diagnostic>,
+    /// Whether every placement loaded; if not, an unknown placement id may be one that
+    /// failed, and is not reported again.
+    placements_complete: bool,
 }
 
 fn is_ident(s: &str) -> bool {
@@ -343,7 +351,11 @@ impl Loader {
     }
 
     fn missing(&mut self, f: &Fields<'_>, key: &str) {
-        let loc = self.loc(f.map.span(), 1);
+        // At the mapping's first key: where the missing one would go.
+        let loc = match f.map.keys().next() {
+            Some(first) => self.scalar_loc(first),
+            None => self.loc(f.map.span(), 1),
+        };
         self.error(
             loc,
             CatalogError::MissingKey {
@@ -989,6 +1001,7 @@ impl Loader {
         &mut self,
         pending: Vec<(PendingPlacement, Option<Location>)>,
         offers: &[LoadedOffer],
+        offers_complete: bool,
     ) -> Vec<Placement> {
         let mut out = Vec::with_capacity(pending.len());
         for (idx, (p, _)) in pending.into_iter().enumerate() {
@@ -1004,6 +1017,7 @@ impl Loader {
                     Some(i) if offers[i].offer.content.contains_key(&idx) => {
                         placement.fallback = Some(i)
                     }
+                    _ if !offers_complete => {}
                     Some(_) => self.error(
                         loc,
                         CatalogError::Inconsistent {
@@ -1177,6 +1191,9 @@ impl Loader {
                 .iter()
                 .position(|(p, _)| p.placement.id == placement.as_str())
             else {
+                if !self.placements_complete {
+                    continue;
+                }
                 let loc = self.scalar_loc(placement);
                 let suggestion = did_you_mean(
                     placement,

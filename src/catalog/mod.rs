@@ -13,6 +13,8 @@
 
 mod diag;
 mod load;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 

@@ -34,13 +34,16 @@ fn boxed(ir: Ir) -> Box<Ir> {
 }
 
 /// Both operands as floats if either is a float, as ints otherwise; `None` unless numeric.
-fn promote(a: Typed, b: Typed) -> Result<(Ir, Ir, Kind, Ty), (Typed, Typed)> {
+/// Two operands brought to one numeric kind.
+type Promoted = (Ir, Ir, Kind, Ty);
+
+fn promote(a: Typed, b: Typed) -> Result<Promoted, Box<(Typed, Typed)>> {
     match (&a.1, &b.1) {
         (Ty::Int, Ty::Int) => Ok((a.0, b.0, Kind::Int, Ty::Int)),
         (x, y) if x.is_numeric() && y.is_numeric() => {
             Ok((to_float(a), to_float(b), Kind::Float, Ty::Float))
         }
-        _ => Err((a, b)),
+        _ => Err(Box::new((a, b))),
     }
 }
 
@@ -162,16 +165,19 @@ impl Checker<'_> {
         }
         match promote(a, b) {
             Ok((a, b, _, ty)) => Some((a, b, ty)),
-            Err((a, b)) => match (&a.1, &b.1) {
-                (Ty::Enum { .. } | Ty::String, Ty::Enum { .. } | Ty::String) => {
-                    let (a, b) = (enum_to_string(a), enum_to_string(b));
-                    Some((a.0, b.0, Ty::String))
+            Err(pair) => {
+                let (a, b) = *pair;
+                match (&a.1, &b.1) {
+                    (Ty::Enum { .. } | Ty::String, Ty::Enum { .. } | Ty::String) => {
+                        let (a, b) = (enum_to_string(a), enum_to_string(b));
+                        Some((a.0, b.0, Ty::String))
+                    }
+                    _ => {
+                        self.mismatch(span, what, "values of one type", types(&a.1, &b.1));
+                        None
+                    }
                 }
-                _ => {
-                    self.mismatch(span, what, "values of one type", types(&a.1, &b.1));
-                    None
-                }
-            },
+            }
         }
     }
 
@@ -299,7 +305,7 @@ impl Checker<'_> {
         let done = |kind, x: Ir, y: Ir| Some((Ir::Cmp(cmp, kind, boxed(x), boxed(y)), Ty::Bool));
         let (a, b) = match promote(a, b) {
             Ok((x, y, kind, _)) => return done(kind, x, y),
-            Err(pair) => pair,
+            Err(pair) => *pair,
         };
         match (&a.1, &b.1) {
             (Ty::Timestamp, Ty::Timestamp)
@@ -391,7 +397,7 @@ impl Checker<'_> {
             (ArithOp::Add | ArithOp::Sub | ArithOp::Mul, x, y)
                 if x.is_numeric() && y.is_numeric() =>
             {
-                let (x, y, kind, ty) = promote(a, b).ok().expect("both operands are numeric");
+                let (x, y, kind, ty) = promote(a, b).expect("both operands are numeric");
                 Some((Ir::Arith(aop, kind, boxed(x), boxed(y)), ty))
             }
             (ArithOp::Add | ArithOp::Sub, Ty::Timestamp, Ty::Duration) => {
@@ -510,22 +516,21 @@ impl Checker<'_> {
     }
 
     fn call(&mut self, name: &str, name_span: &Span, args: &[Expr], span: &Span) -> Option<Typed> {
-        let arity = |min: usize, max: usize| move |n: usize| n >= min && n <= max;
-        let (func, fits, expected): (Option<Func>, Box<dyn Fn(usize) -> bool>, &str) = match name {
-            "has" => (None, Box::new(arity(1, 1)), "1"),
-            "days_since" => (Some(Func::DaysSince), Box::new(arity(1, 1)), "1"),
-            "hours_since" => (Some(Func::HoursSince), Box::new(arity(1, 1)), "1"),
-            "now" => (Some(Func::Now), Box::new(arity(0, 0)), "0"),
-            "min" => (Some(Func::Min), Box::new(arity(2, usize::MAX)), "2 or more"),
-            "max" => (Some(Func::Max), Box::new(arity(2, usize::MAX)), "2 or more"),
-            "clamp" => (Some(Func::Clamp), Box::new(arity(3, 3)), "3"),
-            "abs" => (Some(Func::Abs), Box::new(arity(1, 1)), "1"),
-            "exp" => (Some(Func::Exp), Box::new(arity(1, 1)), "1"),
-            "ln" => (Some(Func::Ln), Box::new(arity(1, 1)), "1"),
-            "sigmoid" => (Some(Func::Sigmoid), Box::new(arity(1, 1)), "1"),
-            "size" => (Some(Func::SizeSet), Box::new(arity(1, 1)), "1"),
-            "lower" => (Some(Func::Lower), Box::new(arity(1, 1)), "1"),
-            "starts_with" => (Some(Func::StartsWith), Box::new(arity(2, 2)), "2"),
+        let (func, (min, max), expected) = match name {
+            "has" => (None, (1, 1), "1"),
+            "days_since" => (Some(Func::DaysSince), (1, 1), "1"),
+            "hours_since" => (Some(Func::HoursSince), (1, 1), "1"),
+            "now" => (Some(Func::Now), (0, 0), "0"),
+            "min" => (Some(Func::Min), (2, usize::MAX), "2 or more"),
+            "max" => (Some(Func::Max), (2, usize::MAX), "2 or more"),
+            "clamp" => (Some(Func::Clamp), (3, 3), "3"),
+            "abs" => (Some(Func::Abs), (1, 1), "1"),
+            "exp" => (Some(Func::Exp), (1, 1), "1"),
+            "ln" => (Some(Func::Ln), (1, 1), "1"),
+            "sigmoid" => (Some(Func::Sigmoid), (1, 1), "1"),
+            "size" => (Some(Func::SizeSet), (1, 1), "1"),
+            "lower" => (Some(Func::Lower), (1, 1), "1"),
+            "starts_with" => (Some(Func::StartsWith), (2, 2), "2"),
             _ => {
                 self.errors.push(ExprError::UnknownFunction {
                     span: name_span.clone(),
@@ -535,7 +540,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        if !fits(args.len()) {
+        if !(min..=max).contains(&args.len()) {
             self.errors.push(ExprError::Arity {
                 span: span.clone(),
                 name: name.to_string(),

@@ -92,7 +92,7 @@ pub enum B {
     Not(Box<B>),
     And(Box<B>, Box<B>),
     Or(Box<B>, Box<B>),
-    CmpB(CmpOp, Box<B>, Box<B>),
+    CmpBool(CmpOp, Box<B>, Box<B>),
     CmpI(CmpOp, Box<I>, Box<I>),
     CmpIK(CmpOp, Box<I>, i64),
     /// An attribute without default against a constant: the most common predicate.
@@ -241,7 +241,7 @@ impl B {
                     _ => None,
                 },
             },
-            B::CmpB(op, a, b) => Some(op.test(a.eval(env)?.cmp(&b.eval(env)?))),
+            B::CmpBool(op, a, b) => Some(op.test(a.eval(env)?.cmp(&b.eval(env)?))),
             B::CmpI(op, a, b) => Some(cmp_i(*op, a.eval(env)?, b.eval(env)?)),
             B::CmpIK(op, a, k) => Some(cmp_i(*op, a.eval(env)?, *k)),
             B::CmpAttrIK(op, e, s, k) => Some(cmp_i(*op, read_int(env.get(*e, *s), None)?, *k)),
@@ -504,7 +504,7 @@ fn compile_cmp(op: CmpOp, kind: Kind, x: &Ir, y: &Ir) -> B {
             (a, F::Const(Some(k))) => B::CmpFK(op, Box::new(a), k),
             (a, c) => B::CmpF(op, Box::new(a), Box::new(c)),
         },
-        Kind::Bool => B::CmpB(op, b(x), b(y)),
+        Kind::Bool => B::CmpBool(op, b(x), b(y)),
         Kind::Str => B::CmpS(op, s(x), s(y)),
         Kind::Set => unreachable!("the checker never compares sets"),
     }
@@ -551,7 +551,7 @@ fn compile_in_list(kind: Kind, needle: &Ir, items: &[Value]) -> B {
             B::InStrs(s(needle), strs.into_boxed_slice())
         }
         Kind::Bool => {
-            let has = |want: bool| items.iter().any(|v| *v == Value::Bool(want));
+            let has = |want: bool| items.contains(&Value::Bool(want));
             B::InBools(b(needle), [has(false), has(true)])
         }
         Kind::Set => unreachable!("the checker rejects sets left of `in`"),

@@ -1,0 +1,337 @@
+//! Catalog loading: each validation as a case over a minimal catalog.
+
+use super::*;
+
+const SCHEMA: &str = "\
+customer:
+  age: { type: int }
+  segment: { type: enum, values: [mass, gold], default: mass }
+  products: { type: set }
+context:
+  channel: { type: enum, values: [web, email] }
+";
+
+const PLACEMENTS: &str = "\
+placements:
+  - id: web.banner
+    channel: web
+    slots: 2
+    fallback: basic
+    experiment: explore
+";
+
+const EXPERIMENTS: &str = "\
+experiments:
+  - id: explore
+    epsilon: 0.1
+    window: 1d
+    arms:
+      - { id: champion, share: 0.5 }
+      - { id: challenger, share: 0.5, score: offer.value * 2 }
+";
+
+const OFFERS: &str = "\
+offers:
+  - id: basic
+    content:
+      web.banner: { title: Hello }
+  - id: gold_card
+    group: cards
+    eligibility: customer.age >= 18 && customer.segment == 'gold'
+    propensity: 0.1
+    value: 100
+    content:
+      web.banner: { title: Gold }
+";
+
+/// Loads the base catalog with `edit` applied to one of its files, and returns each
+/// error as `file:line:col: message`.
+fn errors(file: &str, from: &str, to: &str) -> Vec<String> {
+    let mut texts = [
+        SCHEMA.to_string(),
+        PLACEMENTS.to_string(),
+        EXPERIMENTS.to_string(),
+        OFFERS.to_string(),
+    ];
+    let i = ["schema", "placements", "experiments", "offers"]
+        .iter()
+        .position(|f| *f == file)
+        .expect("a known file");
+    assert!(texts[i].contains(from), "`{from}` not in {file}");
+    texts[i] = texts[i].replacen(from, to, 1);
+    match Catalog::from_yaml(&texts[0], &texts[1], &texts[2], &[&texts[3]]) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .diagnostics
+            .iter()
+            .map(|d| match d.location {
+                Some(l) => format!(
+                    "{}:{}:{}: {}",
+                    e.files[l.file].path, l.line, l.column, d.error
+                ),
+                None => d.error.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn check(file: &str, from: &str, to: &str, expected: &[&str]) {
+    assert_eq!(
+        errors(file, from, to),
+        expected,
+        "replacing `{from}` with `{to}` in {file}"
+    );
+}
+
+#[test]
+fn the_base_catalog_loads() {
+    let c = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[OFFERS]).expect("loads");
+    assert_eq!(c.offers.len(), 2);
+    assert_eq!(c.placements[0].offers, vec![0, 1]);
+    assert_eq!(c.placements[0].fallback, Some(0));
+    assert_eq!(c.placements[0].experiment, Some(0));
+    assert_eq!(c.experiments[0].arms[1].id, "challenger");
+    assert_eq!(c.version.len(), 12);
+    assert_eq!(c.offers[1].value.as_constant(), Some(100.0));
+}
+
+#[test]
+fn the_version_is_a_content_hash() {
+    let a = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[OFFERS]).expect("loads");
+    let b = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[OFFERS]).expect("loads");
+    let changed = OFFERS.replace("value: 100", "value: 101");
+    let c = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[&changed]).expect("loads");
+    assert_eq!(a.version, b.version);
+    assert_ne!(a.version, c.version);
+}
+
+#[test]
+fn structure_errors() {
+    check(
+        "offers",
+        "    group: cards",
+        "    gruop: cards",
+        &["offers/0.yaml:6:5: unknown key `gruop` in an offer"],
+    );
+    check(
+        "offers",
+        "  - id: basic\n",
+        "  - name: basic\n",
+        &["offers/0.yaml:2:5: missing required key `id` in an offer"],
+    );
+    check(
+        "offers",
+        "id: gold_card",
+        "id: gold card",
+        &["offers/0.yaml:5:9: `id` in an offer must be an id of letters, digits, `_`, `-` and `.`"],
+    );
+    check(
+        "placements",
+        "slots: 2",
+        "slots: two",
+        &[
+            "placements.yaml:4:12: `slots` in placement `web.banner` must be a whole number from 1 to 64",
+        ],
+    );
+    check(
+        "placements",
+        "slots: 2",
+        "slots: [2]",
+        &["placements.yaml:4:12: `slots` in placement `web.banner` must be a single value"],
+    );
+    check(
+        "offers",
+        "    propensity: 0.1\n",
+        "    propensity: 0.1\n    contact_policy: { max_impressions: [{ count: 0, within: 7d }] }\n",
+        &[
+            "offers/0.yaml:9:50: `count` in an impression cap of offer `gold_card` must be a whole number of at least 1",
+        ],
+    );
+    check(
+        "offers",
+        "    propensity: 0.1\n",
+        "    propensity: 0.1\n    contact_policy: { suppress_after_rejects: { count: 1, within: 7 } }\n",
+        &[
+            "offers/0.yaml:9:49: missing required key `for` in the reject suppression of offer `gold_card`",
+            "offers/0.yaml:9:67: `within` in the reject suppression of offer `gold_card` must be a duration such as `7d`, `12h`, `30m`, `45s`",
+        ],
+    );
+}
+
+#[test]
+fn yaml_errors() {
+    check(
+        "offers",
+        "    value: 100",
+        "    value: 100\n   bad: [",
+        &[
+            "offers/0.yaml:10:7: invalid YAML: while parsing a block collection, did not find expected '-' indicator",
+        ],
+    );
+    check(
+        "placements",
+        "    channel: web\n",
+        "    channel: web\n    channel: email\n",
+        &["placements.yaml:4:5: invalid YAML: duplicate key `channel` (first at line 3)"],
+    );
+}
+
+#[test]
+fn references_and_duplicates() {
+    check(
+        "offers",
+        "  - id: gold_card",
+        "  - id: basic",
+        &["offers/0.yaml:5:9: duplicate offer `basic` (first defined at offers/0.yaml:2:9)"],
+    );
+    check(
+        "placements",
+        "fallback: basic",
+        "fallback: basik",
+        &["placements.yaml:5:15: unknown offer `basik` in the fallback of placement `web.banner`"],
+    );
+    check(
+        "placements",
+        "experiment: explore",
+        "experiment: explor",
+        &["placements.yaml:6:17: unknown experiment `explor` in placement `web.banner`"],
+    );
+    check(
+        "offers",
+        "      web.banner: { title: Gold }",
+        "      web.baner: { title: Gold }",
+        &["offers/0.yaml:11:7: unknown placement `web.baner` in the content of offer `gold_card`"],
+    );
+    check(
+        "placements",
+        "channel: web",
+        "channel: sms",
+        &[
+            "placements.yaml:3:14: unknown channel `sms` in placement `web.banner` (channels are the values of `context.channel`)",
+        ],
+    );
+    check(
+        "offers",
+        "  - id: basic\n    content:\n      web.banner: { title: Hello }\n",
+        "  - id: basic\n    content: {}\n",
+        &[
+            "offers/0.yaml:3:14: `content` in offer `basic` must be content for at least one placement",
+        ],
+    );
+}
+
+#[test]
+fn value_errors() {
+    check(
+        "experiments",
+        "epsilon: 0.1",
+        "epsilon: 1.1",
+        &["experiments.yaml:3:14: `epsilon` in experiment `explore` must be a number from 0 to 1"],
+    );
+    check(
+        "experiments",
+        "share: 0.5 }\n",
+        "share: 0.4 }\n",
+        &["experiments.yaml:6:7: the arm shares of experiment `explore` add up to 0.9, not 1"],
+    );
+    check(
+        "offers",
+        "    propensity: 0.1\n",
+        "    propensity: 0.1\n    active: { from: 2027-01-01T00:00:00Z, until: 2026-01-01T00:00:00Z }\n",
+        &["offers/0.yaml:9:13: the active window of offer `gold_card` ends before it starts"],
+    );
+    check(
+        "offers",
+        "    propensity: 0.1\n",
+        "    propensity: 0.1\n    active: { from: yesterday }\n",
+        &[
+            "offers/0.yaml:9:21: `from` in the active window of offer `gold_card` must be a timestamp such as `2026-01-31T00:00:00Z`",
+        ],
+    );
+    check(
+        "schema",
+        "default: mass",
+        "default: platinum",
+        &[
+            "schema.yaml:3:57: `default` in attribute `customer.segment` must be a value of type `enum`",
+        ],
+    );
+    check(
+        "schema",
+        "age: { type: int }",
+        "age: { type: integer }",
+        &[
+            "schema.yaml:2:16: `type` in attribute `customer.age` must be one of bool, int, float, string, enum, set, timestamp (did you mean `int`?)",
+        ],
+    );
+}
+
+#[test]
+fn rule_errors_point_into_the_file() {
+    check(
+        "offers",
+        "customer.age >= 18",
+        "customer.agee >= 18",
+        &[
+            "offers/0.yaml:7:18: unknown attribute `customer.agee` in eligibility of offer `gold_card`",
+        ],
+    );
+    check(
+        "offers",
+        "propensity: 0.1",
+        "propensity: customer.segment",
+        &[
+            "offers/0.yaml:8:17: propensity must be of type `float`, found `enum customer.segment` in propensity of offer `gold_card`",
+        ],
+    );
+    check(
+        "experiments",
+        "score: offer.value * 2",
+        "score: offer.valeu * 2",
+        &[
+            "experiments.yaml:7:46: unknown attribute `offer.valeu` in score of arm `challenger` of experiment `explore`",
+        ],
+    );
+}
+
+#[test]
+fn every_error_is_reported_across_files() {
+    let offers = OFFERS.replace("customer.age >= 18", "customer.agee >= 18");
+    let placements = PLACEMENTS.replace("slots: 2", "slotz: 2");
+    let experiments = EXPERIMENTS.replace("epsilon: 0.1", "epsilon: -1");
+    let e = Catalog::from_yaml(SCHEMA, &placements, &experiments, &[&offers])
+        .expect_err("three mistakes");
+    assert_eq!(e.diagnostics.len(), 3, "{}", e.render());
+    let rendered = e.render();
+    for needle in [
+        "placements.yaml:4:5",
+        "experiments.yaml:3:14",
+        "offers/0.yaml:7:18",
+        "3 error(s)",
+    ] {
+        assert!(
+            rendered.contains(needle),
+            "{needle} missing from:\n{rendered}"
+        );
+    }
+}
+
+#[test]
+fn a_broken_schema_does_not_flood_rules_with_errors() {
+    let schema = SCHEMA.replace("age: { type: int }", "age: { type: nope }");
+    let e =
+        Catalog::from_yaml(&schema, PLACEMENTS, EXPERIMENTS, &[OFFERS]).expect_err("bad schema");
+    assert_eq!(e.diagnostics.len(), 1, "{}", e.render());
+}
+
+#[test]
+fn missing_files_are_named() {
+    let dir = std::env::temp_dir().join(format!("nextbest-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let e = Catalog::load(&dir).expect_err("nothing there");
+    let text = e.render();
+    assert!(text.contains("schema.yaml"), "{text}");
+    assert!(text.contains("placements.yaml"), "{text}");
+    assert!(text.contains("offers"), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
