@@ -63,9 +63,14 @@ impl<'a> Env<'a> {
 }
 
 /// A compiled boolean rule (eligibility).
-#[derive(Debug, Clone)]
 pub struct Predicate {
-    root: compile::B,
+    root: compile::BoolFn,
+}
+
+impl std::fmt::Debug for Predicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Predicate(..)")
+    }
 }
 
 impl Predicate {
@@ -89,27 +94,37 @@ impl Predicate {
     /// A rule that always holds.
     pub fn always() -> Predicate {
         Predicate {
-            root: compile::B::Const(Some(true)),
+            root: Box::new(|_| Some(true)),
         }
     }
 
     /// `Some(true)` or `Some(false)`, or `None` when a missing value left it undecided.
     #[inline]
     pub fn eval(&self, env: &Env<'_>) -> Option<bool> {
-        self.root.eval(env)
+        (self.root)(env)
     }
 
     /// Whether the rule definitely holds: a rule that is undecided does not match.
     #[inline]
     pub fn matches(&self, env: &Env<'_>) -> bool {
-        self.root.eval(env) == Some(true)
+        (self.root)(env) == Some(true)
     }
 }
 
 /// A compiled numeric expression (propensity, value, weight, score formulas).
-#[derive(Debug, Clone)]
 pub struct Formula {
-    root: compile::F,
+    root: compile::FloatFn,
+    /// Set when the formula reads nothing, so callers can skip evaluating it.
+    constant: Option<Option<f64>>,
+}
+
+impl std::fmt::Debug for Formula {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.constant {
+            Some(c) => write!(f, "Formula({c:?})"),
+            None => f.write_str("Formula(..)"),
+        }
+    }
 }
 
 impl Formula {
@@ -134,27 +149,26 @@ impl Formula {
                 }]);
             }
         };
-        Ok(Formula {
-            root: compile::compile_float(&ir),
-        })
+        let root = compile::compile_float(&ir);
+        let constant = ir.is_constant().then(|| root(&Env::new(&[], &[], &[], 0)));
+        Ok(Formula { root, constant })
     }
 
     pub fn constant(x: f64) -> Formula {
+        let v = x.is_finite().then_some(x);
         Formula {
-            root: compile::F::Const(x.is_finite().then_some(x)),
+            root: Box::new(move |_| v),
+            constant: Some(v),
         }
     }
 
     /// The constant this formula always yields, if it reads nothing.
     pub fn as_constant(&self) -> Option<f64> {
-        match self.root {
-            compile::F::Const(x) => x,
-            _ => None,
-        }
+        self.constant.flatten()
     }
 
     #[inline]
     pub fn eval(&self, env: &Env<'_>) -> Option<f64> {
-        self.root.eval(env)
+        (self.root)(env)
     }
 }

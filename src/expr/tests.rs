@@ -586,7 +586,7 @@ proptest! {
             None => None,
             other => return Err(TestCaseError::fail(format!("reference gave {other:?}"))),
         };
-        prop_assert_eq!(compiled.eval(&env), expected, "`{}` with {:?}", src, values);
+        prop_assert_eq!(compiled(&env), expected, "`{}` with {:?}", src, values);
     }
 
     #[test]
@@ -603,7 +603,7 @@ proptest! {
             None => None,
             other => return Err(TestCaseError::fail(format!("reference gave {other:?}"))),
         };
-        let got = compiled.eval(&env);
+        let got = compiled(&env);
         prop_assert!(same_float(got, expected), "`{}` with {:?}: compiled {:?}, reference {:?}", src, values, got, expected);
     }
 
