@@ -54,6 +54,17 @@ impl<'a> Str<'a> {
         }
     }
 
+    fn eq(self, other: Str<'_>) -> bool {
+        if !self.lower && !other.lower {
+            self.s == other.s
+        } else if self.s.is_ascii() && other.s.is_ascii() {
+            // Lower-casing keeps an ASCII string's length: unequal lengths differ.
+            self.s.len() == other.s.len() && self.ascii_bytes().eq(other.ascii_bytes())
+        } else {
+            self.chars().eq(other.chars())
+        }
+    }
+
     fn ascii_bytes(self) -> impl Iterator<Item = u8> + 'a {
         let lower = self.lower;
         self.s
@@ -282,7 +293,7 @@ const SCAN_LIMIT: usize = 16;
 #[inline]
 fn contains(items: &[Box<str>], x: Str<'_>) -> bool {
     if x.lower {
-        items.iter().any(|s| x.cmp(Str::plain(s)).is_eq())
+        items.iter().any(|s| x.eq(Str::plain(s)))
     } else if items.len() <= SCAN_LIMIT {
         // Slice equality compares lengths before bytes, so members of another length cost
         // one comparison and no call to `memcmp`, which dominates for short strings.
@@ -483,7 +494,11 @@ fn compile_cmp(op: CmpOp, kind: Kind, x: &Ir, y: &Ir) -> BoolFn {
         }
         Kind::Str => {
             let (x, y) = (compile_str(x), compile_str(y));
-            Box::new(move |env| Some(op.test(x.eval(env)?.cmp(y.eval(env)?))))
+            match op {
+                CmpOp::Eq => Box::new(move |env| Some(x.eval(env)?.eq(y.eval(env)?))),
+                CmpOp::Ne => Box::new(move |env| Some(!x.eval(env)?.eq(y.eval(env)?))),
+                _ => Box::new(move |env| Some(op.test(x.eval(env)?.cmp(y.eval(env)?)))),
+            }
         }
         Kind::Set => unreachable!("the checker never compares sets"),
     }
