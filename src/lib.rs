@@ -8,3 +8,4 @@
 pub mod catalog;
 pub mod expr;
 pub mod schema;
+pub mod state;

@@ -13,6 +13,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+/// A stable 64-bit key for an id (offer, group, channel): the same on every machine and
+/// across versions, so history recorded under one catalog counts under the next.
+pub fn key(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
 /// Which entity an attribute belongs to. The rule language spells them `customer.x`,
 /// `context.x`, and (in score formulas only) `offer.x`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

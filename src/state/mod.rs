@@ -1,0 +1,426 @@
+//! Customer state: typed, slot-indexed attributes plus the interaction history this
+//! engine records, and the concurrent store that owns all locking of it.
+//!
+//! Decide reads one customer's state as a consistent snapshot (a read guard on one shard
+//! of the map, or an owned [`CustomerState`]); writers hold a shard's lock only for the
+//! time of one update. This module does not persist anything (the journal issue adds
+//! durability) and does not know offers: history refers to offers, groups and channels by
+//! their stable [`key`](crate::schema::key).
+
+use std::fmt;
+
+use dashmap::DashMap;
+
+use crate::schema::{AttrType, EntitySchema, Schema, Value, key};
+
+/// What happened to an offer that was shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Impression,
+    Click,
+    Accept,
+    Reject,
+    Convert,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Impression,
+        EventKind::Click,
+        EventKind::Accept,
+        EventKind::Reject,
+        EventKind::Convert,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Impression => "impression",
+            EventKind::Click => "click",
+            EventKind::Accept => "accept",
+            EventKind::Reject => "reject",
+            EventKind::Convert => "convert",
+        }
+    }
+}
+
+/// One interaction, as compact as history needs it: 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// [`key`] of the offer id.
+    pub offer: u64,
+    /// [`key`] of the channel.
+    pub channel: u64,
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn new(at: i64, offer: &str, channel: &str, kind: EventKind) -> Event {
+        Event {
+            at,
+            offer: key(offer),
+            channel: key(channel),
+            kind,
+        }
+    }
+}
+
+/// How much history one customer keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// At most this many events; the oldest go first.
+    pub max_events: usize,
+    /// Events older than this (ms) are dropped: no rule or cap looks further back.
+    pub max_age: i64,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            max_events: 256,
+            max_age: 400 * 86_400_000,
+        }
+    }
+}
+
+/// A customer's interactions, oldest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    // INVARIANT: sorted by `at`, oldest first (maintained by `record`).
+    events: Vec<Event>,
+}
+
+impl History {
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Adds an event in time order and trims to `limits`, as of the newest event.
+    pub fn record(&mut self, event: Event, limits: HistoryLimits) {
+        let at = self.events.partition_point(|e| e.at <= event.at);
+        self.events.insert(at, event);
+        let newest = self.events.last().map_or(event.at, |e| e.at);
+        let cutoff = newest.saturating_sub(limits.max_age);
+        let old = self.events.partition_point(|e| e.at < cutoff);
+        let over = self.events.len().saturating_sub(limits.max_events);
+        self.events.drain(..old.max(over));
+    }
+
+    /// Events since `since` (inclusive), oldest first.
+    pub fn since(&self, since: i64) -> &[Event] {
+        &self.events[self.events.partition_point(|e| e.at < since)..]
+    }
+}
+
+/// Everything decide knows about one customer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomerState {
+    /// `None` for an anonymous caller, who is decided on request attributes alone.
+    pub id: Option<String>,
+    /// One value per customer slot of the catalog's schema.
+    pub attributes: Vec<Value>,
+    pub history: History,
+}
+
+impl CustomerState {
+    /// An anonymous caller with only the attributes the request carries.
+    pub fn anonymous(attributes: Vec<Value>) -> CustomerState {
+        CustomerState {
+            id: None,
+            attributes,
+            history: History::default(),
+        }
+    }
+}
+
+/// A bad attribute in a request or an upsert: the record is left unchanged.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StateError {
+    #[error("unknown attribute `{entity}.{name}`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+    UnknownAttribute {
+        entity: &'static str,
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("attribute `{entity}.{name}` must be {expected}, found {found}")]
+    WrongType {
+        entity: &'static str,
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("history event {index}: {message}")]
+    BadEvent { index: usize, message: String },
+}
+
+/// Parses JSON attribute values against one entity's schema into slot order.
+/// Every attribute is checked before any is kept: one bad value refuses them all.
+pub fn parse_attributes(
+    entity: &'static str,
+    schema: &EntitySchema,
+    json: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<Value>, StateError> {
+    let mut values = vec![Value::Missing; schema.len()];
+    for (name, v) in json {
+        let Some(slot) = schema.slot(name) else {
+            return Err(StateError::UnknownAttribute {
+                entity,
+                name: name.clone(),
+                suggestion: crate::expr::did_you_mean(name, schema.names()),
+            });
+        };
+        let attr = schema.get(slot).expect("a slot found by name exists");
+        values[slot as usize] = json_value(v, &attr.ty).ok_or_else(|| StateError::WrongType {
+            entity,
+            name: name.clone(),
+            expected: expected(&attr.ty),
+            found: describe(v),
+        })?;
+    }
+    Ok(values)
+}
+
+/// Parses `name=value` text (the CLI's `--context`) against one entity's schema.
+pub fn parse_text_attribute(entity: &'static str, schema: &EntitySchema, name: &str, text: &str) -> Result<(u32, Value), StateError> {
+    let slot = schema.slot(name).ok_or_else(|| StateError::UnknownAttribute {
+        entity,
+        name: name.to_string(),
+        suggestion: crate::expr::did_you_mean(name, schema.names()),
+    })?;
+    let attr = schema.get(slot).expect("a slot found by name exists");
+    let json = match &attr.ty {
+        AttrType::String | AttrType::Enum(_) | AttrType::Timestamp => serde_json::Value::String(text.to_string()),
+        AttrType::Set => serde_json::Value::Array(
+            text.split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| serde_json::Value::String(s.trim().to_string()))
+                .collect(),
+        ),
+        _ => serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.to_string())),
+    };
+    let value = json_value(&json, &attr.ty).ok_or_else(|| StateError::WrongType {
+        entity,
+        name: name.to_string(),
+        expected: expected(&attr.ty),
+        found: format!("`{text}`"),
+    })?;
+    Ok((slot, value))
+}
+
+fn json_value(v: &serde_json::Value, ty: &AttrType) -> Option<Value> {
+    use serde_json::Value as J;
+    Some(match (v, ty) {
+        (J::Null, _) => Value::Missing,
+        (J::Bool(b), AttrType::Bool) => Value::Bool(*b),
+        (J::Number(n), AttrType::Int) => Value::Int(n.as_i64()?),
+        (J::Number(n), AttrType::Float) => Value::Float(n.as_f64().filter(|f| f.is_finite())?),
+        (J::String(s), AttrType::String) => Value::Str(s.as_str().into()),
+        (J::String(s), AttrType::Enum(def)) => Value::Enum(def.index_of(s)?),
+        (J::String(s), AttrType::Timestamp) => Value::Timestamp(s.parse::<jiff::Timestamp>().ok()?.as_millisecond()),
+        (J::Array(items), AttrType::Set) => {
+            let strs: Option<Vec<&str>> = items.iter().map(|i| i.as_str()).collect();
+            Value::set(strs?)
+        }
+        _ => return None,
+    })
+}
+
+fn expected(ty: &AttrType) -> String {
+    match ty {
+        AttrType::Enum(def) => {
+            let names: Vec<String> = def.variants.iter().map(|v| format!("`{v}`")).collect();
+            format!("one of {}", names.join(", "))
+        }
+        AttrType::Set => "a list of strings".to_string(),
+        AttrType::Timestamp => "an RFC 3339 timestamp string".to_string(),
+        AttrType::Float => "a finite number".to_string(),
+        AttrType::Int => "a whole number".to_string(),
+        other => format!("a {}", other.name()),
+    }
+}
+
+fn describe(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    if text.chars().count() > 40 {
+        format!("`{}…`", text.chars().take(40).collect::<String>())
+    } else {
+        format!("`{text}`")
+    }
+}
+
+/// The in-memory customer store: a concurrent map from customer id to state.
+#[derive(Default)]
+pub struct Store {
+    customers: DashMap<String, CustomerState>,
+    limits: HistoryLimits,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("customers", &self.customers.len()).finish()
+    }
+}
+
+impl Store {
+    pub fn new(limits: HistoryLimits) -> Store {
+        Store {
+            customers: DashMap::new(),
+            limits,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.customers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.customers.is_empty()
+    }
+
+    /// Merges the given attributes (already parsed against `schema`) into a customer,
+    /// creating it if needed. Missing values in `values` leave the stored ones as they are.
+    pub fn upsert(&self, id: &str, schema: &Schema, values: Vec<Value>) {
+        let mut entry = self.customers.entry(id.to_string()).or_insert_with(|| CustomerState {
+            id: Some(id.to_string()),
+            attributes: vec![Value::Missing; schema.customer.len()],
+            history: History::default(),
+        });
+        let state = entry.value_mut();
+        if state.attributes.len() < values.len() {
+            state.attributes.resize(values.len(), Value::Missing);
+        }
+        for (slot, v) in values.into_iter().enumerate() {
+            if !v.is_missing() {
+                state.attributes[slot] = v;
+            }
+        }
+    }
+
+    /// Records an interaction; an unknown customer is created with no attributes.
+    pub fn record(&self, id: &str, event: Event) {
+        let mut entry = self.customers.entry(id.to_string()).or_insert_with(|| CustomerState {
+            id: Some(id.to_string()),
+            ..CustomerState::default()
+        });
+        entry.value_mut().history.record(event, self.limits);
+    }
+
+    /// Runs `f` on a consistent snapshot of one customer: writers to that customer wait
+    /// until `f` returns, so keep it short (a decide is).
+    pub fn with<R>(&self, id: &str, f: impl FnOnce(Option<&CustomerState>) -> R) -> R {
+        match self.customers.get(id) {
+            Some(state) => f(Some(state.value())),
+            None => f(None),
+        }
+    }
+
+    pub fn forget(&self, id: &str) -> bool {
+        self.customers.remove(id).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Attribute, EnumDef};
+
+    fn limits(max_events: usize, max_age: i64) -> HistoryLimits {
+        HistoryLimits { max_events, max_age }
+    }
+
+    #[test]
+    fn history_stays_sorted_and_bounded() {
+        let mut h = History::default();
+        for at in [5, 1, 3, 9, 7] {
+            h.record(Event::new(at, "o", "web", EventKind::Impression), limits(4, 1_000));
+        }
+        let ats: Vec<i64> = h.events().iter().map(|e| e.at).collect();
+        assert_eq!(ats, [3, 5, 7, 9], "oldest dropped beyond four events");
+        h.record(Event::new(20, "o", "web", EventKind::Click), limits(4, 10));
+        let ats: Vec<i64> = h.events().iter().map(|e| e.at).collect();
+        assert_eq!(ats, [20], "events more than 10 ms older than the newest dropped");
+        assert_eq!(h.since(20).len(), 1);
+        assert_eq!(h.since(21).len(), 0);
+    }
+
+    fn schema() -> EntitySchema {
+        let mut s = EntitySchema::default();
+        for (name, ty) in [
+            ("age", AttrType::Int),
+            ("segment", AttrType::Enum(EnumDef::new(["mass", "gold"]))),
+            ("products", AttrType::Set),
+            ("seen", AttrType::Timestamp),
+            ("score", AttrType::Float),
+        ] {
+            s.push(Attribute {
+                name: name.into(),
+                ty,
+                default: Value::Missing,
+                description: None,
+            });
+        }
+        s
+    }
+
+    fn parse(json: &str) -> Result<Vec<Value>, String> {
+        let v: serde_json::Value = serde_json::from_str(json).expect("test json");
+        parse_attributes("customer", &schema(), v.as_object().expect("object")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn attributes_parse_by_type_and_errors_name_the_attribute() {
+        assert_eq!(
+            parse(r#"{"age": 30, "segment": "gold", "products": ["tv", "mobile"], "seen": "2026-01-01T00:00:00Z"}"#),
+            Ok(vec![
+                Value::Int(30),
+                Value::Enum(1),
+                Value::set(["mobile", "tv"]),
+                Value::Timestamp(1_767_225_600_000),
+                Value::Missing
+            ])
+        );
+        assert_eq!(parse(r#"{"agee": 30}"#), Err("unknown attribute `customer.agee` (did you mean `age`?)".into()));
+        assert_eq!(parse(r#"{"age": "30"}"#), Err("attribute `customer.age` must be a whole number, found `\"30\"`".into()));
+        assert_eq!(
+            parse(r#"{"segment": "platinum"}"#),
+            Err("attribute `customer.segment` must be one of `mass`, `gold`, found `\"platinum\"`".into())
+        );
+        assert!(parse(r#"{"score": "high"}"#).is_err());
+        assert!(parse(r#"{"age": 1.5}"#).is_err(), "a float is not an int");
+    }
+
+    #[test]
+    fn text_attributes_parse_by_type() {
+        let s = schema();
+        assert_eq!(parse_text_attribute("context", &s, "age", "41"), Ok((0, Value::Int(41))));
+        assert_eq!(parse_text_attribute("context", &s, "products", "tv,mobile"), Ok((2, Value::set(["tv", "mobile"]))));
+        assert!(parse_text_attribute("context", &s, "age", "old").is_err());
+    }
+
+    #[test]
+    fn upserts_merge_and_forget_removes() {
+        let mut customer = EntitySchema::default();
+        for name in ["a", "b"] {
+            customer.push(Attribute {
+                name: name.into(),
+                ty: AttrType::Int,
+                default: Value::Missing,
+                description: None,
+            });
+        }
+        let schema = Schema::new(customer, EntitySchema::default());
+        let store = Store::default();
+        store.upsert("c1", &schema, vec![Value::Int(1), Value::Missing]);
+        store.upsert("c1", &schema, vec![Value::Missing, Value::Int(2)]);
+        store.record("c1", Event::new(5, "o", "web", EventKind::Accept));
+        store.with("c1", |s| {
+            let s = s.expect("stored");
+            assert_eq!(s.attributes, [Value::Int(1), Value::Int(2)]);
+            assert_eq!(s.history.events().len(), 1);
+        });
+        assert!(store.forget("c1"));
+        store.with("c1", |s| assert!(s.is_none()));
+    }
+}
