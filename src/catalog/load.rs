@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::diag::scalar_location;
 use super::*;
 use crate::expr::{self, ExprKind, did_you_mean};
-use crate::schema::{AttrType, Attribute, EntitySchema, EnumDef, Value};
+use crate::schema::{AttrType, Attribute, EntitySchema, EnumDef, Value, key};
 
 /// The catalog files, by role. `path`s are what messages show.
 #[derive(Debug, Clone, Default)]
@@ -114,7 +114,7 @@ impl Catalog {
             .map(|f| l.experiments(f, &ctx))
             .unwrap_or_default();
         let before = l.diags.len();
-        let placements = placements_file
+        let (placements, policy) = placements_file
             .map(|f| l.placements(f, &ctx, &experiments))
             .unwrap_or_default();
         l.placements_complete = placements_file.is_some() && l.diags.len() == before;
@@ -124,6 +124,7 @@ impl Catalog {
         for f in offer_files {
             l.offers(f, &ctx, &placements, &mut offers, &mut seen);
         }
+        l.key_collisions(&offers);
         // An offer that failed to load is not "unknown": say nothing more about it.
         let offers_complete = l.diags.len() == before;
         let placements = l.resolve_placements(placements, &offers, offers_complete);
@@ -143,6 +144,7 @@ impl Catalog {
             offers: offers.into_iter().map(|o| o.offer).collect(),
             placements,
             experiments: experiments.into_iter().map(|(e, _)| e).collect(),
+            policy,
         })
     }
 
@@ -851,17 +853,18 @@ impl Loader {
         file: usize,
         ctx: &RuleCtx<'_>,
         experiments: &[(Experiment, Option<Location>)],
-    ) -> Vec<(PendingPlacement, Option<Location>)> {
+    ) -> (Vec<(PendingPlacement, Option<Location>)>, Policy) {
         let Some(top) = self.parse(file) else {
-            return Vec::new();
+            return Default::default();
         };
-        let f = self.keys(&top, "placements.yaml", &["placements"]);
+        let f = self.keys(&top, "placements.yaml", &["placements", "contact_policy"]);
+        let policy = self.policy(&f);
         let Some(node) = f.map.get_node("placements") else {
             self.missing(&f, "placements");
-            return Vec::new();
+            return (Vec::new(), policy);
         };
         let Some(seq) = self.sequence(node, "placements", "placements.yaml") else {
-            return Vec::new();
+            return (Vec::new(), policy);
         };
         let channels = match ctx
             .schema
@@ -972,6 +975,7 @@ impl Loader {
             let loc = self.scalar_loc(id);
             let placement = Placement {
                 id: id.to_string(),
+                channel_key: key(&channel),
                 channel,
                 description: self.string(&f, "description"),
                 slots: slots.unwrap_or(1),
@@ -993,7 +997,135 @@ impl Loader {
                 loc,
             ));
         }
-        out
+        (out, policy)
+    }
+
+    /// Two offer ids with one key would share history: refuse them (about one chance in
+    /// a million for a catalog of 100 offers).
+    fn key_collisions(&mut self, offers: &[LoadedOffer]) {
+        let mut seen: HashMap<u32, &str> = HashMap::new();
+        for o in offers {
+            if let Some(first) = seen.insert(o.offer.key, &o.offer.id) {
+                let message = format!(
+                    "offer ids `{first}` and `{}` have the same history key; rename one",
+                    o.offer.id
+                );
+                self.error(None, CatalogError::Inconsistent { message });
+            }
+        }
+    }
+
+    /// The `contact_policy` section of placements.yaml: fatigue, channels, groups.
+    fn policy(&mut self, f: &Fields<'_>) -> Policy {
+        let mut policy = Policy::default();
+        let Some(node) = f.map.get_node("contact_policy") else {
+            return policy;
+        };
+        let Some(map) = self.mapping(node, "contact_policy", "placements.yaml") else {
+            return policy;
+        };
+        let pf = self.keys(
+            map,
+            "the contact policy",
+            &["fatigue", "channels", "groups"],
+        );
+        if let Some(node) = pf.map.get_node("fatigue")
+            && let Some(m) = self.mapping(node, "fatigue", "the contact policy")
+        {
+            let ff = self.keys(m, "the fatigue policy", &["max_impressions"]);
+            policy.fatigue = self.frequency_caps(&ff, "the fatigue policy");
+        }
+        for (section, kind) in [("channels", "channel"), ("groups", "group")] {
+            let Some(node) = pf.map.get_node(section) else {
+                continue;
+            };
+            let Some(m) = self.mapping(node, section, "the contact policy") else {
+                continue;
+            };
+            for (id, scope) in m.iter() {
+                let owner = format!("{kind} `{}`", id.as_str());
+                let Some(sm) = self.mapping(scope, id, "the contact policy") else {
+                    continue;
+                };
+                let sf = self.keys(
+                    sm,
+                    &format!("the contact policy of {owner}"),
+                    &["max_impressions", "budget"],
+                );
+                let max_impressions = self.frequency_caps(&sf, &owner);
+                let budget = self.budget(&sf, &owner);
+                let scope = ScopePolicy {
+                    id: id.to_string(),
+                    key: key(id),
+                    max_impressions,
+                    budget,
+                };
+                if kind == "channel" {
+                    policy.channels.push(scope);
+                } else {
+                    policy.groups.push(scope);
+                }
+            }
+        }
+        policy
+    }
+
+    /// `max_impressions`: one cap or a list of them.
+    fn frequency_caps(&mut self, f: &Fields<'_>, owner: &str) -> Vec<FrequencyCap> {
+        let mut caps = Vec::new();
+        let Some(node) = f.map.get_node("max_impressions") else {
+            return caps;
+        };
+        let nodes: Vec<&Node> = match node {
+            Node::Sequence(s) => s.iter().collect(),
+            other => vec![other],
+        };
+        for cap in nodes {
+            let Some(m) = self.mapping(cap, "max_impressions", &f.context) else {
+                continue;
+            };
+            let cf = self.keys(
+                m,
+                &format!("an impression cap of {owner}"),
+                &["count", "within", "per_channel"],
+            );
+            let count = self.count(&cf, "count");
+            let within = self.duration(&cf, "within", true);
+            let per_channel = if cf.map.get_node("per_channel").is_some() {
+                self.bool(&cf, "per_channel").unwrap_or(false)
+            } else {
+                false
+            };
+            if let (Some(count), Some(within)) = (count, within) {
+                caps.push(FrequencyCap {
+                    count,
+                    within,
+                    per_channel,
+                });
+            }
+        }
+        caps
+    }
+
+    /// `budget: { per_day: N, total: N }`.
+    fn budget(&mut self, f: &Fields<'_>, owner: &str) -> Budget {
+        let Some(node) = f.map.get_node("budget") else {
+            return Budget::default();
+        };
+        let Some(m) = self.mapping(node, "budget", owner) else {
+            return Budget::default();
+        };
+        let bf = self.keys(m, &format!("the budget of {owner}"), &["per_day", "total"]);
+        let mut number = |k: &str| {
+            bf.map.get_node(k)?;
+            self.parsed(&bf, k, "a whole number of at least 1", |s| {
+                s.parse::<u64>().ok().filter(|n| *n >= 1)
+            })
+        };
+        Budget {
+            per_day: number("per_day"),
+            total: number("total"),
+        }
     }
 
     /// Fills in each placement's offers and resolves its fallback, now that offers are known.
@@ -1087,6 +1219,7 @@ impl Loader {
                     "weight",
                     "context_weight",
                     "contact_policy",
+                    "budget",
                 ],
             );
             let Some(id) = self.required_id(&f, "id") else {
@@ -1123,11 +1256,14 @@ impl Loader {
                 },
                 _ => Predicate::always(),
             };
+            let group = self.string(&f, "group");
             let offer = Offer {
                 id: id.to_string(),
+                key: key(id),
+                group_key: group.as_deref().map_or(0, key),
                 name: self.string(&f, "name").unwrap_or_else(|| id.to_string()),
                 description: self.string(&f, "description"),
-                group: self.string(&f, "group"),
+                group,
                 tags: self.string_list(&f, "tags"),
                 active: self.window(&f, &owner),
                 content: self.content(&f, &owner, placements),
@@ -1138,6 +1274,7 @@ impl Loader {
                 weight: self.formula(ctx, &f, "weight", &owner, false, 1.0),
                 context_weight: self.formula(ctx, &f, "context_weight", &owner, false, 1.0),
                 contact_policy: self.contact_policy(&f, &owner),
+                budget: self.budget(&f, &owner),
             };
             out.push(LoadedOffer { offer });
         }
@@ -1257,36 +1394,7 @@ impl Loader {
                 "stop_after_accept",
             ],
         );
-        if let Some(node) = pf.map.get_node("max_impressions") {
-            let caps: Vec<&Node> = match node {
-                Node::Sequence(s) => s.iter().collect(),
-                other => vec![other],
-            };
-            for cap in caps {
-                let Some(m) = self.mapping(cap, "max_impressions", &context) else {
-                    continue;
-                };
-                let cf = self.keys(
-                    m,
-                    &format!("an impression cap of {owner}"),
-                    &["count", "within", "per_channel"],
-                );
-                let count = self.count(&cf, "count");
-                let within = self.duration(&cf, "within", true);
-                let per_channel = if cf.map.get_node("per_channel").is_some() {
-                    self.bool(&cf, "per_channel").unwrap_or(false)
-                } else {
-                    false
-                };
-                if let (Some(count), Some(within)) = (count, within) {
-                    policy.max_impressions.push(FrequencyCap {
-                        count,
-                        within,
-                        per_channel,
-                    });
-                }
-            }
-        }
+        policy.max_impressions = self.frequency_caps(&pf, owner);
         if let Some(node) = pf.map.get_node("suppress_after_rejects")
             && let Some(m) = self.mapping(node, "suppress_after_rejects", &context)
         {

@@ -39,6 +39,8 @@ pub struct Catalog {
     pub offers: Vec<Offer>,
     pub placements: Vec<Placement>,
     pub experiments: Vec<Experiment>,
+    /// Contact policy and budgets beyond single offers: per channel, per group, fatigue.
+    pub policy: Policy,
 }
 
 impl Catalog {
@@ -59,6 +61,10 @@ impl Catalog {
 #[derive(Debug)]
 pub struct Offer {
     pub id: String,
+    /// [`key`](crate::schema::key) of `id`. INVARIANT: unique in the catalog (`load`).
+    pub key: u32,
+    /// [`key`](crate::schema::key) of `group`, 0 for none.
+    pub group_key: u32,
     pub name: String,
     pub description: Option<String>,
     /// Offers of one group compete for one slot where a placement asks for it.
@@ -76,6 +82,41 @@ pub struct Offer {
     /// A multiplier from the request context (e.g. a boost in the call-center channel).
     pub context_weight: Formula,
     pub contact_policy: ContactPolicy,
+    pub budget: Budget,
+}
+
+/// A volume cap: at most so many impressions a day (UTC) and in all, across customers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub per_day: Option<u64>,
+    pub total: Option<u64>,
+}
+
+impl Budget {
+    pub fn is_unlimited(&self) -> bool {
+        self.per_day.is_none() && self.total.is_none()
+    }
+}
+
+/// Caps that span offers: customer-wide fatigue, per channel and per offer group.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    /// At most so many impressions of any offer, in any channel.
+    pub fatigue: Vec<FrequencyCap>,
+    pub channels: Vec<ScopePolicy>,
+    pub groups: Vec<ScopePolicy>,
+}
+
+/// The caps and budget of one channel or one offer group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopePolicy {
+    pub id: String,
+    /// [`key`](crate::schema::key) of `id`.
+    pub key: u32,
+    /// For a channel: impressions of any offer in it; for a group: impressions of any of
+    /// its offers in any channel (or only the requesting one, with `per_channel`).
+    pub max_impressions: Vec<FrequencyCap>,
+    pub budget: Budget,
 }
 
 /// Content fields for one placement: `title`, `body`, `image_url`, `cta`, `agent_script`,
@@ -129,6 +170,8 @@ pub struct RejectSuppression {
 pub struct Placement {
     pub id: String,
     pub channel: String,
+    /// [`key`](crate::schema::key) of `channel`.
+    pub channel_key: u32,
     pub description: Option<String>,
     /// INVARIANT: at least 1 (checked by `load`).
     pub slots: u32,

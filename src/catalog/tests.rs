@@ -96,6 +96,47 @@ fn the_base_catalog_loads() {
 }
 
 #[test]
+fn policies_and_budgets_load() {
+    let placements = format!(
+        "{PLACEMENTS}contact_policy:\n  fatigue: {{ max_impressions: [{{ count: 5, within: 1d }}] }}\n  \
+         channels: {{ web: {{ max_impressions: {{ count: 2, within: 7d }}, budget: {{ per_day: 10 }} }} }}\n  \
+         groups: {{ cards: {{ max_impressions: [{{ count: 1, within: 1d, per_channel: true }}] }} }}\n"
+    );
+    let offers = OFFERS.replace(
+        "    value: 100\n",
+        "    value: 100\n    budget: { total: 50 }\n",
+    );
+    let c = Catalog::from_yaml(SCHEMA, &placements, EXPERIMENTS, &[&offers])
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    assert_eq!(
+        c.policy.fatigue,
+        [FrequencyCap {
+            count: 5,
+            within: 86_400_000,
+            per_channel: false
+        }]
+    );
+    assert_eq!(c.policy.channels[0].key, crate::schema::key("web"));
+    assert_eq!(
+        c.policy.channels[0].budget,
+        Budget {
+            per_day: Some(10),
+            total: None
+        }
+    );
+    assert!(c.policy.groups[0].max_impressions[0].per_channel);
+    assert_eq!(
+        c.offers[1].budget,
+        Budget {
+            per_day: None,
+            total: Some(50)
+        }
+    );
+    assert_eq!(c.offers[1].group_key, crate::schema::key("cards"));
+    assert_eq!(c.placements[0].channel_key, crate::schema::key("web"));
+}
+
+#[test]
 fn the_version_is_a_content_hash() {
     let a = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[OFFERS]).expect("loads");
     let b = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[OFFERS]).expect("loads");

@@ -13,10 +13,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-/// A stable 64-bit key for an id (offer, group, channel): the same on every machine and
-/// across versions, so history recorded under one catalog counts under the next.
-pub fn key(id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+/// A stable 32-bit key for an id (offer, group, channel): the same on every machine and
+/// across versions, so history recorded under one catalog counts under the next. Never 0,
+/// which stands for "none". A catalog refuses two ids with one key (`catalog::load`).
+pub fn key(id: &str) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) as u32).max(1)
 }
 
 /// Which entity an attribute belongs to. The rule language spells them `customer.x`,

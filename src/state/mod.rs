@@ -44,23 +44,26 @@ impl EventKind {
     }
 }
 
-/// One interaction, as compact as history needs it: 32 bytes.
+/// One interaction, as compact as history needs it: 24 bytes (see the size test).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
     /// Milliseconds since the epoch.
     pub at: i64,
     /// [`key`] of the offer id.
-    pub offer: u64,
+    pub offer: u32,
+    /// [`key`] of the offer's group when it was shown, 0 for none.
+    pub group: u32,
     /// [`key`] of the channel.
-    pub channel: u64,
+    pub channel: u32,
     pub kind: EventKind,
 }
 
 impl Event {
-    pub fn new(at: i64, offer: &str, channel: &str, kind: EventKind) -> Event {
+    pub fn new(at: i64, offer: &str, group: Option<&str>, channel: &str, kind: EventKind) -> Event {
         Event {
             at,
             offer: key(offer),
+            group: group.map_or(0, key),
             channel: key(channel),
             kind,
         }
@@ -183,15 +186,24 @@ pub fn parse_attributes(
 }
 
 /// Parses `name=value` text (the CLI's `--context`) against one entity's schema.
-pub fn parse_text_attribute(entity: &'static str, schema: &EntitySchema, name: &str, text: &str) -> Result<(u32, Value), StateError> {
-    let slot = schema.slot(name).ok_or_else(|| StateError::UnknownAttribute {
-        entity,
-        name: name.to_string(),
-        suggestion: crate::expr::did_you_mean(name, schema.names()),
-    })?;
+pub fn parse_text_attribute(
+    entity: &'static str,
+    schema: &EntitySchema,
+    name: &str,
+    text: &str,
+) -> Result<(u32, Value), StateError> {
+    let slot = schema
+        .slot(name)
+        .ok_or_else(|| StateError::UnknownAttribute {
+            entity,
+            name: name.to_string(),
+            suggestion: crate::expr::did_you_mean(name, schema.names()),
+        })?;
     let attr = schema.get(slot).expect("a slot found by name exists");
     let json = match &attr.ty {
-        AttrType::String | AttrType::Enum(_) | AttrType::Timestamp => serde_json::Value::String(text.to_string()),
+        AttrType::String | AttrType::Enum(_) | AttrType::Timestamp => {
+            serde_json::Value::String(text.to_string())
+        }
         AttrType::Set => serde_json::Value::Array(
             text.split(',')
                 .filter(|s| !s.is_empty())
@@ -218,7 +230,9 @@ fn json_value(v: &serde_json::Value, ty: &AttrType) -> Option<Value> {
         (J::Number(n), AttrType::Float) => Value::Float(n.as_f64().filter(|f| f.is_finite())?),
         (J::String(s), AttrType::String) => Value::Str(s.as_str().into()),
         (J::String(s), AttrType::Enum(def)) => Value::Enum(def.index_of(s)?),
-        (J::String(s), AttrType::Timestamp) => Value::Timestamp(s.parse::<jiff::Timestamp>().ok()?.as_millisecond()),
+        (J::String(s), AttrType::Timestamp) => {
+            Value::Timestamp(s.parse::<jiff::Timestamp>().ok()?.as_millisecond())
+        }
         (J::Array(items), AttrType::Set) => {
             let strs: Option<Vec<&str>> = items.iter().map(|i| i.as_str()).collect();
             Value::set(strs?)
@@ -259,7 +273,9 @@ pub struct Store {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("customers", &self.customers.len()).finish()
+        f.debug_struct("Store")
+            .field("customers", &self.customers.len())
+            .finish()
     }
 }
 
@@ -282,11 +298,14 @@ impl Store {
     /// Merges the given attributes (already parsed against `schema`) into a customer,
     /// creating it if needed. Missing values in `values` leave the stored ones as they are.
     pub fn upsert(&self, id: &str, schema: &Schema, values: Vec<Value>) {
-        let mut entry = self.customers.entry(id.to_string()).or_insert_with(|| CustomerState {
-            id: Some(id.to_string()),
-            attributes: vec![Value::Missing; schema.customer.len()],
-            history: History::default(),
-        });
+        let mut entry = self
+            .customers
+            .entry(id.to_string())
+            .or_insert_with(|| CustomerState {
+                id: Some(id.to_string()),
+                attributes: vec![Value::Missing; schema.customer.len()],
+                history: History::default(),
+            });
         let state = entry.value_mut();
         if state.attributes.len() < values.len() {
             state.attributes.resize(values.len(), Value::Missing);
@@ -300,10 +319,13 @@ impl Store {
 
     /// Records an interaction; an unknown customer is created with no attributes.
     pub fn record(&self, id: &str, event: Event) {
-        let mut entry = self.customers.entry(id.to_string()).or_insert_with(|| CustomerState {
-            id: Some(id.to_string()),
-            ..CustomerState::default()
-        });
+        let mut entry = self
+            .customers
+            .entry(id.to_string())
+            .or_insert_with(|| CustomerState {
+                id: Some(id.to_string()),
+                ..CustomerState::default()
+            });
         entry.value_mut().history.record(event, self.limits);
     }
 
@@ -327,20 +349,38 @@ mod tests {
     use crate::schema::{Attribute, EnumDef};
 
     fn limits(max_events: usize, max_age: i64) -> HistoryLimits {
-        HistoryLimits { max_events, max_age }
+        HistoryLimits {
+            max_events,
+            max_age,
+        }
+    }
+
+    #[test]
+    fn an_event_is_small() {
+        assert_eq!(std::mem::size_of::<Event>(), 24);
     }
 
     #[test]
     fn history_stays_sorted_and_bounded() {
         let mut h = History::default();
         for at in [5, 1, 3, 9, 7] {
-            h.record(Event::new(at, "o", "web", EventKind::Impression), limits(4, 1_000));
+            h.record(
+                Event::new(at, "o", None, "web", EventKind::Impression),
+                limits(4, 1_000),
+            );
         }
         let ats: Vec<i64> = h.events().iter().map(|e| e.at).collect();
         assert_eq!(ats, [3, 5, 7, 9], "oldest dropped beyond four events");
-        h.record(Event::new(20, "o", "web", EventKind::Click), limits(4, 10));
+        h.record(
+            Event::new(20, "o", None, "web", EventKind::Click),
+            limits(4, 10),
+        );
         let ats: Vec<i64> = h.events().iter().map(|e| e.at).collect();
-        assert_eq!(ats, [20], "events more than 10 ms older than the newest dropped");
+        assert_eq!(
+            ats,
+            [20],
+            "events more than 10 ms older than the newest dropped"
+        );
         assert_eq!(h.since(20).len(), 1);
         assert_eq!(h.since(21).len(), 0);
     }
@@ -366,13 +406,16 @@ mod tests {
 
     fn parse(json: &str) -> Result<Vec<Value>, String> {
         let v: serde_json::Value = serde_json::from_str(json).expect("test json");
-        parse_attributes("customer", &schema(), v.as_object().expect("object")).map_err(|e| e.to_string())
+        parse_attributes("customer", &schema(), v.as_object().expect("object"))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
     fn attributes_parse_by_type_and_errors_name_the_attribute() {
         assert_eq!(
-            parse(r#"{"age": 30, "segment": "gold", "products": ["tv", "mobile"], "seen": "2026-01-01T00:00:00Z"}"#),
+            parse(
+                r#"{"age": 30, "segment": "gold", "products": ["tv", "mobile"], "seen": "2026-01-01T00:00:00Z"}"#
+            ),
             Ok(vec![
                 Value::Int(30),
                 Value::Enum(1),
@@ -381,11 +424,20 @@ mod tests {
                 Value::Missing
             ])
         );
-        assert_eq!(parse(r#"{"agee": 30}"#), Err("unknown attribute `customer.agee` (did you mean `age`?)".into()));
-        assert_eq!(parse(r#"{"age": "30"}"#), Err("attribute `customer.age` must be a whole number, found `\"30\"`".into()));
+        assert_eq!(
+            parse(r#"{"agee": 30}"#),
+            Err("unknown attribute `customer.agee` (did you mean `age`?)".into())
+        );
+        assert_eq!(
+            parse(r#"{"age": "30"}"#),
+            Err("attribute `customer.age` must be a whole number, found `\"30\"`".into())
+        );
         assert_eq!(
             parse(r#"{"segment": "platinum"}"#),
-            Err("attribute `customer.segment` must be one of `mass`, `gold`, found `\"platinum\"`".into())
+            Err(
+                "attribute `customer.segment` must be one of `mass`, `gold`, found `\"platinum\"`"
+                    .into()
+            )
         );
         assert!(parse(r#"{"score": "high"}"#).is_err());
         assert!(parse(r#"{"age": 1.5}"#).is_err(), "a float is not an int");
@@ -394,8 +446,14 @@ mod tests {
     #[test]
     fn text_attributes_parse_by_type() {
         let s = schema();
-        assert_eq!(parse_text_attribute("context", &s, "age", "41"), Ok((0, Value::Int(41))));
-        assert_eq!(parse_text_attribute("context", &s, "products", "tv,mobile"), Ok((2, Value::set(["tv", "mobile"]))));
+        assert_eq!(
+            parse_text_attribute("context", &s, "age", "41"),
+            Ok((0, Value::Int(41)))
+        );
+        assert_eq!(
+            parse_text_attribute("context", &s, "products", "tv,mobile"),
+            Ok((2, Value::set(["tv", "mobile"])))
+        );
         assert!(parse_text_attribute("context", &s, "age", "old").is_err());
     }
 
@@ -414,7 +472,7 @@ mod tests {
         let store = Store::default();
         store.upsert("c1", &schema, vec![Value::Int(1), Value::Missing]);
         store.upsert("c1", &schema, vec![Value::Missing, Value::Int(2)]);
-        store.record("c1", Event::new(5, "o", "web", EventKind::Accept));
+        store.record("c1", Event::new(5, "o", None, "web", EventKind::Accept));
         store.with("c1", |s| {
             let s = s.expect("stored");
             assert_eq!(s.attributes, [Value::Int(1), Value::Int(2)]);
