@@ -357,7 +357,7 @@ mod tests {
 
     #[test]
     fn an_event_is_small() {
-        assert_eq!(std::mem::size_of::<Event>(), 24);
+        assert_eq!(size_of::<Event>(), 24);
     }
 
     #[test]
