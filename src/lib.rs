@@ -6,6 +6,8 @@
 //! nodes that evaluate in nanoseconds without locks, I/O or allocation.
 
 pub mod catalog;
+pub mod decide;
+pub mod explore;
 pub mod expr;
 pub mod schema;
 pub mod state;

@@ -139,7 +139,7 @@ impl Catalog {
             });
         }
         Ok(Catalog {
-            version,
+            version: version.into(),
             schema,
             offers: offers.into_iter().map(|o| o.offer).collect(),
             placements,

@@ -34,7 +34,7 @@ pub type ExperimentIdx = usize;
 #[derive(Debug)]
 pub struct Catalog {
     /// A short content hash of the catalog's files; every decision records it.
-    pub version: String,
+    pub version: std::sync::Arc<str>,
     pub schema: Schema,
     pub offers: Vec<Offer>,
     pub placements: Vec<Placement>,
@@ -321,7 +321,7 @@ pub fn summary(catalog: &Catalog, dir: &str) -> String {
 pub fn summary_json(catalog: &Catalog) -> serde_json::Value {
     serde_json::json!({
         "ok": true,
-        "version": catalog.version,
+        "version": &*catalog.version,
         "counts": {
             "customer_attributes": catalog.schema.customer.len(),
             "context_attributes": catalog.schema.context.len(),

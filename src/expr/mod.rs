@@ -52,6 +52,14 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// The same customer, context and time, with the `offer.*` score variables set.
+    pub fn with_offer<'b>(&self, offer: &'b [Value]) -> Env<'b>
+    where
+        'a: 'b,
+    {
+        Env::new(self.entities[0], self.entities[1], offer, self.now)
+    }
+
     /// The value in a slot; a slot beyond the record reads as missing.
     #[inline]
     fn get(&self, entity: usize, slot: u32) -> &'a Value {
@@ -65,6 +73,9 @@ impl<'a> Env<'a> {
 /// A compiled boolean rule (eligibility).
 pub struct Predicate {
     root: compile::BoolFn,
+    /// The top-level `&&` clauses, each with its source, for explanations. Empty when the
+    /// rule is a single clause.
+    clauses: Box<[(Box<str>, compile::BoolFn)]>,
 }
 
 impl std::fmt::Debug for Predicate {
@@ -86,8 +97,25 @@ impl Predicate {
                 found: ty.to_string(),
             }]);
         }
+        // The checker maps each `&&` of the source to one `Ir::And`, so the top-level
+        // conjuncts of both line up.
+        let mut sources = Vec::new();
+        conjuncts(&expr, &mut sources);
+        let mut irs = Vec::new();
+        ir_conjuncts(&ir, &mut irs);
+        let clauses = if sources.len() > 1 && sources.len() == irs.len() {
+            let src_of = |e: &Expr| src.get(e.span.clone()).unwrap_or("").trim().into();
+            sources
+                .iter()
+                .zip(&irs)
+                .map(|(e, ir)| (src_of(e), compile::compile_bool(ir)))
+                .collect()
+        } else {
+            Box::default()
+        };
         Ok(Predicate {
             root: compile::compile_bool(&ir),
+            clauses,
         })
     }
 
@@ -95,6 +123,7 @@ impl Predicate {
     pub fn always() -> Predicate {
         Predicate {
             root: Box::new(|_| Some(true)),
+            clauses: Box::default(),
         }
     }
 
@@ -104,10 +133,50 @@ impl Predicate {
         (self.root)(env)
     }
 
+    /// Why the rule does not hold: the source of the first top-level clause that is false
+    /// or undecided, and which (`Some(false)` or `None`). `None` if the rule holds.
+    pub fn explain<'p>(&'p self, env: &Env<'_>, src: &'p str) -> Option<(&'p str, Option<bool>)> {
+        let result = self.eval(env);
+        if result == Some(true) {
+            return None;
+        }
+        let clause = self
+            .clauses
+            .iter()
+            .map(|(text, clause)| (&**text, clause(env)))
+            .find(|(_, r)| *r != Some(true));
+        Some(clause.unwrap_or((src, result)))
+    }
+
     /// Whether the rule definitely holds: a rule that is undecided does not match.
     #[inline]
     pub fn matches(&self, env: &Env<'_>) -> bool {
         (self.root)(env) == Some(true)
+    }
+}
+
+fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match &e.kind {
+        ExprKind::Binary {
+            op: ast::BinaryOp::And,
+            lhs,
+            rhs,
+            ..
+        } => {
+            conjuncts(lhs, out);
+            conjuncts(rhs, out);
+        }
+        _ => out.push(e),
+    }
+}
+
+fn ir_conjuncts<'i>(ir: &'i ir::Ir, out: &mut Vec<&'i ir::Ir>) {
+    match ir {
+        ir::Ir::And(a, b) => {
+            ir_conjuncts(a, out);
+            ir_conjuncts(b, out);
+        }
+        _ => out.push(ir),
     }
 }
 

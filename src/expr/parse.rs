@@ -132,8 +132,9 @@ fn build(pair: Pair<'_, Rule>) -> Result<Expr, ExprError> {
                 }
             }
             let mut expr = operand.expect("a unary chain ends in an operand");
+            // Each operator's span runs to the end of the chain, closing parenthesis included.
             for (start, not) in ops.into_iter().rev() {
-                expr = fold_unary(start, not, expr);
+                expr = fold_unary(start..span.end, not, expr);
             }
             Ok(expr)
         }
@@ -217,8 +218,7 @@ fn build(pair: Pair<'_, Rule>) -> Result<Expr, ExprError> {
 
 /// Applies one prefix operator; a minus before a number literal becomes a negative literal,
 /// so that `-9223372036854775808` and constant folding need no special case.
-fn fold_unary(start: usize, not: bool, expr: Expr) -> Expr {
-    let span = start..expr.span.end;
+fn fold_unary(span: Span, not: bool, expr: Expr) -> Expr {
     let kind = match (not, expr.kind) {
         (false, ExprKind::Int(i)) if i != i64::MIN => ExprKind::Int(-i),
         (false, ExprKind::Float(f)) => ExprKind::Float(-f),
@@ -332,6 +332,8 @@ mod tests {
         check("-(1 + 2)", "(Neg (+ 1 2))");
         check("- -3", "3");
         check("-customer.age", "(Neg customer.age)");
+        let e = parse("!(a.b || c.d)").expect("parses");
+        assert_eq!(e.span, 0..13, "a negation spans its closing parenthesis");
     }
 
     #[test]

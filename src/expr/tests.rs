@@ -373,6 +373,34 @@ fn every_error_is_reported() {
 }
 
 #[test]
+fn explanations_name_the_first_clause_that_fails() {
+    let schema = schema();
+    let src = "customer.age >= 18 && customer.segment == 'gold' && has(customer.name)";
+    let p = Predicate::compile(src, &schema, "eligibility").expect("compiles");
+    let explain = |values: &[(&str, Value)]| {
+        let c = customer(&schema, values);
+        p.explain(&Env::new(&c, &[], &[], NOW), src)
+            .map(|(clause, r)| (clause.to_string(), r))
+    };
+    assert_eq!(
+        explain(&[("age", Value::Int(30)), ("segment", Value::Enum(0))]),
+        Some(("customer.segment == 'gold'".into(), Some(false)))
+    );
+    assert_eq!(
+        explain(&[("segment", Value::Enum(1))]),
+        Some(("customer.age >= 18".into(), None))
+    );
+    assert_eq!(
+        explain(&[
+            ("age", Value::Int(30)),
+            ("segment", Value::Enum(1)),
+            ("name", Value::Str("x".into()))
+        ]),
+        None
+    );
+}
+
+#[test]
 fn score_formulas_see_offer_variables() {
     let schema = schema();
     let f = Formula::compile("offer.propensity * offer.value * 2", &schema, "score", true)

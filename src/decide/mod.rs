@@ -1,0 +1,456 @@
+//! The decision pipeline: which offers one customer sees in one placement, now, and with
+//! what probability.
+//!
+//! `decide` is pure and synchronous: no I/O, no clock (time is an argument), no locks, no
+//! tokio. For every offer of the placement it checks, in order: active window, eligibility
+//! rule, contact policy (offer, group, channel and customer-wide caps), budgets; it scores
+//! the survivors (propensity × context weight × value × weight, or a placement's or arm's
+//! formula), fills the slots best first with at most one offer per group where asked, lets
+//! epsilon-greedy explore each slot with a stable hash draw, and records the exact
+//! probability of every offer shown. docs/decisions.md is the reference.
+//!
+//! Allocation is a small constant per decision, whatever the catalog's size: the
+//! candidate and shown lists, an index of the customer's history when there is one, and
+//! the explanation when asked for.
+
+mod policy;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::catalog::{Catalog, ExperimentIdx, OfferIdx, PlacementIdx};
+use crate::explore::{Unit, propensity, window_index};
+use crate::expr::Env;
+use crate::schema::{AttrType, Value, offer_slot};
+use crate::state::CustomerState;
+
+pub use policy::{BudgetScope, Budgets, NoBudgets, Spent};
+
+/// The request's context attributes, in the slots of the catalog's context schema.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Context {
+    pub values: Vec<Value>,
+}
+
+impl Context {
+    /// The context for a placement: `values`, with `context.channel` set to the
+    /// placement's channel when the schema has that attribute and the caller left it unset.
+    pub fn for_placement(
+        catalog: &Catalog,
+        placement: PlacementIdx,
+        mut values: Vec<Value>,
+    ) -> Context {
+        let schema = &catalog.schema.context;
+        values.resize(schema.len(), Value::Missing);
+        if let Some(slot) = schema.slot("channel")
+            && values[slot as usize].is_missing()
+            && let Some(p) = catalog.placements.get(placement)
+        {
+            values[slot as usize] = match &schema.get(slot).map(|a| &a.ty) {
+                Some(AttrType::Enum(def)) => {
+                    def.index_of(&p.channel).map_or(Value::Missing, Value::Enum)
+                }
+                Some(AttrType::String) => Value::Str(p.channel.as_str().into()),
+                _ => Value::Missing,
+            };
+        }
+        Context { values }
+    }
+}
+
+/// How to decide.
+#[derive(Clone, Copy)]
+pub struct Options<'a> {
+    /// The decision's id (time-ordered, unique: a UUIDv7 made by the caller). For an
+    /// anonymous caller it is also the unit of the exploration draw.
+    pub decision_id: Uuid,
+    /// Say for every offer of the placement where it stopped and why.
+    pub explain: bool,
+    /// Fill this many slots instead of the placement's number.
+    pub slots: Option<u32>,
+    /// Offers not to show (already on the page, for a batch of placements).
+    pub exclude: &'a [OfferIdx],
+    /// Volume counters, for budgets.
+    pub budgets: &'a dyn Budgets,
+}
+
+impl fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("decision_id", &self.decision_id)
+            .field("explain", &self.explain)
+            .field("slots", &self.slots)
+            .field("exclude", &self.exclude)
+            .finish()
+    }
+}
+
+impl Options<'static> {
+    pub fn new(decision_id: Uuid) -> Options<'static> {
+        Options {
+            decision_id,
+            explain: false,
+            slots: None,
+            exclude: &[],
+            budgets: &NoBudgets,
+        }
+    }
+}
+
+/// What was decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub id: Uuid,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    pub catalog_version: Arc<str>,
+    pub placement: PlacementIdx,
+    pub experiment: Option<ExperimentIdx>,
+    /// Index into the experiment's arms.
+    pub arm: Option<usize>,
+    /// The exploration rate in force (0 without an experiment).
+    pub epsilon: f64,
+    /// The offers shown, slot by slot.
+    pub offers: Vec<Shown>,
+    /// Every offer that passed eligibility, policy and budgets, with its score, in catalog
+    /// order: what the journal needs to evaluate other policies offline.
+    pub candidates: Vec<Candidate>,
+    /// Set when a channel cap, customer fatigue or a channel budget forbids showing
+    /// anything at all in this placement now.
+    pub suppressed: Option<String>,
+    /// For every offer of the placement, where it stopped; when asked for.
+    pub explanation: Option<Vec<Explained>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shown {
+    pub offer: OfferIdx,
+    /// From 0.
+    pub slot: u32,
+    pub score: f64,
+    /// The probability the policy put this offer in this slot, given the earlier slots.
+    pub propensity: f64,
+    /// The slot's draw chose to explore.
+    pub explored: bool,
+    /// The placement's fallback, shown because nothing qualified.
+    pub fallback: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    pub offer: OfferIdx,
+    pub score: f64,
+}
+
+/// Where one offer stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explained {
+    pub offer: OfferIdx,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Outside its active window.
+    Inactive,
+    /// Excluded by the caller (already shown on the page).
+    Excluded,
+    /// Its eligibility rule: the first clause that failed, and whether it was false or
+    /// undecided (a missing value).
+    Ineligible {
+        clause: String,
+        undecided: bool,
+    },
+    /// A contact-policy cap.
+    Capped {
+        reason: String,
+    },
+    /// A budget is spent.
+    OverBudget {
+        reason: String,
+    },
+    /// A score term was missing (an unset attribute, a division by zero, ...).
+    NoScore {
+        term: &'static str,
+    },
+    /// Eligible and scored, but not shown.
+    Lost {
+        score: f64,
+    },
+    Shown {
+        slot: u32,
+        explored: bool,
+    },
+    /// Nothing could be shown at all (`Decision::suppressed`).
+    Suppressed,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Inactive => f.write_str("inactive: outside its active window"),
+            Outcome::Excluded => f.write_str("excluded: already shown on the page"),
+            Outcome::Ineligible {
+                clause,
+                undecided: false,
+            } => write!(f, "ineligible: `{clause}` is false"),
+            Outcome::Ineligible {
+                clause,
+                undecided: true,
+            } => {
+                write!(
+                    f,
+                    "ineligible: `{clause}` is undecided (a value it reads is missing)"
+                )
+            }
+            Outcome::Capped { reason } => write!(f, "capped: {reason}"),
+            Outcome::OverBudget { reason } => write!(f, "over budget: {reason}"),
+            Outcome::NoScore { term } => write!(f, "no score: `{term}` is missing"),
+            Outcome::Lost { score } => write!(f, "lost arbitration with score {score}"),
+            Outcome::Shown {
+                slot,
+                explored: false,
+            } => write!(f, "shown in slot {slot}"),
+            Outcome::Shown {
+                slot,
+                explored: true,
+            } => write!(f, "shown in slot {slot} (explored)"),
+            Outcome::Suppressed => f.write_str("suppressed: the placement shows nothing now"),
+        }
+    }
+}
+
+/// Decides which offers `customer` sees in `placement` at `now` (ms since the epoch).
+pub fn decide(
+    catalog: &Catalog,
+    customer: &CustomerState,
+    context: &Context,
+    placement: PlacementIdx,
+    now: i64,
+    options: &Options<'_>,
+) -> Decision {
+    let p = &catalog.placements[placement];
+    let mut decision = Decision {
+        id: options.decision_id,
+        at: now,
+        catalog_version: catalog.version.clone(),
+        placement,
+        experiment: p.experiment,
+        arm: None,
+        epsilon: 0.0,
+        offers: Vec::new(),
+        candidates: Vec::with_capacity(p.offers.len()),
+        suppressed: None,
+        explanation: None,
+    };
+    let mut explanation = options.explain.then(|| Vec::with_capacity(p.offers.len()));
+
+    // The experiment: a sticky arm, and the epsilon and score formula it sets.
+    let anonymous_unit;
+    let unit_id = match &customer.id {
+        Some(id) => id.as_str(),
+        None => {
+            anonymous_unit = options.decision_id.to_string();
+            anonymous_unit.as_str()
+        }
+    };
+    let mut score_formula = p.score.as_ref();
+    let mut draw = None;
+    if let Some(e) = p.experiment.map(|e| &catalog.experiments[e]) {
+        let unit = Unit::new(&e.salt, unit_id);
+        let arm = unit.arm(e.arms.iter().map(|a| a.share));
+        let chosen = &e.arms[arm];
+        decision.arm = Some(arm);
+        decision.epsilon = chosen.epsilon.unwrap_or(e.epsilon);
+        score_formula = chosen.score.as_ref().or(score_formula);
+        draw = Some((unit, window_index(now, e.window)));
+    }
+
+    let history = policy::HistoryIndex::new(customer.history.events());
+    let checks = policy::Checks::new(catalog, p, &history, now, options.budgets);
+    if let Some(reason) = checks.suppressed() {
+        decision.suppressed = Some(reason);
+        if let Some(explanation) = &mut explanation {
+            explanation.extend(p.offers.iter().map(|&offer| Explained {
+                offer,
+                outcome: Outcome::Suppressed,
+            }));
+        }
+        decision.explanation = explanation;
+        return decision;
+    }
+
+    let mut explain = |offer: OfferIdx, outcome: Outcome| {
+        if let Some(explanation) = &mut explanation {
+            explanation.push(Explained { offer, outcome });
+        }
+    };
+    for &idx in &p.offers {
+        let offer = &catalog.offers[idx];
+        if options.exclude.contains(&idx) {
+            explain(idx, Outcome::Excluded);
+            continue;
+        }
+        if !offer.active.contains(now) {
+            explain(idx, Outcome::Inactive);
+            continue;
+        }
+        let env = Env::new(&customer.attributes, &context.values, &[], now);
+        if !offer.eligibility.matches(&env) {
+            if options.explain {
+                let src = offer.eligibility_src.as_deref().unwrap_or("");
+                let (clause, result) = offer.eligibility.explain(&env, src).unwrap_or((src, None));
+                explain(
+                    idx,
+                    Outcome::Ineligible {
+                        clause: clause.to_string(),
+                        undecided: result.is_none(),
+                    },
+                );
+            }
+            continue;
+        }
+        if let Some(reason) = checks.capped(offer, options.explain) {
+            explain(idx, Outcome::Capped { reason });
+            continue;
+        }
+        if let Some(reason) = checks.over_budget(offer, options.explain) {
+            explain(idx, Outcome::OverBudget { reason });
+            continue;
+        }
+        match score(offer, score_formula, &env) {
+            Ok(score) => decision.candidates.push(Candidate { offer: idx, score }),
+            Err(term) => explain(idx, Outcome::NoScore { term }),
+        }
+    }
+
+    arbitrate(catalog, p, &mut decision, options, draw);
+    if let Some(explanation) = &mut explanation {
+        for c in &decision.candidates {
+            let outcome = match decision
+                .offers
+                .iter()
+                .find(|s| s.offer == c.offer && !s.fallback)
+            {
+                Some(s) => Outcome::Shown {
+                    slot: s.slot,
+                    explored: s.explored,
+                },
+                None => Outcome::Lost { score: c.score },
+            };
+            explanation.push(Explained {
+                offer: c.offer,
+                outcome,
+            });
+        }
+    }
+    decision.explanation = explanation;
+    decision
+}
+
+/// The offer's score, or the name of the term that was missing.
+fn score(
+    offer: &crate::catalog::Offer,
+    formula: Option<&crate::expr::Formula>,
+    env: &Env<'_>,
+) -> Result<f64, &'static str> {
+    let propensity = offer.propensity.eval(env).ok_or("propensity")?;
+    let value = offer.value.eval(env).ok_or("value")?;
+    let weight = offer.weight.eval(env).ok_or("weight")?;
+    let context_weight = offer.context_weight.eval(env).ok_or("context_weight")?;
+    let score = match formula {
+        None => propensity * context_weight * value * weight,
+        Some(f) => {
+            let mut vars = [
+                Value::Missing,
+                Value::Missing,
+                Value::Missing,
+                Value::Missing,
+            ];
+            vars[offer_slot::PROPENSITY as usize] = Value::Float(propensity);
+            vars[offer_slot::VALUE as usize] = Value::Float(value);
+            vars[offer_slot::WEIGHT as usize] = Value::Float(weight);
+            vars[offer_slot::CONTEXT_WEIGHT as usize] = Value::Float(context_weight);
+            let env = env.with_offer(&vars);
+            f.eval(&env).ok_or("score")?
+        }
+    };
+    if score.is_finite() {
+        Ok(score)
+    } else {
+        Err("score")
+    }
+}
+
+/// Fills the slots: per slot, the best remaining candidate, or with probability epsilon
+/// the remaining candidate that ranks highest on the stable hash; then the fallback if
+/// nothing could be shown.
+fn arbitrate(
+    catalog: &Catalog,
+    p: &crate::catalog::Placement,
+    decision: &mut Decision,
+    options: &Options<'_>,
+    draw: Option<(Unit, i64)>,
+) {
+    let slots = options.slots.unwrap_or(p.slots).min(64);
+    decision.offers.reserve_exact(slots as usize);
+    let group_of = |c: &Candidate| catalog.offers[c.offer].group_key;
+    for slot in 0..slots {
+        let taken = |c: &Candidate| {
+            decision.offers.iter().any(|s| {
+                s.offer == c.offer
+                    || (p.one_per_group
+                        && group_of(c) != 0
+                        && catalog.offers[s.offer].group_key == group_of(c))
+            })
+        };
+        // The best remaining: highest score, then catalog order.
+        let mut best: Option<&Candidate> = None;
+        let mut remaining = 0usize;
+        for c in decision.candidates.iter().filter(|c| !taken(c)) {
+            remaining += 1;
+            if best.is_none_or(|b| c.score > b.score) {
+                best = Some(c);
+            }
+        }
+        let Some(best) = best.copied() else { break };
+        let explored =
+            draw.is_some_and(|(unit, window)| unit.explores(window, slot, decision.epsilon));
+        let chosen = match draw {
+            Some((unit, window)) if explored => decision
+                .candidates
+                .iter()
+                .filter(|c| !taken(c))
+                .max_by_key(|c| unit.rank(window, catalog.offers[c.offer].key))
+                .copied()
+                .unwrap_or(best),
+            _ => best,
+        };
+        decision.offers.push(Shown {
+            offer: chosen.offer,
+            slot,
+            score: chosen.score,
+            propensity: propensity(decision.epsilon, chosen.offer == best.offer, remaining),
+            explored,
+            fallback: false,
+        });
+    }
+    if decision.offers.is_empty()
+        && let Some(fallback) = p.fallback
+        && catalog.offers[fallback].active.contains(decision.at)
+        && !options.exclude.contains(&fallback)
+    {
+        decision.offers.push(Shown {
+            offer: fallback,
+            slot: 0,
+            score: 0.0,
+            propensity: 1.0,
+            explored: false,
+            fallback: true,
+        });
+    }
+}
