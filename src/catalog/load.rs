@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::diag::scalar_location;
 use super::*;
-use crate::expr::{self, ExprKind, did_you_mean};
+use crate::expr::{self, ExprError, ExprKind, Vocabulary, did_you_mean};
 use crate::schema::{AttrType, Attribute, EntitySchema, EnumDef, Value, key};
 
 /// The catalog files, by role. `path`s are what messages show.
@@ -108,6 +108,7 @@ impl Catalog {
         let ctx = RuleCtx {
             schema: &schema,
             check: schema_ok,
+            vocabulary: l.vocabulary(&offer_files),
         };
 
         let experiments = experiments_file
@@ -197,6 +198,8 @@ struct RuleCtx<'s> {
     schema: &'s Schema,
     /// False when the schema has errors: rules are then not compiled.
     check: bool,
+    /// Every offer id and group, for the names history functions use.
+    vocabulary: Vocabulary,
 }
 
 /// A placement before its fallback offer is resolved.
@@ -558,7 +561,7 @@ impl Loader {
         if !ctx.check {
             return None;
         }
-        match Formula::compile(s, ctx.schema, key, allow_offer) {
+        match Formula::compile_with(s, ctx.schema, key, allow_offer, Some(&ctx.vocabulary)) {
             Ok(formula) => Some(formula),
             Err(errors) => {
                 self.rule_errors(s, errors, key, owner);
@@ -1015,6 +1018,31 @@ impl Loader {
         }
     }
 
+    /// The offer ids and groups of every offers file, read ahead of compiling any rule so
+    /// that rules can name offers in any file. Errors are reported by the full pass.
+    fn vocabulary(&self, files: &[usize]) -> Vocabulary {
+        let mut v = Vocabulary::default();
+        for &file in files {
+            let Ok(Node::Mapping(top)) =
+                marked_yaml::parse_yaml(file, self.files[file].text.as_ref())
+            else {
+                continue;
+            };
+            let Some(offers) = top.get_sequence("offers") else {
+                continue;
+            };
+            for offer in offers.iter().filter_map(Node::as_mapping) {
+                v.offers
+                    .extend(offer.get_scalar("id").map(|s| s.to_string()));
+                v.groups
+                    .extend(offer.get_scalar("group").map(|s| s.to_string()));
+            }
+        }
+        v.groups.sort();
+        v.groups.dedup();
+        v
+    }
+
     /// The `contact_policy` section of placements.yaml: fatigue, channels, groups.
     fn policy(&mut self, f: &Fields<'_>) -> Policy {
         let mut policy = Policy::default();
@@ -1247,7 +1275,12 @@ impl Loader {
 
             let eligibility_node = self.scalar(&f, "eligibility");
             let eligibility = match eligibility_node {
-                Some(s) if ctx.check => match Predicate::compile(s, ctx.schema, "eligibility") {
+                Some(s) if ctx.check => match Predicate::compile_with(
+                    s,
+                    ctx.schema,
+                    "eligibility",
+                    Some(&ctx.vocabulary),
+                ) {
                     Ok(p) => p,
                     Err(errors) => {
                         self.rule_errors(s, errors, "eligibility", &owner);

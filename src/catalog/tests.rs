@@ -312,6 +312,12 @@ fn rule_errors_point_into_the_file() {
     check(
         "offers",
         "customer.age >= 18",
+        "impressions(7d, 'gold_crad') < 2",
+        &["offers/0.yaml:7:34: unknown offer `gold_crad` in eligibility of offer `gold_card`"],
+    );
+    check(
+        "offers",
+        "customer.age >= 18",
         "customer.agee >= 18",
         &[
             "offers/0.yaml:7:18: unknown attribute `customer.agee` in eligibility of offer `gold_card`",

@@ -299,7 +299,12 @@ pub fn decide(
             explain(idx, Outcome::Inactive);
             continue;
         }
-        let env = Env::new(&customer.attributes, &context.values, &[], now);
+        let env = Env::new(&customer.attributes, &context.values, &[], now).with_history(
+            customer.history.events(),
+            offer.key,
+            offer.group_key,
+            p.channel_key,
+        );
         if !offer.eligibility.matches(&env) {
             if options.explain {
                 let src = offer.eligibility_src.as_deref().unwrap_or("");

@@ -361,6 +361,50 @@ fn group_caps_count_every_offer_of_the_group() {
 }
 
 #[test]
+fn history_functions_see_this_offer_and_this_channel() {
+    let offers = [
+        offer(
+            "a",
+            "    value: 9\n    eligibility: impressions_here(7d) < 1 && rejects(30d, 'b') == 0\n",
+        ),
+        offer(
+            "b",
+            "    value: 8\n    propensity: \"clicks(7d) > 0 ? 2 : 1\"\n",
+        ),
+        offer("z", ""),
+    ];
+    check(Case::new(&offers), &anyone(), &["a", "b"], &[]);
+    let seen_on_email = [(DAY, "a", "email", EventKind::Impression)];
+    check(
+        Case::new(&offers),
+        &customer(Some(1), 0, &seen_on_email),
+        &["a", "b"],
+        &[],
+    );
+    let seen_here = [(DAY, "a", "web", EventKind::Impression)];
+    check(
+        Case::new(&offers),
+        &customer(Some(1), 0, &seen_here),
+        &["b", "z"],
+        &[("a", "ineligible: `impressions_here(7d) < 1` is false")],
+    );
+    let b_rejected = [(DAY, "b", "web", EventKind::Reject)];
+    check(
+        Case::new(&offers),
+        &customer(Some(1), 0, &b_rejected),
+        &["b", "z"],
+        &[("a", "ineligible: `rejects(30d, 'b') == 0` is false")],
+    );
+    let b_clicked = [(DAY, "b", "email", EventKind::Click)];
+    check(
+        Case::new(&offers),
+        &customer(Some(1), 0, &b_clicked),
+        &["b", "a"],
+        &[("b", "shown in slot 0")],
+    );
+}
+
+#[test]
 fn one_offer_per_group_where_the_placement_asks() {
     let offers = [
         offer("g1", "    value: 9\n    group: grp\n"),

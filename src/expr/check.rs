@@ -2,16 +2,23 @@
 
 use std::sync::Arc;
 
+use super::Vocabulary;
 use super::ast::{BinaryOp, Expr, ExprKind, Span, UnaryOp};
 use super::error::{ExprError, did_you_mean};
-use super::ir::{ArithOp, CmpOp, FUNCTIONS, Func, Ir, Kind, Ty};
-use crate::schema::{AttrType, Entity, Schema, Value};
+use super::ir::{ArithOp, CmpOp, Count, FUNCTIONS, Func, Ir, Kind, Target, Ty, history_function};
+use crate::schema::{AttrType, Entity, EventKind, Schema, Value, key};
 
 /// Type-checks `expr`. `allow_offer` admits the `offer.*` score variables (score formulas).
-pub fn check(expr: &Expr, schema: &Schema, allow_offer: bool) -> Result<(Ir, Ty), Vec<ExprError>> {
+pub fn check(
+    expr: &Expr,
+    schema: &Schema,
+    allow_offer: bool,
+    vocabulary: Option<&Vocabulary>,
+) -> Result<(Ir, Ty), Vec<ExprError>> {
     let mut checker = Checker {
         schema,
         allow_offer,
+        vocabulary,
         errors: Vec::new(),
     };
     let typed = checker.infer(expr);
@@ -24,6 +31,8 @@ pub fn check(expr: &Expr, schema: &Schema, allow_offer: bool) -> Result<(Ir, Ty)
 struct Checker<'s> {
     schema: &'s Schema,
     allow_offer: bool,
+    /// The catalog's offer ids and groups, when known, to check history functions' names.
+    vocabulary: Option<&'s Vocabulary>,
     errors: Vec<ExprError>,
 }
 
@@ -515,7 +524,76 @@ impl Checker<'_> {
         Some((Ir::InSet(boxed(needle.0), boxed(set.0)), Ty::Bool))
     }
 
+    /// `impressions(7d)`, `rejects(30d, 'gold_card')`, `group_impressions_here(1d)`, ...
+    fn history(
+        &mut self,
+        name: &str,
+        (kind, group, here): (EventKind, bool, bool),
+        args: &[Expr],
+        span: &Span,
+    ) -> Option<Typed> {
+        if !(1..=2).contains(&args.len()) {
+            self.errors.push(ExprError::Arity {
+                span: span.clone(),
+                name: name.to_string(),
+                expected: "1 or 2".to_string(),
+                found: args.len(),
+            });
+            return None;
+        }
+        let (within, ty) = self.infer(&args[0])?;
+        if ty != Ty::Duration {
+            self.mismatch(
+                &args[0].span,
+                format!("`{name}`"),
+                "a duration such as `7d`",
+                format!("`{ty}`"),
+            );
+            return None;
+        }
+        let what = if group { "group" } else { "offer" };
+        let target = match args.get(1) {
+            None if group => Target::ThisGroup,
+            None => Target::ThisOffer,
+            Some(arg) => {
+                let ExprKind::Str(id) = &arg.kind else {
+                    self.errors.push(ExprError::HistoryTarget {
+                        span: arg.span.clone(),
+                        function: name.to_string(),
+                        kind: what,
+                    });
+                    return None;
+                };
+                if let Some(v) = self.vocabulary {
+                    let known = if group { &v.groups } else { &v.offers };
+                    if !known.iter().any(|k| k == id) {
+                        self.errors.push(ExprError::UnknownName {
+                            span: arg.span.clone(),
+                            kind: what,
+                            name: id.clone(),
+                            suggestion: did_you_mean(id, known.iter().map(String::as_str)),
+                        });
+                        return None;
+                    }
+                }
+                if group {
+                    Target::Group(key(id))
+                } else {
+                    Target::Offer(key(id))
+                }
+            }
+        };
+        let count = Count { kind, target, here };
+        Some((
+            Ir::Call(Func::Count(count), Kind::Int, vec![within]),
+            Ty::Int,
+        ))
+    }
+
     fn call(&mut self, name: &str, name_span: &Span, args: &[Expr], span: &Span) -> Option<Typed> {
+        if let Some(parsed) = history_function(name) {
+            return self.history(name, parsed, args, span);
+        }
         let (func, (min, max), expected) = match name {
             "has" => (None, (1, 1), "1"),
             "days_since" => (Some(Func::DaysSince), (1, 1), "1"),
@@ -557,6 +635,7 @@ impl Checker<'_> {
         let what = format!("`{name}`");
         let call = |f, kind, args| Ir::Call(f, kind, args);
         match func {
+            Func::Count(_) => unreachable!("history functions are checked by `history`"),
             Func::Now => Some((call(func, Kind::Int, vec![]), Ty::Timestamp)),
             Func::DaysSince | Func::HoursSince => {
                 let [(ir, ty)] = <[Typed; 1]>::try_from(typed).ok()?;

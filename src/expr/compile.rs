@@ -19,7 +19,7 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use super::Env;
-use super::ir::{ArithOp, CmpOp, Func, Ir, Kind};
+use super::ir::{ArithOp, CmpOp, Count, Func, Ir, Kind, Target};
 use crate::schema::{Entity, Value};
 
 /// A string produced by an expression: borrowed, and lower-cased lazily when `lower` is set
@@ -284,6 +284,27 @@ impl SetN {
             }
         }
     }
+}
+
+/// How many of the customer's events match a history function, within `within` ms before
+/// now. History is sorted by time, so only the window's events are looked at.
+fn count_events(env: &Env<'_>, count: Count, within: i64) -> i64 {
+    let since = env.now.saturating_sub(within);
+    let start = env.history.partition_point(|e| e.at < since);
+    env.history[start..]
+        .iter()
+        .take_while(|e| e.at <= env.now)
+        .filter(|e| {
+            e.kind == count.kind
+                && (!count.here || e.channel == env.channel)
+                && match count.target {
+                    Target::ThisOffer => e.offer == env.offer,
+                    Target::Offer(k) => e.offer == k,
+                    Target::ThisGroup => env.group != 0 && e.group == env.group,
+                    Target::Group(k) => e.group == k,
+                }
+        })
+        .count() as i64
 }
 
 /// Sets up to this size are scanned; larger ones are binary-searched.
@@ -629,6 +650,17 @@ fn compile_int_raw(ir: &Ir) -> IntFn {
             Box::new(move |env| if c(env)? { t(env) } else { e(env) })
         }
         Ir::Call(Func::Now, _, _) => Box::new(|env| Some(env.now)),
+        Ir::Call(Func::Count(count), _, args) => {
+            let count = *count;
+            match fold_int(&args[0]) {
+                Some(Some(within)) => Box::new(move |env| Some(count_events(env, count, within))),
+                Some(None) => Box::new(|_| None),
+                None => {
+                    let within = compile_int(&args[0]);
+                    Box::new(move |env| Some(count_events(env, count, within(env)?)))
+                }
+            }
+        }
         Ir::Call(Func::Min, _, args) => {
             let args: Box<[IntFn]> = args.iter().map(compile_int).collect();
             Box::new(move |env| args.iter().try_fold(i64::MAX, |m, a| Some(m.min(a(env)?))))

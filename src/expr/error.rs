@@ -54,6 +54,19 @@ pub enum ExprError {
     },
     #[error("a list is only allowed on the right of `in`")]
     ListOutsideIn { span: Span },
+    #[error("unknown {kind} `{name}`")]
+    UnknownName {
+        span: Span,
+        kind: &'static str,
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("the second argument of `{function}` must be a constant {kind} id")]
+    HistoryTarget {
+        span: Span,
+        function: String,
+        kind: &'static str,
+    },
     #[error("list elements must be constants")]
     NonConstantList { span: Span },
     #[error("`has` takes an attribute such as `customer.age`")]
@@ -83,6 +96,8 @@ impl ExprError {
             | TypeMismatch { span, .. }
             | UnknownVariant { span, .. }
             | NonConstantList { span }
+            | UnknownName { span, .. }
+            | HistoryTarget { span, .. }
             | ListOutsideIn { span }
             | HasNeedsAttribute { span }
             | WrongResult { span, .. } => span.clone(),
@@ -102,6 +117,10 @@ impl ExprError {
                 ..
             }
             | UnknownVariant {
+                suggestion: Some(s),
+                ..
+            }
+            | UnknownName {
                 suggestion: Some(s),
                 ..
             } => Some(format!("did you mean `{s}`?")),

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::schema::{Entity, EnumDef, Value};
+use crate::schema::{Entity, EnumDef, EventKind, Value};
 
 /// The static type of an expression, as rule authors see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +131,48 @@ pub enum Func {
     SizeStr,
     Lower,
     StartsWith,
+    /// A history function: how many events of a kind, within a duration.
+    Count(Count),
+}
+
+/// What a history function counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    pub kind: EventKind,
+    pub target: Target,
+    /// Only events in the request's channel.
+    pub here: bool,
+}
+
+/// Whose events a history function counts: by [`key`](crate::schema::key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    ThisOffer,
+    Offer(u32),
+    ThisGroup,
+    Group(u32),
+}
+
+/// Parses a history function's name:
+/// `[group_]{impressions|clicks|accepts|rejects|conversions}[_here]`.
+pub fn history_function(name: &str) -> Option<(EventKind, bool, bool)> {
+    let (group, rest) = match name.strip_prefix("group_") {
+        Some(rest) => (true, rest),
+        None => (false, name),
+    };
+    let (here, kind) = match rest.strip_suffix("_here") {
+        Some(kind) => (true, kind),
+        None => (false, rest),
+    };
+    let kind = match kind {
+        "impressions" => EventKind::Impression,
+        "clicks" => EventKind::Click,
+        "accepts" => EventKind::Accept,
+        "rejects" => EventKind::Reject,
+        "conversions" => EventKind::Convert,
+        _ => return None,
+    };
+    Some((kind, group, here))
 }
 
 /// Every function a rule may call, with a one-line signature for messages and docs.
@@ -150,6 +192,23 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ("size", "size(set | string) -> int"),
     ("lower", "lower(string) -> string"),
     ("starts_with", "starts_with(string, prefix) -> bool"),
+    ("impressions", "impressions(duration [, offer]) -> int"),
+    ("clicks", "clicks(duration [, offer]) -> int"),
+    ("accepts", "accepts(duration [, offer]) -> int"),
+    ("rejects", "rejects(duration [, offer]) -> int"),
+    ("conversions", "conversions(duration [, offer]) -> int"),
+    (
+        "impressions_here",
+        "impressions_here(duration [, offer]) -> int",
+    ),
+    (
+        "group_impressions",
+        "group_impressions(duration [, group]) -> int",
+    ),
+    (
+        "group_impressions_here",
+        "group_impressions_here(duration [, group]) -> int",
+    ),
 ];
 
 /// A typed, resolved expression.
@@ -202,7 +261,9 @@ impl Ir {
             | Ir::Arith(_, _, a, b)
             | Ir::InSet(a, b) => a.is_constant() && b.is_constant(),
             Ir::Cond(_, c, t, e) => c.is_constant() && t.is_constant() && e.is_constant(),
-            Ir::Call(Func::Now | Func::DaysSince | Func::HoursSince, _, _) => false,
+            Ir::Call(Func::Now | Func::DaysSince | Func::HoursSince | Func::Count(_), _, _) => {
+                false
+            }
             Ir::Call(_, _, args) => args.iter().all(Ir::is_constant),
         }
     }

@@ -26,7 +26,7 @@ pub use error::{ExprError, did_you_mean};
 pub use ir::{FUNCTIONS, Ty};
 pub use parse::parse;
 
-use crate::schema::{Schema, Value};
+use crate::schema::{Event, Schema, Value};
 
 static MISSING: Value = Value::Missing;
 
@@ -37,6 +37,12 @@ pub struct Env<'a> {
     entities: [&'a [Value]; 3],
     /// Now, in milliseconds since the Unix epoch.
     pub now: i64,
+    /// The customer's interactions, oldest first, for the history functions.
+    history: &'a [Event],
+    /// Keys of the offer being decided, its group (0 for none) and the request's channel.
+    offer: u32,
+    group: u32,
+    channel: u32,
 }
 
 impl<'a> Env<'a> {
@@ -49,6 +55,28 @@ impl<'a> Env<'a> {
         Env {
             entities: [customer, context, offer],
             now,
+            history: &[],
+            offer: 0,
+            group: 0,
+            channel: 0,
+        }
+    }
+
+    /// The same, with the history the history functions count, and the keys of the offer
+    /// being decided, its group and the channel.
+    pub fn with_history(
+        self,
+        history: &'a [Event],
+        offer: u32,
+        group: u32,
+        channel: u32,
+    ) -> Env<'a> {
+        Env {
+            history,
+            offer,
+            group,
+            channel,
+            ..self
         }
     }
 
@@ -57,7 +85,10 @@ impl<'a> Env<'a> {
     where
         'a: 'b,
     {
-        Env::new(self.entities[0], self.entities[1], offer, self.now)
+        Env {
+            entities: [self.entities[0], self.entities[1], offer],
+            ..*self
+        }
     }
 
     /// The value in a slot; a slot beyond the record reads as missing.
@@ -68,6 +99,13 @@ impl<'a> Env<'a> {
             .and_then(|values| values.get(slot as usize))
             .unwrap_or(&MISSING)
     }
+}
+
+/// The offer ids and groups of a catalog, for checking the names history functions use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Vocabulary {
+    pub offers: Vec<String>,
+    pub groups: Vec<String>,
 }
 
 /// A compiled boolean rule (eligibility).
@@ -87,8 +125,19 @@ impl std::fmt::Debug for Predicate {
 impl Predicate {
     /// Parses, checks and compiles `src`; `what` names the rule in messages ("eligibility").
     pub fn compile(src: &str, schema: &Schema, what: &str) -> Result<Predicate, Vec<ExprError>> {
+        Predicate::compile_with(src, schema, what, None)
+    }
+
+    /// As [`Predicate::compile`], checking the offer and group names that history
+    /// functions mention against `vocabulary`.
+    pub fn compile_with(
+        src: &str,
+        schema: &Schema,
+        what: &str,
+        vocabulary: Option<&Vocabulary>,
+    ) -> Result<Predicate, Vec<ExprError>> {
         let expr = parse(src).map_err(|e| vec![e])?;
-        let (ir, ty) = check::check(&expr, schema, false)?;
+        let (ir, ty) = check::check(&expr, schema, false, vocabulary)?;
         if ty != Ty::Bool {
             return Err(vec![ExprError::WrongResult {
                 span: expr.span,
@@ -204,8 +253,19 @@ impl Formula {
         what: &str,
         allow_offer: bool,
     ) -> Result<Formula, Vec<ExprError>> {
+        Formula::compile_with(src, schema, what, allow_offer, None)
+    }
+
+    /// As [`Formula::compile`], checking history functions' names against `vocabulary`.
+    pub fn compile_with(
+        src: &str,
+        schema: &Schema,
+        what: &str,
+        allow_offer: bool,
+        vocabulary: Option<&Vocabulary>,
+    ) -> Result<Formula, Vec<ExprError>> {
         let expr = parse(src).map_err(|e| vec![e])?;
-        let (ir, ty) = check::check(&expr, schema, allow_offer)?;
+        let (ir, ty) = check::check(&expr, schema, allow_offer, vocabulary)?;
         let ir = match ty {
             Ty::Float => ir,
             Ty::Int => ir::Ir::IntToFloat(Box::new(ir)),

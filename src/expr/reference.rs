@@ -2,7 +2,7 @@
 //! tests hold the compiled evaluator to it.
 
 use super::Env;
-use super::ir::{ArithOp, CmpOp, Func, Ir, Kind};
+use super::ir::{ArithOp, CmpOp, Func, Ir, Kind, Target};
 use crate::schema::Value;
 
 /// A dynamically typed result; `None` is missing.
@@ -168,6 +168,23 @@ fn call(func: Func, args: &[Ir], env: &Env<'_>) -> Option<R> {
     };
     match func {
         Func::Now => Some(R::Int(env.now)),
+        Func::Count(c) => {
+            let R::Int(within) = vals[0] else { return None };
+            let matching = env.history.iter().filter(|e| {
+                let target = match c.target {
+                    Target::ThisOffer => e.offer == env.offer,
+                    Target::Offer(k) => e.offer == k,
+                    Target::ThisGroup => env.group != 0 && e.group == env.group,
+                    Target::Group(k) => e.group == k,
+                };
+                target
+                    && e.kind == c.kind
+                    && (!c.here || e.channel == env.channel)
+                    && e.at >= env.now.saturating_sub(within)
+                    && e.at <= env.now
+            });
+            Some(R::Int(matching.count() as i64))
+        }
         Func::DaysSince | Func::HoursSince => {
             let R::Int(t) = vals[0] else { return None };
             let unit = if func == Func::DaysSince {

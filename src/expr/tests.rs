@@ -4,7 +4,9 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::schema::{AttrType, Attribute, EntitySchema, EnumDef, Schema, Value};
+use crate::schema::{
+    AttrType, Attribute, EntitySchema, EnumDef, Event, EventKind, Schema, Value, key,
+};
 
 const DAY: i64 = 86_400_000;
 const NOW: i64 = 1_790_000_000_000;
@@ -49,6 +51,23 @@ fn schema() -> Schema {
 }
 
 /// A customer record with the given attributes set, the rest missing.
+/// A history for offer `o1` of group `g` and others, as the property tests and the
+/// history-function cases see it.
+fn history() -> Vec<Event> {
+    let e = |days: i64, offer: &str, group: Option<&str>, channel: &str, kind| {
+        Event::new(NOW - days * DAY, offer, group, channel, kind)
+    };
+    vec![
+        e(40, "o1", Some("g"), "web", EventKind::Impression),
+        e(6, "o1", Some("g"), "web", EventKind::Impression),
+        e(5, "o1", Some("g"), "email", EventKind::Impression),
+        e(5, "o1", Some("g"), "email", EventKind::Reject),
+        e(3, "o2", Some("g"), "web", EventKind::Impression),
+        e(2, "o3", None, "web", EventKind::Click),
+        e(-1, "o1", Some("g"), "web", EventKind::Impression),
+    ]
+}
+
 fn customer(schema: &Schema, values: &[(&str, Value)]) -> Vec<Value> {
     let mut record = vec![Value::Missing; schema.customer.len()];
     for (name, v) in values {
@@ -401,6 +420,88 @@ fn explanations_name_the_first_clause_that_fails() {
 }
 
 #[test]
+fn history_functions_count_events_in_their_window() {
+    let schema = schema();
+    let history = history();
+    let count = |src: &str| {
+        let f = Formula::compile(src, &schema, "score", false)
+            .unwrap_or_else(|e| panic!("`{src}`: {e:?}"));
+        f.eval(&Env::new(&[], &[], &[], NOW).with_history(
+            &history,
+            key("o1"),
+            key("g"),
+            key("web"),
+        ))
+    };
+    assert_eq!(
+        count("impressions(7d)"),
+        Some(2.0),
+        "this offer, any channel; the future and the old left out"
+    );
+    assert_eq!(count("impressions(100d)"), Some(3.0));
+    assert_eq!(
+        count("impressions_here(7d)"),
+        Some(1.0),
+        "this offer in this channel"
+    );
+    assert_eq!(count("rejects(30d)"), Some(1.0));
+    assert_eq!(count("impressions(7d, 'o2')"), Some(1.0), "a named offer");
+    assert_eq!(count("clicks(7d, 'o3')"), Some(1.0));
+    assert_eq!(
+        count("group_impressions(7d)"),
+        Some(3.0),
+        "this offer's group"
+    );
+    assert_eq!(
+        count("group_impressions_here(7d, 'g')"),
+        Some(2.0),
+        "a named group, this channel"
+    );
+    assert_eq!(count("accepts(7d)"), Some(0.0));
+}
+
+#[test]
+fn history_functions_check_their_arguments() {
+    let vocabulary = Vocabulary {
+        offers: vec!["gold_card".into()],
+        groups: vec!["cards".into()],
+    };
+    let errors = |src: &str| -> Vec<String> {
+        match Predicate::compile_with(src, &schema(), "eligibility", Some(&vocabulary)) {
+            Ok(_) => vec![],
+            Err(e) => e
+                .iter()
+                .map(|e| format!("{e} {:?} {}", e.span(), e.help().unwrap_or_default()))
+                .collect(),
+        }
+    };
+    assert_eq!(
+        errors("impressions(7d, 'gold_card') < 3 && group_impressions(1d, 'cards') == 0"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        errors("impressions(7d, 'gold_crad') < 3"),
+        ["unknown offer `gold_crad` 16..27 did you mean `gold_card`?"]
+    );
+    assert_eq!(
+        errors("group_rejects(7d, 'card') < 3"),
+        ["unknown group `card` 18..24 did you mean `cards`?"]
+    );
+    assert_eq!(
+        errors("impressions(7) < 3"),
+        ["`impressions` expects a duration such as `7d`, found `int` 12..13 "]
+    );
+    assert_eq!(
+        errors("impressions(7d, customer.name) < 3"),
+        ["the second argument of `impressions` must be a constant offer id 16..29 "]
+    );
+    assert_eq!(
+        errors("impressions() < 3"),
+        ["function `impressions` takes 1 or 2 argument(s), found 0 0..13 "]
+    );
+}
+
+#[test]
 fn score_formulas_see_offer_variables() {
     let schema = schema();
     let f = Formula::compile("offer.propensity * offer.value * 2", &schema, "score", true)
@@ -428,7 +529,11 @@ fn int_expr() -> BoxedStrategy<String> {
             "customer.tenure_months".into(),
             "9223372036854775807".into(),
             "size(customer.products)".into(),
-            "size(customer.name)".into()
+            "size(customer.name)".into(),
+            "impressions(7d)".into(),
+            "group_impressions_here(30d)".into(),
+            "rejects(10d, 'o1')".into(),
+            "clicks(1d + 1d, 'o3')".into()
         ]),
     ];
     leaves
@@ -605,10 +710,11 @@ proptest! {
     fn compiled_predicates_agree_with_the_reference(src in bool_expr(), values in customer_values()) {
         let schema = schema();
         let expr = parse(&src).map_err(|e| TestCaseError::fail(format!("`{src}`: {e}")))?;
-        let (ir, _) = check::check(&expr, &schema, false).map_err(|e| TestCaseError::fail(format!("`{src}`: {e:?}")))?;
+        let (ir, _) = check::check(&expr, &schema, false, None).map_err(|e| TestCaseError::fail(format!("`{src}`: {e:?}")))?;
         let compiled = compile::compile_bool(&ir);
         let (customer, context) = values.split_at(9);
-        let env = Env::new(customer, context, &[], NOW);
+        let history = history();
+        let env = Env::new(customer, context, &[], NOW).with_history(&history, key("o1"), key("g"), key("web"));
         let expected = match reference::eval(&ir, &env) {
             Some(reference::R::Bool(b)) => Some(b),
             None => None,
@@ -621,11 +727,12 @@ proptest! {
     fn compiled_formulas_agree_with_the_reference(src in float_expr(), values in customer_values()) {
         let schema = schema();
         let expr = parse(&src).map_err(|e| TestCaseError::fail(format!("`{src}`: {e}")))?;
-        let (ir, ty) = check::check(&expr, &schema, false).map_err(|e| TestCaseError::fail(format!("`{src}`: {e:?}")))?;
+        let (ir, ty) = check::check(&expr, &schema, false, None).map_err(|e| TestCaseError::fail(format!("`{src}`: {e:?}")))?;
         prop_assert_eq!(ty, Ty::Float);
         let compiled = compile::compile_float(&ir);
         let (customer, context) = values.split_at(9);
-        let env = Env::new(customer, context, &[], NOW);
+        let history = history();
+        let env = Env::new(customer, context, &[], NOW).with_history(&history, key("o1"), key("g"), key("web"));
         let expected = match reference::eval(&ir, &env) {
             Some(reference::R::Float(f)) => Some(f),
             None => None,

@@ -20,6 +20,63 @@ pub fn key(id: &str) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) as u32).max(1)
 }
 
+/// What happened to an offer that was shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Impression,
+    Click,
+    Accept,
+    Reject,
+    Convert,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Impression,
+        EventKind::Click,
+        EventKind::Accept,
+        EventKind::Reject,
+        EventKind::Convert,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Impression => "impression",
+            EventKind::Click => "click",
+            EventKind::Accept => "accept",
+            EventKind::Reject => "reject",
+            EventKind::Convert => "convert",
+        }
+    }
+}
+
+/// One interaction, as compact as history needs it: 24 bytes (see the size test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// [`key`] of the offer id.
+    pub offer: u32,
+    /// [`key`] of the offer's group when it was shown, 0 for none.
+    pub group: u32,
+    /// [`key`] of the channel.
+    pub channel: u32,
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn new(at: i64, offer: &str, group: Option<&str>, channel: &str, kind: EventKind) -> Event {
+        Event {
+            at,
+            offer: key(offer),
+            group: group.map_or(0, key),
+            channel: key(channel),
+            kind,
+        }
+    }
+}
+
 /// Which entity an attribute belongs to. The rule language spells them `customer.x`,
 /// `context.x`, and (in score formulas only) `offer.x`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

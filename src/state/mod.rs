@@ -11,64 +11,8 @@ use std::fmt;
 
 use dashmap::DashMap;
 
-use crate::schema::{AttrType, EntitySchema, Schema, Value, key};
-
-/// What happened to an offer that was shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Impression,
-    Click,
-    Accept,
-    Reject,
-    Convert,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 5] = [
-        EventKind::Impression,
-        EventKind::Click,
-        EventKind::Accept,
-        EventKind::Reject,
-        EventKind::Convert,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Impression => "impression",
-            EventKind::Click => "click",
-            EventKind::Accept => "accept",
-            EventKind::Reject => "reject",
-            EventKind::Convert => "convert",
-        }
-    }
-}
-
-/// One interaction, as compact as history needs it: 24 bytes (see the size test).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Event {
-    /// Milliseconds since the epoch.
-    pub at: i64,
-    /// [`key`] of the offer id.
-    pub offer: u32,
-    /// [`key`] of the offer's group when it was shown, 0 for none.
-    pub group: u32,
-    /// [`key`] of the channel.
-    pub channel: u32,
-    pub kind: EventKind,
-}
-
-impl Event {
-    pub fn new(at: i64, offer: &str, group: Option<&str>, channel: &str, kind: EventKind) -> Event {
-        Event {
-            at,
-            offer: key(offer),
-            group: group.map_or(0, key),
-            channel: key(channel),
-            kind,
-        }
-    }
-}
+use crate::schema::{AttrType, EntitySchema, Schema, Value};
+pub use crate::schema::{Event, EventKind};
 
 /// How much history one customer keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
