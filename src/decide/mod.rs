@@ -14,6 +14,7 @@
 //! the explanation when asked for.
 
 mod policy;
+pub mod synthetic;
 #[cfg(test)]
 mod tests;
 
@@ -144,6 +145,8 @@ pub struct Shown {
 pub struct Candidate {
     pub offer: OfferIdx,
     pub score: f64,
+    /// The offer's group key (0 for none), kept here so arbitration reads no offer.
+    pub group: u32,
 }
 
 /// Where one offer stopped.
@@ -328,7 +331,11 @@ pub fn decide(
             continue;
         }
         match score(offer, score_formula, &env) {
-            Ok(score) => decision.candidates.push(Candidate { offer: idx, score }),
+            Ok(score) => decision.candidates.push(Candidate {
+                offer: idx,
+                score,
+                group: offer.group_key,
+            }),
             Err(term) => explain(idx, Outcome::NoScore { term }),
         }
     }
@@ -403,15 +410,14 @@ fn arbitrate(
 ) {
     let slots = options.slots.unwrap_or(p.slots).min(64);
     decision.offers.reserve_exact(slots as usize);
-    let group_of = |c: &Candidate| catalog.offers[c.offer].group_key;
+    // The groups of the offers shown so far (at most 64 slots).
+    let mut groups = [0u32; 64];
     for slot in 0..slots {
+        let shown = &decision.offers;
+        let used = &groups[..shown.len()];
         let taken = |c: &Candidate| {
-            decision.offers.iter().any(|s| {
-                s.offer == c.offer
-                    || (p.one_per_group
-                        && group_of(c) != 0
-                        && catalog.offers[s.offer].group_key == group_of(c))
-            })
+            shown.iter().any(|s| s.offer == c.offer)
+                || (p.one_per_group && c.group != 0 && used.contains(&c.group))
         };
         // The best remaining: highest score, then catalog order.
         let mut best: Option<&Candidate> = None;
@@ -435,6 +441,7 @@ fn arbitrate(
                 .unwrap_or(best),
             _ => best,
         };
+        groups[decision.offers.len()] = chosen.group;
         decision.offers.push(Shown {
             offer: chosen.offer,
             slot,

@@ -307,6 +307,20 @@ fn count_events(env: &Env<'_>, count: Count, within: i64) -> i64 {
         .count() as i64
 }
 
+/// Byte equality without a call to `memcmp` for short strings, where the call costs more
+/// than the comparison (set members such as product codes are short and often of equal
+/// length). The loop accumulates differences so it is not turned back into `bcmp`.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() > 32 {
+        return a == b;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Sets up to this size are scanned; larger ones are binary-searched.
 const SCAN_LIMIT: usize = 16;
 
@@ -318,7 +332,9 @@ fn contains(items: &[Box<str>], x: Str<'_>) -> bool {
     } else if items.len() <= SCAN_LIMIT {
         // Slice equality compares lengths before bytes, so members of another length cost
         // one comparison and no call to `memcmp`, which dominates for short strings.
-        items.iter().any(|s| s.as_bytes() == x.s.as_bytes())
+        items
+            .iter()
+            .any(|s| same_bytes(s.as_bytes(), x.s.as_bytes()))
     } else {
         items.binary_search_by(|s| (**s).cmp(x.s)).is_ok()
     }

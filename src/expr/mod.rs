@@ -298,6 +298,10 @@ impl Formula {
 
     #[inline]
     pub fn eval(&self, env: &Env<'_>) -> Option<f64> {
-        (self.root)(env)
+        // Most values and weights are constants: a predictable branch, not a call.
+        match self.constant {
+            Some(c) => c,
+            None => (self.root)(env),
+        }
     }
 }

@@ -1,0 +1,108 @@
+//! Synthetic catalogs and customers of a given size, for benchmarks and tests that measure
+//! how decide scales. Not a sample to read: `rules/` is that.
+
+use crate::catalog::Catalog;
+use crate::schema::{Event, EventKind, Value};
+use crate::state::{CustomerState, History, HistoryLimits};
+
+/// 2026-11-23T10:00:00Z, in ms.
+pub const NOW: i64 = 1_795_428_000_000;
+const DAY: i64 = 86_400_000;
+
+/// The 20 customer attributes of the synthetic schema.
+pub const SCHEMA: &str = "\
+customer:
+  age: { type: int }
+  segment: { type: enum, values: [mass, gold, platinum] }
+  products: { type: set, default: [] }
+  churn_risk: { type: float, default: 0.1 }
+  tenure_months: { type: int, default: 0 }
+  income: { type: float }
+  region: { type: enum, values: [north, south, east, west] }
+  last_contact: { type: timestamp }
+  opt_in: { type: bool, default: false }
+  a10: { type: int }
+  a11: { type: int }
+  a12: { type: float }
+  a13: { type: float }
+  a14: { type: string }
+  a15: { type: string }
+  a16: { type: bool }
+  a17: { type: int }
+  a18: { type: float }
+  a19: { type: int }
+  a20: { type: int }
+context:
+  channel: { type: enum, values: [web, email, call_center] }
+";
+
+/// A catalog of `n` offers on one 3-slot web placement with exploration: each offer has a
+/// four-predicate eligibility rule, a propensity expression, a value, an impression cap and
+/// one of ten groups.
+pub fn catalog(n: usize) -> Catalog {
+    let placements = "placements:\n  - { id: web, channel: web, slots: 3, one_per_group: true, experiment: x }\n";
+    let experiments = "experiments:\n  - { id: x, epsilon: 0.1, window: 1d, arms: [{ id: champion, share: 1.0 }] }\n";
+    let mut offers = String::from("offers:\n");
+    for i in 0..n {
+        offers.push_str(&format!(
+            "  - id: o{i}\n    group: g{}\n    eligibility: customer.age >= {} && customer.segment in ['gold', 'platinum'] \
+             && !('p{}' in customer.products) && customer.churn_risk < 0.{}\n    \
+             propensity: 0.05 + 0.3 * customer.churn_risk\n    value: {}\n    \
+             contact_policy: {{ max_impressions: [{{ count: 3, within: 7d }}] }}\n    content: {{ web: {{ title: o{i} }} }}\n",
+            i % 10,
+            18 + i % 10,
+            i % 7,
+            5 + i % 5,
+            10 + i % 90
+        ));
+    }
+    Catalog::from_yaml(SCHEMA, placements, experiments, &[&offers])
+        .unwrap_or_else(|e| panic!("the synthetic catalog loads: {}", e.render()))
+}
+
+/// A customer with all 20 attributes set who passes every synthetic rule, and 50 history
+/// events, two a day over the last 25 days, spread over offers `o0`..`o{n_offers}`.
+pub fn customer(n_offers: usize) -> CustomerState {
+    let attributes = vec![
+        Value::Int(42),
+        Value::Enum(1),
+        Value::set(["p7", "p8", "p9"]),
+        Value::Float(0.35),
+        Value::Int(30),
+        Value::Float(3200.0),
+        Value::Enum(2),
+        Value::Timestamp(NOW - 12 * DAY),
+        Value::Bool(true),
+        Value::Int(1),
+        Value::Int(2),
+        Value::Float(0.3),
+        Value::Float(0.4),
+        Value::Str("x".into()),
+        Value::Str("y".into()),
+        Value::Bool(false),
+        Value::Int(7),
+        Value::Float(0.5),
+        Value::Int(9),
+        Value::Int(10),
+    ];
+    let mut history = History::default();
+    let limits = HistoryLimits::default();
+    for j in 0..50usize {
+        let offer = format!("o{}", (j * 7) % n_offers.max(1));
+        let kind = if j % 5 == 4 {
+            EventKind::Click
+        } else {
+            EventKind::Impression
+        };
+        let channel = if j % 2 == 0 { "web" } else { "email" };
+        history.record(
+            Event::new(NOW - (j as i64) * DAY / 2, &offer, None, channel, kind),
+            limits,
+        );
+    }
+    CustomerState {
+        id: Some("customer-42".into()),
+        attributes,
+        history,
+    }
+}
