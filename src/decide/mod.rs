@@ -253,13 +253,11 @@ pub fn decide(
     let mut explanation = options.explain.then(|| Vec::with_capacity(p.offers.len()));
 
     // The experiment: a sticky arm, and the epsilon and score formula it sets.
-    let anonymous_unit;
+    // An anonymous caller's unit is the decision: a fresh draw per request.
+    let mut buffer = Uuid::encode_buffer();
     let unit_id = match &customer.id {
         Some(id) => id.as_str(),
-        None => {
-            anonymous_unit = options.decision_id.to_string();
-            anonymous_unit.as_str()
-        }
+        None => &*options.decision_id.hyphenated().encode_lower(&mut buffer),
     };
     let mut score_formula = p.score.as_ref();
     let mut draw = None;
