@@ -188,15 +188,13 @@ fn read_customer(catalog: &Catalog, path: &std::path::Path) -> anyhow::Result<Cu
     let attributes =
         state::parse_attributes("customer", &catalog.schema.customer, &file.attributes)?;
     let mut history = History::default();
+    let limits = HistoryLimits::for_catalog(catalog);
     for (i, e) in file.history.iter().enumerate() {
         let at = parse_time(&e.at).with_context(|| format!("history event {i}"))?;
         let group = catalog
             .offer(&e.offer)
             .and_then(|o| catalog.offers[o].group.as_deref());
-        history.record(
-            Event::new(at, &e.offer, group, &e.channel, e.kind),
-            HistoryLimits::default(),
-        );
+        history.record(Event::new(at, &e.offer, group, &e.channel, e.kind), limits);
     }
     Ok(CustomerState {
         id: file.id,

@@ -55,6 +55,54 @@ impl Catalog {
     pub fn experiment(&self, id: &str) -> Option<ExperimentIdx> {
         self.experiments.iter().position(|e| e.id == id)
     }
+
+    /// The longest stretch of history (ms) any rule, cap or suppression of this catalog
+    /// looks at; `i64::MAX` when one looks back without limit (`stop_after_accept`, or a
+    /// history function whose window is not a constant). History older than this can go.
+    pub fn history_horizon(&self) -> i64 {
+        let caps = |caps: &[FrequencyCap]| caps.iter().map(|c| c.within).max().unwrap_or(0);
+        let offers = self.offers.iter().map(|o| {
+            let p = &o.contact_policy;
+            let rules =
+                [&o.propensity, &o.value, &o.weight, &o.context_weight].map(|f| f.horizon());
+            let suppression = p
+                .suppress_after_rejects
+                .map_or(0, |s| s.within.max(s.suppress_for));
+            let forever = if p.stop_after_accept { i64::MAX } else { 0 };
+            [
+                o.eligibility.horizon(),
+                caps(&p.max_impressions),
+                suppression,
+                forever,
+            ]
+            .into_iter()
+            .chain(rules)
+            .max()
+            .unwrap_or(0)
+        });
+        let scopes = self
+            .policy
+            .channels
+            .iter()
+            .chain(&self.policy.groups)
+            .map(|s| caps(&s.max_impressions));
+        let formulas = self
+            .placements
+            .iter()
+            .filter_map(|p| p.score.as_ref())
+            .chain(
+                self.experiments
+                    .iter()
+                    .flat_map(|e| e.arms.iter().filter_map(|a| a.score.as_ref())),
+            )
+            .map(|f| f.horizon());
+        offers
+            .chain(scopes)
+            .chain(formulas)
+            .chain([caps(&self.policy.fatigue)])
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// Something that can be shown: a product, a service action, a retention gesture.

@@ -137,6 +137,34 @@ fn policies_and_budgets_load() {
 }
 
 #[test]
+fn the_history_horizon_is_the_longest_look_back() {
+    let horizon = |offers: &str| {
+        Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[offers])
+            .expect("loads")
+            .history_horizon()
+    };
+    let day = 86_400_000;
+    assert_eq!(horizon(OFFERS), 0, "nothing looks at history");
+    let with_cap = OFFERS.replace(
+        "    value: 100\n",
+        "    value: 100\n    contact_policy: { max_impressions: { count: 1, within: 7d } }\n",
+    );
+    assert_eq!(horizon(&with_cap), 7 * day);
+    let with_rule = with_cap.replace(
+        "customer.age >= 18",
+        "rejects(30d) == 0 && clicks(2d + 1d, 'basic') < 1",
+    );
+    assert_eq!(horizon(&with_rule), 30 * day);
+    let suppression = OFFERS.replace("    value: 100\n", "    value: 100\n    contact_policy: { suppress_after_rejects: { count: 1, within: 10d, for: 60d } }\n");
+    assert_eq!(horizon(&suppression), 60 * day);
+    let forever = OFFERS.replace(
+        "    value: 100\n",
+        "    value: 100\n    contact_policy: { stop_after_accept: true }\n",
+    );
+    assert_eq!(horizon(&forever), i64::MAX);
+}
+
+#[test]
 fn the_version_is_a_content_hash() {
     let a = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[OFFERS]).expect("loads");
     let b = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[OFFERS]).expect("loads");

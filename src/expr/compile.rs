@@ -286,6 +286,33 @@ impl SetN {
     }
 }
 
+/// How far back the history functions in `ir` look, in ms: 0 for none, `i64::MAX` when a
+/// window is not a constant.
+pub fn horizon(ir: &Ir) -> i64 {
+    let children: Vec<&Ir> = match ir {
+        Ir::Call(Func::Count(_), _, args) => {
+            return match fold_int(&args[0]) {
+                Some(Some(ms)) => ms.max(0),
+                _ => i64::MAX,
+            };
+        }
+        Ir::Const(_) | Ir::Attr { .. } | Ir::Has { .. } => vec![],
+        Ir::Not(a)
+        | Ir::Neg(_, a)
+        | Ir::IntToFloat(a)
+        | Ir::EnumName(a, _)
+        | Ir::InList(_, a, _) => vec![a],
+        Ir::And(a, b)
+        | Ir::Or(a, b)
+        | Ir::Cmp(_, _, a, b)
+        | Ir::Arith(_, _, a, b)
+        | Ir::InSet(a, b) => vec![a, b],
+        Ir::Cond(_, c, t, e) => vec![c, t, e],
+        Ir::Call(_, _, args) => args.iter().collect(),
+    };
+    children.into_iter().map(horizon).max().unwrap_or(0)
+}
+
 /// How many of the customer's events match a history function, within `within` ms before
 /// now. History is sorted by time, so only the window's events are looked at.
 fn count_events(env: &Env<'_>, count: Count, within: i64) -> i64 {

@@ -111,6 +111,8 @@ pub struct Vocabulary {
 /// A compiled boolean rule (eligibility).
 pub struct Predicate {
     root: compile::BoolFn,
+    /// How far back the rule's history functions look (ms); `i64::MAX` if not constant.
+    horizon: i64,
     /// The top-level `&&` clauses, each with its source, for explanations. Empty when the
     /// rule is a single clause.
     clauses: Box<[(Box<str>, compile::BoolFn)]>,
@@ -165,6 +167,7 @@ impl Predicate {
         Ok(Predicate {
             root: compile::compile_bool(&ir),
             clauses,
+            horizon: compile::horizon(&ir),
         })
     }
 
@@ -173,6 +176,7 @@ impl Predicate {
         Predicate {
             root: Box::new(|_| Some(true)),
             clauses: Box::default(),
+            horizon: 0,
         }
     }
 
@@ -180,6 +184,12 @@ impl Predicate {
     #[inline]
     pub fn eval(&self, env: &Env<'_>) -> Option<bool> {
         (self.root)(env)
+    }
+
+    /// How far back (ms) the rule's history functions look: 0 if it reads no history,
+    /// `i64::MAX` if a window is not a constant.
+    pub fn horizon(&self) -> i64 {
+        self.horizon
     }
 
     /// Why the rule does not hold: the source of the first top-level clause that is false
@@ -234,6 +244,8 @@ pub struct Formula {
     root: compile::FloatFn,
     /// Set when the formula reads nothing, so callers can skip evaluating it.
     constant: Option<Option<f64>>,
+    /// As [`Predicate::horizon`].
+    horizon: i64,
 }
 
 impl std::fmt::Debug for Formula {
@@ -280,7 +292,12 @@ impl Formula {
         };
         let root = compile::compile_float(&ir);
         let constant = ir.is_constant().then(|| root(&Env::new(&[], &[], &[], 0)));
-        Ok(Formula { root, constant })
+        let horizon = compile::horizon(&ir);
+        Ok(Formula {
+            root,
+            constant,
+            horizon,
+        })
     }
 
     pub fn constant(x: f64) -> Formula {
@@ -288,7 +305,13 @@ impl Formula {
         Formula {
             root: Box::new(move |_| v),
             constant: Some(v),
+            horizon: 0,
         }
+    }
+
+    /// As [`Predicate::horizon`].
+    pub fn horizon(&self) -> i64 {
+        self.horizon
     }
 
     /// The constant this formula always yields, if it reads nothing.

@@ -23,6 +23,18 @@ pub struct HistoryLimits {
     pub max_age: i64,
 }
 
+impl HistoryLimits {
+    /// Limits for a catalog: keep what its rules and caps can look at, up to the default
+    /// maximum age, and at most the default number of events.
+    pub fn for_catalog(catalog: &crate::catalog::Catalog) -> HistoryLimits {
+        let default = HistoryLimits::default();
+        HistoryLimits {
+            max_age: catalog.history_horizon().min(default.max_age),
+            ..default
+        }
+    }
+}
+
 impl Default for HistoryLimits {
     fn default() -> Self {
         HistoryLimits {
