@@ -247,6 +247,26 @@ impl Loader {
         self.diags.push(Diagnostic { error, location });
     }
 
+    /// Reports `id` as a duplicate if it was `first` defined somewhere; says whether it was.
+    fn duplicate(
+        &mut self,
+        kind: &str,
+        id: &MarkedScalarNode,
+        first: Option<Option<Location>>,
+    ) -> bool {
+        let Some(first) = first else { return false };
+        let (first, loc) = (self.render(first), self.scalar_loc(id));
+        self.error(
+            loc,
+            CatalogError::Duplicate {
+                kind: kind.into(),
+                id: id.to_string(),
+                first,
+            },
+        );
+        true
+    }
+
     fn byte_of(&self, file: usize, character: usize) -> usize {
         let text = &self.files[file].text;
         text.char_indices()
@@ -734,16 +754,13 @@ impl Loader {
                 continue;
             };
             let owner = format!("experiment `{}`", id.as_str());
-            if let Some((_, first)) = out.iter().find(|(e, _)| e.id == id.as_str()) {
-                let (first, loc) = (self.render(*first), self.scalar_loc(id));
-                self.error(
-                    loc,
-                    CatalogError::Duplicate {
-                        kind: "experiment".into(),
-                        id: id.to_string(),
-                        first,
-                    },
-                );
+            if self.duplicate(
+                "experiment",
+                id,
+                out.iter()
+                    .find(|(e, _)| e.id == id.as_str())
+                    .map(|(_, at)| *at),
+            ) {
                 continue;
             }
             let f = Fields {
@@ -904,16 +921,13 @@ impl Loader {
                 continue;
             };
             let owner = format!("placement `{}`", id.as_str());
-            if let Some((_, first)) = out.iter().find(|(p, _)| p.placement.id == id.as_str()) {
-                let (first, loc) = (self.render(*first), self.scalar_loc(id));
-                self.error(
-                    loc,
-                    CatalogError::Duplicate {
-                        kind: "placement".into(),
-                        id: id.to_string(),
-                        first,
-                    },
-                );
+            if self.duplicate(
+                "placement",
+                id,
+                out.iter()
+                    .find(|(p, _)| p.placement.id == id.as_str())
+                    .map(|(_, at)| *at),
+            ) {
                 continue;
             }
             let f = Fields {
@@ -1254,16 +1268,7 @@ impl Loader {
                 continue;
             };
             let owner = format!("offer `{}`", id.as_str());
-            if let Some(first) = seen.get(id.as_str()) {
-                let (first, loc) = (self.render(*first), self.scalar_loc(id));
-                self.error(
-                    loc,
-                    CatalogError::Duplicate {
-                        kind: "offer".into(),
-                        id: id.to_string(),
-                        first,
-                    },
-                );
+            if self.duplicate("offer", id, seen.get(id.as_str()).copied()) {
                 continue;
             }
             let loc = self.scalar_loc(id);

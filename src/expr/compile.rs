@@ -122,9 +122,11 @@ type Ent = usize;
 /// A compiled boolean expression.
 pub type BoolFn = Box<dyn Fn(&Env<'_>) -> Option<bool> + Send + Sync>;
 /// A compiled integer expression (ints, timestamps, durations, enum variants).
-pub type IntFn = Box<dyn Fn(&Env<'_>) -> Option<i64> + Send + Sync>;
+pub type IntFn = NumFn<i64>;
 /// A compiled float expression.
-pub type FloatFn = Box<dyn Fn(&Env<'_>) -> Option<f64> + Send + Sync>;
+pub type FloatFn = NumFn<f64>;
+/// A compiled numeric expression of type `T`.
+pub type NumFn<T> = Box<dyn Fn(&Env<'_>) -> Option<T> + Send + Sync>;
 
 pub enum S {
     Const(Option<Box<str>>),
@@ -145,20 +147,9 @@ fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
 
+/// A comparison of two numbers; a NaN never gets here (float results are finite).
 #[inline]
-fn cmp_i(op: CmpOp, a: i64, b: i64) -> bool {
-    match op {
-        CmpOp::Eq => a == b,
-        CmpOp::Ne => a != b,
-        CmpOp::Lt => a < b,
-        CmpOp::Le => a <= b,
-        CmpOp::Gt => a > b,
-        CmpOp::Ge => a >= b,
-    }
-}
-
-#[inline]
-fn cmp_f(op: CmpOp, a: f64, b: f64) -> bool {
+fn cmp_num<T: PartialOrd>(op: CmpOp, a: T, b: T) -> bool {
     match op {
         CmpOp::Eq => a == b,
         CmpOp::Ne => a != b,
@@ -506,52 +497,8 @@ fn compile_cmp(op: CmpOp, kind: Kind, x: &Ir, y: &Ir) -> BoolFn {
         (op, x, y)
     };
     match kind {
-        Kind::Int => match (x, fold_int(y)) {
-            (_, Some(None)) => Box::new(|_| None),
-            (
-                Ir::Attr {
-                    entity,
-                    slot,
-                    default,
-                    ..
-                },
-                Some(Some(k)),
-            ) => {
-                let (e, s, d) = (ent(*entity), *slot, read_int(default, None));
-                Box::new(move |env| Some(cmp_i(op, read_int(env.get(e, s), d)?, k)))
-            }
-            (x, Some(Some(k))) => {
-                let x = compile_int(x);
-                Box::new(move |env| Some(cmp_i(op, x(env)?, k)))
-            }
-            (x, None) => {
-                let (x, y) = (compile_int(x), compile_int(y));
-                Box::new(move |env| Some(cmp_i(op, x(env)?, y(env)?)))
-            }
-        },
-        Kind::Float => match (x, fold_float(y)) {
-            (_, Some(None)) => Box::new(|_| None),
-            (
-                Ir::Attr {
-                    entity,
-                    slot,
-                    default,
-                    ..
-                },
-                Some(Some(k)),
-            ) => {
-                let (e, s, d) = (ent(*entity), *slot, read_float(default, None));
-                Box::new(move |env| Some(cmp_f(op, read_float(env.get(e, s), d)?, k)))
-            }
-            (x, Some(Some(k))) => {
-                let x = compile_float(x);
-                Box::new(move |env| Some(cmp_f(op, x(env)?, k)))
-            }
-            (x, None) => {
-                let (x, y) = (compile_float(x), compile_float(y));
-                Box::new(move |env| Some(cmp_f(op, x(env)?, y(env)?)))
-            }
-        },
+        Kind::Int => compare_numbers(op, x, y, fold_int, read_int, compile_int),
+        Kind::Float => compare_numbers(op, x, y, fold_float, read_float, compile_float),
         Kind::Bool => {
             let (x, y) = (compile_bool(x), compile_bool(y));
             Box::new(move |env| Some(op.test(x(env)?.cmp(&y(env)?))))
@@ -565,6 +512,41 @@ fn compile_cmp(op: CmpOp, kind: Kind, x: &Ir, y: &Ir) -> BoolFn {
             }
         }
         Kind::Set => unreachable!("the checker never compares sets"),
+    }
+}
+
+/// A comparison of two ints or two floats, with the right operand folded when constant
+/// and an attribute on the left read inline.
+fn compare_numbers<T: Copy + PartialOrd + Send + Sync + 'static>(
+    op: CmpOp,
+    x: &Ir,
+    y: &Ir,
+    fold: fn(&Ir) -> Option<Option<T>>,
+    read: fn(&Value, Option<T>) -> Option<T>,
+    compile: fn(&Ir) -> NumFn<T>,
+) -> BoolFn {
+    match (x, fold(y)) {
+        (_, Some(None)) => Box::new(|_| None),
+        (
+            Ir::Attr {
+                entity,
+                slot,
+                default,
+                ..
+            },
+            Some(Some(k)),
+        ) => {
+            let (e, s, d) = (ent(*entity), *slot, read(default, None));
+            Box::new(move |env| Some(cmp_num(op, read(env.get(e, s), d)?, k)))
+        }
+        (x, Some(Some(k))) => {
+            let x = compile(x);
+            Box::new(move |env| Some(cmp_num(op, x(env)?, k)))
+        }
+        (x, None) => {
+            let (x, y) = (compile(x), compile(y));
+            Box::new(move |env| Some(cmp_num(op, x(env)?, y(env)?)))
+        }
     }
 }
 
