@@ -449,7 +449,8 @@ fn arbitrate(
             fallback: false,
         });
     }
-    if decision.offers.is_empty()
+    if slots > 0
+        && decision.offers.is_empty()
         && let Some(fallback) = p.fallback
         && catalog.offers[fallback].active.contains(decision.at)
         && !options.exclude.contains(&fallback)

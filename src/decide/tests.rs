@@ -526,6 +526,23 @@ fn the_fallback_shows_when_nothing_qualifies() {
     let catalog = case.catalog();
     let d = run(&catalog, "web", &anyone(), &NoBudgets);
     assert_eq!(d.offers.len(), 1);
+    let p = catalog.placement("web").expect("web");
+    let none = Options {
+        slots: Some(0),
+        ..Options::new(Uuid::from_u128(2))
+    };
+    let asked_for_nothing = decide(
+        &catalog,
+        &anyone(),
+        &Context::for_placement(&catalog, p, vec![]),
+        p,
+        NOW,
+        &none,
+    );
+    assert!(
+        asked_for_nothing.offers.is_empty(),
+        "no slots asked for, no fallback either"
+    );
     let shown = d.offers[0];
     assert!(shown.fallback);
     assert_eq!(
