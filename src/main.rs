@@ -33,6 +33,7 @@ enum Command {
     },
     /// Decide which offers a customer sees in a placement; prints the decision as JSON.
     Decide {
+        /// The catalog directory.
         #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
         rules: PathBuf,
         /// The placement id, e.g. `email.hero`.
@@ -40,7 +41,7 @@ enum Command {
         placement: String,
         /// The customer as JSON (`-` for stdin): `{"id": "...", "attributes": {...},
         /// "history": [{"at": "...", "offer": "...", "channel": "...", "kind": "impression"}]}`.
-        /// Without it, an anonymous caller with no attributes.
+        /// A file without `id`, or no file, is an anonymous caller.
         #[arg(long)]
         customer: Option<PathBuf>,
         /// A context attribute, `name=value`; repeatable.
