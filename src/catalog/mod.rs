@@ -362,6 +362,26 @@ pub fn summary(catalog: &Catalog, dir: &str) -> String {
             arms.join(", ")
         );
     }
+    let policy = &catalog.policy;
+    let _ = writeln!(
+        out,
+        "  contact policy: {} fatigue cap(s), {} channel(s) and {} group(s) with caps or budgets",
+        policy.fatigue.len(),
+        policy.channels.len(),
+        policy.groups.len()
+    );
+    let _ = match catalog.history_horizon() {
+        i64::MAX => writeln!(
+            out,
+            "  history: kept as long as the store allows (stop_after_accept looks back without limit)"
+        ),
+        0 => writeln!(out, "  history: no rule or cap reads it"),
+        ms => writeln!(
+            out,
+            "  history: kept for {}d, the longest window a rule or cap reads",
+            (ms + 86_399_999) / 86_400_000
+        ),
+    };
     out
 }
 
