@@ -114,21 +114,17 @@ impl Catalog {
         let experiments = experiments_file
             .map(|f| l.experiments(f, &ctx))
             .unwrap_or_default();
-        let before = l.diags.len();
         let (placements, policy) = placements_file
             .map(|f| l.placements(f, &ctx, &experiments))
             .unwrap_or_default();
-        l.placements_complete = placements_file.is_some() && l.diags.len() == before;
+        l.placements_incomplete |= placements_file.is_none();
         let mut offers = Vec::new();
         let mut seen = HashMap::new();
-        let before = l.diags.len();
         for f in offer_files {
             l.offers(f, &ctx, &placements, &mut offers, &mut seen);
         }
         l.key_collisions(&offers);
-        // An offer that failed to load is not "unknown": say nothing more about it.
-        let offers_complete = l.diags.len() == before;
-        let placements = l.resolve_placements(placements, &offers, offers_complete);
+        let placements = l.resolve_placements(placements, &offers);
 
         if !l.diags.is_empty() {
             // In file order, then by position, as a reader goes through them.
@@ -216,9 +212,12 @@ struct LoadedOffer {
 struct Loader {
     files: Vec<SourceFile>,
     diags: Vec<Diagnostic>,
-    /// Whether every placement loaded; if not, an unknown placement id may be one that
-    /// failed, and is not reported again.
-    placements_complete: bool,
+    /// Some placement (or offer) could not be read at all: its file did not parse, or an
+    /// item had no valid id. A reference to an unknown id may then be to that one, and is
+    /// not reported: the error that caused it already is. Other errors (a bad rule, a bad
+    /// value) leave the item loaded and its id known.
+    placements_incomplete: bool,
+    offers_incomplete: bool,
 }
 
 fn is_ident(s: &str) -> bool {
@@ -414,6 +413,32 @@ impl Loader {
             self.invalid(node, key, context, "a list");
         }
         s
+    }
+
+    /// The mappings of the list under `key`. A missing key (when `required`), a value that
+    /// is not a list, and items that are not mappings are reported and skipped.
+    /// Says too whether every item was read: false for a missing or malformed list.
+    fn list<'n>(
+        &mut self,
+        f: &Fields<'n>,
+        key: &str,
+        required: bool,
+    ) -> (Vec<&'n MarkedMappingNode>, bool) {
+        let Some(node) = f.map.get_node(key) else {
+            if required {
+                self.missing(f, key);
+            }
+            return (Vec::new(), !required);
+        };
+        let Some(seq) = self.sequence(node, key, &f.context) else {
+            return (Vec::new(), false);
+        };
+        let maps: Vec<_> = seq
+            .iter()
+            .filter_map(|item| self.mapping(item, key, &f.context))
+            .collect();
+        let complete = maps.len() == seq.len();
+        (maps, complete)
     }
 
     fn scalar<'n>(&mut self, f: &Fields<'n>, key: &str) -> Option<&'n MarkedScalarNode> {
@@ -734,17 +759,8 @@ impl Loader {
             return Vec::new();
         };
         let f = self.keys(&top, "experiments.yaml", &["experiments"]);
-        let Some(node) = f.map.get_node("experiments") else {
-            return Vec::new();
-        };
-        let Some(seq) = self.sequence(node, "experiments", "experiments.yaml") else {
-            return Vec::new();
-        };
         let mut out: Vec<(Experiment, Option<Location>)> = Vec::new();
-        for item in seq.iter() {
-            let Some(map) = self.mapping(item, "experiments", "experiments.yaml") else {
-                continue;
-            };
+        for map in self.list(&f, "experiments", false).0 {
             let f = self.keys(
                 map,
                 "an experiment",
@@ -875,17 +891,11 @@ impl Loader {
         experiments: &[(Experiment, Option<Location>)],
     ) -> (Vec<(PendingPlacement, Option<Location>)>, Policy) {
         let Some(top) = self.parse(file) else {
+            self.placements_incomplete = true;
             return Default::default();
         };
         let f = self.keys(&top, "placements.yaml", &["placements", "contact_policy"]);
         let policy = self.policy(&f);
-        let Some(node) = f.map.get_node("placements") else {
-            self.missing(&f, "placements");
-            return (Vec::new(), policy);
-        };
-        let Some(seq) = self.sequence(node, "placements", "placements.yaml") else {
-            return (Vec::new(), policy);
-        };
         let channels = match ctx
             .schema
             .context
@@ -899,10 +909,9 @@ impl Loader {
             _ => None,
         };
         let mut out: Vec<(PendingPlacement, Option<Location>)> = Vec::new();
-        for item in seq.iter() {
-            let Some(map) = self.mapping(item, "placements", "placements.yaml") else {
-                continue;
-            };
+        let (items, complete) = self.list(&f, "placements", true);
+        self.placements_incomplete |= !complete;
+        for map in items {
             let f = self.keys(
                 map,
                 "a placement",
@@ -918,6 +927,7 @@ impl Loader {
                 ],
             );
             let Some(id) = self.required_id(&f, "id") else {
+                self.placements_incomplete = true;
                 continue;
             };
             let owner = format!("placement `{}`", id.as_str());
@@ -1175,7 +1185,6 @@ impl Loader {
         &mut self,
         pending: Vec<(PendingPlacement, Option<Location>)>,
         offers: &[LoadedOffer],
-        offers_complete: bool,
     ) -> Vec<Placement> {
         let mut out = Vec::with_capacity(pending.len());
         for (idx, (p, _)) in pending.into_iter().enumerate() {
@@ -1191,7 +1200,7 @@ impl Loader {
                     Some(i) if offers[i].offer.content.contains_key(&idx) => {
                         placement.fallback = Some(i)
                     }
-                    _ if !offers_complete => {}
+                    _ if self.offers_incomplete => {}
                     Some(_) => self.error(
                         loc,
                         CatalogError::Inconsistent {
@@ -1231,19 +1240,14 @@ impl Loader {
         out: &mut Vec<LoadedOffer>,
         seen: &mut HashMap<String, Option<Location>>,
     ) {
-        let Some(top) = self.parse(file) else { return };
+        let Some(top) = self.parse(file) else {
+            self.offers_incomplete = true;
+            return;
+        };
         let f = self.keys(&top, "an offers file", &["offers"]);
-        let Some(node) = f.map.get_node("offers") else {
-            self.missing(&f, "offers");
-            return;
-        };
-        let Some(seq) = self.sequence(node, "offers", "an offers file") else {
-            return;
-        };
-        for item in seq.iter() {
-            let Some(map) = self.mapping(item, "offers", "an offers file") else {
-                continue;
-            };
+        let (items, complete) = self.list(&f, "offers", true);
+        self.offers_incomplete |= !complete;
+        for map in items {
             let f = self.keys(
                 map,
                 "an offer",
@@ -1265,6 +1269,7 @@ impl Loader {
                 ],
             );
             let Some(id) = self.required_id(&f, "id") else {
+                self.offers_incomplete = true;
                 continue;
             };
             let owner = format!("offer `{}`", id.as_str());
@@ -1366,7 +1371,7 @@ impl Loader {
                 .iter()
                 .position(|(p, _)| p.placement.id == placement.as_str())
             else {
-                if !self.placements_complete {
+                if self.placements_incomplete {
                     continue;
                 }
                 let loc = self.scalar_loc(placement);

@@ -284,6 +284,9 @@ fn references_and_duplicates() {
         "  - id: basic\n    content:\n      web.banner: { title: Hello }\n",
         "  - id: basic\n    content: {}\n",
         &[
+            // The offer loads (its id is known), so the placement learns its fallback
+            // cannot be shown there.
+            "placements.yaml:5:15: fallback offer `basic` of placement `web.banner` has no content for it",
             "offers/0.yaml:3:14: `content` in offer `basic` must be content for at least one placement",
         ],
     );
@@ -389,6 +392,17 @@ fn every_error_is_reported_across_files() {
             "{needle} missing from:\n{rendered}"
         );
     }
+}
+
+#[test]
+fn a_bad_rule_does_not_hide_a_dangling_reference() {
+    // The offer with the bad rule still loads, so its id is known and the misspelt
+    // fallback is reported beside the rule error.
+    let offers = OFFERS.replace("customer.age >= 18", "customer.agee >= 18");
+    let placements = PLACEMENTS.replace("fallback: basic", "fallback: basik");
+    let e =
+        Catalog::from_yaml(SCHEMA, &placements, EXPERIMENTS, &[&offers]).expect_err("two mistakes");
+    assert_eq!(e.diagnostics.len(), 2, "{}", e.render());
 }
 
 #[test]
