@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::catalog::{Budget, Catalog, FrequencyCap, Offer, Placement};
+use crate::catalog::{Budget, Catalog, FrequencyCap, Offer, Placement, ScopePolicy};
 use crate::state::{Event, EventKind};
 
 /// What a budget is counted over.
@@ -114,6 +114,12 @@ fn exhausted(budget: &Budget, spent: Spent) -> Option<(&'static str, u64)> {
     }
 }
 
+/// A reason, written out only when explaining: otherwise an empty string, which does not
+/// allocate, so the hot path pays nothing for messages.
+fn reason(explain: bool, text: impl FnOnce() -> String) -> Option<String> {
+    Some(if explain { text() } else { String::new() })
+}
+
 /// The policy checks of one decision, with what is shared by all offers computed once.
 pub(super) struct Checks<'a> {
     history: &'a HistoryIndex<'a>,
@@ -169,16 +175,25 @@ impl<'a> Checks<'a> {
         None
     }
 
+    /// The caps and budget of `offer`'s group, if the policy has them.
+    fn group_of(&self, offer: &Offer) -> impl Iterator<Item = &'a ScopePolicy> + use<'a> {
+        let group = offer.group_key;
+        self.catalog
+            .policy
+            .groups
+            .iter()
+            .filter(move |g| group != 0 && g.key == group)
+    }
+
     /// Why a contact-policy cap forbids `offer`; the reason is written out only when
-    /// `explain` is set (otherwise an empty string, which does not allocate).
+    /// `explain` is set.
     pub(super) fn capped(&self, offer: &Offer, explain: bool) -> Option<String> {
-        let say = |text: &dyn Fn() -> String| Some(if explain { text() } else { String::new() });
         let policy = &offer.contact_policy;
         let channel = self.placement.channel_key;
         let mine = self.history.of_offer(offer.key);
         if let Some((cap, seen)) = reached(&policy.max_impressions, mine.clone(), self.now, channel)
         {
-            return say(&|| describe(&cap, seen, "the offer"));
+            return reason(explain, || describe(&cap, seen, "the offer"));
         }
         if let Some(rule) = &policy.suppress_after_rejects {
             let since = self.now.saturating_sub(rule.within);
@@ -188,7 +203,7 @@ impl<'a> Checks<'a> {
             let (count, last) =
                 rejects.fold((0u32, i64::MIN), |(n, last), e| (n + 1, last.max(e.at)));
             if count >= rule.count && self.now < last.saturating_add(rule.suppress_for) {
-                return say(&|| {
+                return reason(explain, || {
                     format!(
                         "suppressed after {count} reject(s), the last {}h ago",
                         (self.now - last) / 3_600_000
@@ -201,26 +216,19 @@ impl<'a> Checks<'a> {
                 .clone()
                 .any(|e| e.kind == EventKind::Accept && e.at <= self.now)
         {
-            return say(&|| "already accepted".to_string());
+            return reason(explain, || "already accepted".to_string());
         }
-        if offer.group_key != 0 {
-            for scope in self
-                .catalog
-                .policy
-                .groups
+        for scope in self.group_of(offer) {
+            let in_group = self
+                .history
+                .events
                 .iter()
-                .filter(|g| g.key == offer.group_key)
+                .filter(|e| e.group == offer.group_key);
+            if let Some((cap, seen)) = reached(&scope.max_impressions, in_group, self.now, channel)
             {
-                let in_group = self
-                    .history
-                    .events
-                    .iter()
-                    .filter(|e| e.group == offer.group_key);
-                if let Some((cap, seen)) =
-                    reached(&scope.max_impressions, in_group, self.now, channel)
-                {
-                    return say(&|| describe(&cap, seen, &format!("group `{}`", scope.id)));
-                }
+                return reason(explain, || {
+                    describe(&cap, seen, &format!("group `{}`", scope.id))
+                });
             }
         }
         None
@@ -232,30 +240,18 @@ impl<'a> Checks<'a> {
             &offer.budget,
             self.budgets.spent(BudgetScope::Offer(offer.key)),
         ) {
-            return Some(if explain {
+            return reason(explain, || {
                 format!("the offer spent its {period} budget of {limit}")
-            } else {
-                String::new()
             });
         }
-        if offer.group_key != 0 {
-            for scope in self
-                .catalog
-                .policy
-                .groups
-                .iter()
-                .filter(|g| g.key == offer.group_key && !g.budget.is_unlimited())
-            {
-                if let Some((period, limit)) = exhausted(
-                    &scope.budget,
-                    self.budgets.spent(BudgetScope::Group(scope.key)),
-                ) {
-                    return Some(if explain {
-                        format!("group `{}` spent its {period} budget of {limit}", scope.id)
-                    } else {
-                        String::new()
-                    });
-                }
+        for scope in self.group_of(offer).filter(|g| !g.budget.is_unlimited()) {
+            if let Some((period, limit)) = exhausted(
+                &scope.budget,
+                self.budgets.spent(BudgetScope::Group(scope.key)),
+            ) {
+                return reason(explain, || {
+                    format!("group `{}` spent its {period} budget of {limit}", scope.id)
+                });
             }
         }
         None
