@@ -2,7 +2,7 @@
 //! tests hold the compiled evaluator to it.
 
 use super::Env;
-use super::ir::{ArithOp, CmpOp, Func, Ir, Kind, Target};
+use super::ir::{ArithOp, Func, Ir, Kind, Target};
 use crate::schema::Value;
 
 /// A dynamically typed result; `None` is missing.
@@ -96,7 +96,7 @@ pub fn eval(ir: &Ir, env: &Env<'_>) -> Option<R> {
                 (R::Str(x), R::Str(y)) => x.cmp(&y),
                 _ => return None,
             };
-            Some(R::Bool(test(*op, ord)))
+            Some(R::Bool(op.test(ord)))
         }
         Ir::Arith(op, _, a, b) => match (eval(a, env)?, eval(b, env)?) {
             (R::Int(x), R::Int(y)) => match op {
@@ -144,18 +144,6 @@ pub fn eval(ir: &Ir, env: &Env<'_>) -> Option<R> {
             _ => None,
         },
         Ir::Call(func, _, args) => call(*func, args, env),
-    }
-}
-
-fn test(op: CmpOp, ord: std::cmp::Ordering) -> bool {
-    use std::cmp::Ordering::*;
-    match op {
-        CmpOp::Eq => ord == Equal,
-        CmpOp::Ne => ord != Equal,
-        CmpOp::Lt => ord == Less,
-        CmpOp::Le => ord != Greater,
-        CmpOp::Gt => ord == Greater,
-        CmpOp::Ge => ord != Less,
     }
 }
 

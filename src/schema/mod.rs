@@ -182,21 +182,6 @@ impl Value {
     pub fn is_missing(&self) -> bool {
         matches!(self, Value::Missing)
     }
-
-    /// Whether this value may be stored in an attribute of type `ty`.
-    pub fn fits(&self, ty: &AttrType) -> bool {
-        match (self, ty) {
-            (Value::Missing, _) => true,
-            (Value::Bool(_), AttrType::Bool)
-            | (Value::Int(_), AttrType::Int)
-            | (Value::Str(_), AttrType::String)
-            | (Value::Set(_), AttrType::Set)
-            | (Value::Timestamp(_), AttrType::Timestamp) => true,
-            (Value::Float(f), AttrType::Float) => f.is_finite(),
-            (Value::Enum(i), AttrType::Enum(def)) => (*i as usize) < def.variants.len(),
-            _ => false,
-        }
-    }
 }
 
 impl fmt::Display for Value {
@@ -220,7 +205,7 @@ pub struct Attribute {
     pub name: String,
     pub ty: AttrType,
     /// Used wherever the attribute is unset; `Missing` when there is none.
-    /// INVARIANT: fits `ty` (checked by `catalog::load`).
+    /// INVARIANT: of type `ty` (parsed for it by `default_value` in `catalog::load`).
     pub default: Value,
     pub description: Option<String>,
 }
@@ -340,15 +325,5 @@ mod tests {
         assert_eq!(s.push(attr("b")), Some(1));
         assert_eq!(s.push(attr("a")), None);
         assert_eq!(s.slot("b"), Some(1));
-    }
-
-    #[test]
-    fn values_fit_only_their_type() {
-        let e = AttrType::Enum(EnumDef::new(["a", "b"]));
-        assert!(Value::Enum(1).fits(&e));
-        assert!(!Value::Enum(2).fits(&e));
-        assert!(!Value::Float(f64::NAN).fits(&AttrType::Float));
-        assert!(!Value::Int(1).fits(&AttrType::Float));
-        assert!(Value::Missing.fits(&AttrType::Set));
     }
 }
