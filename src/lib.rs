@@ -35,8 +35,11 @@
 //! ```
 
 pub mod catalog;
+pub mod db;
 pub mod decide;
 pub mod explore;
 pub mod expr;
+pub mod journal;
 pub mod schema;
 pub mod state;
+pub mod storage;

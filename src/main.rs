@@ -201,6 +201,7 @@ fn read_customer(catalog: &Catalog, path: &std::path::Path) -> anyhow::Result<Cu
         id: file.id,
         attributes,
         history,
+        seq: 0,
     })
 }
 

@@ -104,5 +104,6 @@ pub fn customer(n_offers: usize) -> CustomerState {
         id: Some("customer-42".into()),
         attributes,
         history,
+        seq: 0,
     }
 }

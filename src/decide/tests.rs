@@ -98,6 +98,7 @@ fn customer(
             Value::Float(0.5),
         ],
         history,
+        seq: 0,
     }
 }
 

@@ -255,6 +255,56 @@ impl EntitySchema {
     }
 }
 
+/// A value with its type spelled out and enum variants by name: the form values take on
+/// disk (journal, snapshots) and in exports, so they stay readable under another schema.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Enum(String),
+    Set(Vec<String>),
+    /// Milliseconds since the Unix epoch.
+    Timestamp(i64),
+}
+
+impl Feature {
+    /// The feature of a value of type `ty`; `None` for a missing value.
+    pub fn of(value: &Value, ty: &AttrType) -> Option<Feature> {
+        Some(match (value, ty) {
+            (Value::Missing, _) => return None,
+            (Value::Bool(b), _) => Feature::Bool(*b),
+            (Value::Int(i), _) => Feature::Int(*i),
+            (Value::Float(x), _) => Feature::Float(*x),
+            (Value::Str(s), _) => Feature::Str(s.to_string()),
+            (Value::Enum(i), AttrType::Enum(def)) => {
+                Feature::Enum(def.variants.get(*i as usize)?.to_string())
+            }
+            (Value::Enum(_), _) => return None,
+            (Value::Set(items), _) => Feature::Set(items.iter().map(|s| s.to_string()).collect()),
+            (Value::Timestamp(ms), _) => Feature::Timestamp(*ms),
+        })
+    }
+
+    /// The value of this feature for an attribute of type `ty`, or `None` when the types
+    /// differ (the schema changed) or the enum has no such variant any more.
+    pub fn value(&self, ty: &AttrType) -> Option<Value> {
+        Some(match (self, ty) {
+            (Feature::Bool(b), AttrType::Bool) => Value::Bool(*b),
+            (Feature::Int(i), AttrType::Int) => Value::Int(*i),
+            (Feature::Int(i), AttrType::Float) => Value::Float(*i as f64),
+            (Feature::Float(x), AttrType::Float) => Value::Float(*x),
+            (Feature::Str(s), AttrType::String) => Value::Str(s.as_str().into()),
+            (Feature::Enum(s), AttrType::Enum(def)) => Value::Enum(def.index_of(s)?),
+            (Feature::Set(items), AttrType::Set) => Value::set(items.iter().map(String::as_str)),
+            (Feature::Timestamp(ms), AttrType::Timestamp) => Value::Timestamp(*ms),
+            _ => return None,
+        })
+    }
+}
+
 /// The customer and context attributes of a catalog.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schema {

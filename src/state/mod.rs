@@ -7,6 +7,8 @@
 //! durability) and does not know offers: history refers to offers, groups and channels by
 //! their stable [`key`](crate::schema::key).
 
+pub mod snapshot;
+
 use std::fmt;
 
 use dashmap::DashMap;
@@ -81,15 +83,32 @@ pub struct CustomerState {
     /// One value per customer slot of the catalog's schema.
     pub attributes: Vec<Value>,
     pub history: History,
+    /// The journal sequence number of the last write applied to this customer (0 for
+    /// none): replay skips what a snapshot already holds by it.
+    pub seq: u64,
 }
 
 impl CustomerState {
+    /// Merges attributes in slot order: missing values leave the stored ones as they are.
+    pub fn merge(&mut self, schema: &Schema, values: Vec<Value>) {
+        let len = values.len().max(schema.customer.len());
+        if self.attributes.len() < len {
+            self.attributes.resize(len, Value::Missing);
+        }
+        for (slot, v) in values.into_iter().enumerate() {
+            if !v.is_missing() {
+                self.attributes[slot] = v;
+            }
+        }
+    }
+
     /// An anonymous caller with only the attributes the request carries.
     pub fn anonymous(attributes: Vec<Value>) -> CustomerState {
         CustomerState {
             id: None,
             attributes,
             history: History::default(),
+            seq: 0,
         }
     }
 }
@@ -254,35 +273,46 @@ impl Store {
     /// Merges the given attributes (already parsed against `schema`) into a customer,
     /// creating it if needed. Missing values in `values` leave the stored ones as they are.
     pub fn upsert(&self, id: &str, schema: &Schema, values: Vec<Value>) {
-        let mut entry = self
-            .customers
-            .entry(id.to_string())
-            .or_insert_with(|| CustomerState {
-                id: Some(id.to_string()),
-                attributes: vec![Value::Missing; schema.customer.len()],
-                history: History::default(),
-            });
-        let state = entry.value_mut();
-        if state.attributes.len() < values.len() {
-            state.attributes.resize(values.len(), Value::Missing);
-        }
-        for (slot, v) in values.into_iter().enumerate() {
-            if !v.is_missing() {
-                state.attributes[slot] = v;
-            }
-        }
+        self.update(id, |state| state.merge(schema, values));
     }
 
     /// Records an interaction; an unknown customer is created with no attributes.
     pub fn record(&self, id: &str, event: Event) {
-        let mut entry = self
-            .customers
-            .entry(id.to_string())
-            .or_insert_with(|| CustomerState {
-                id: Some(id.to_string()),
-                ..CustomerState::default()
-            });
-        entry.value_mut().history.record(event, self.limits);
+        self.update(id, |state| state.history.record(event, self.limits));
+    }
+
+    /// Runs `f` on a customer's state, creating it empty if needed, holding the lock on
+    /// that customer: updates to one customer happen in the order of their `update` calls
+    /// (the durable layer appends to the journal inside `f` for that reason).
+    pub fn update<R>(&self, id: &str, f: impl FnOnce(&mut CustomerState) -> R) -> R {
+        let mut entry = match self.customers.get_mut(id) {
+            Some(entry) => entry,
+            None => self
+                .customers
+                .entry(id.to_string())
+                .or_insert_with(|| CustomerState {
+                    id: Some(id.to_string()),
+                    ..CustomerState::default()
+                }),
+        };
+        f(entry.value_mut())
+    }
+
+    /// Puts a whole state in place (restoring a snapshot).
+    pub fn insert(&self, id: String, state: CustomerState) {
+        self.customers.insert(id, state);
+    }
+
+    /// Calls `f` on every customer, each under its shard's read lock in turn: each state
+    /// is consistent, the whole is not a point-in-time view.
+    pub fn for_each(&self, mut f: impl FnMut(&CustomerState)) {
+        for entry in self.customers.iter() {
+            f(entry.value());
+        }
+    }
+
+    pub fn limits(&self) -> HistoryLimits {
+        self.limits
     }
 
     /// Runs `f` on a consistent snapshot of one customer: writers to that customer wait

@@ -1,0 +1,504 @@
+//! The durable node: the in-memory [`Store`] decide reads, the [`journal`](crate::journal)
+//! every write goes through, and the snapshots that make restarts fast.
+//!
+//! Every write is validated first (a bad one changes nothing and is never logged), then,
+//! holding the customer's lock, appended to the journal and applied in memory, so memory
+//! and journal see one customer's writes in the same order; the caller is acknowledged
+//! once the journal's group commit has made the record durable.
+//!
+//! `compact` rotates the journal, writes a snapshot of everything before the rotation
+//! (customers, the outcome keys that make outcomes idempotent, recent decisions) and
+//! rewrites the older journal segments without the records of forgotten customers. A
+//! restart loads the newest snapshot and replays the journal from its position.
+//!
+//! Layout under the data directory: `journal/*.log` (segments) and
+//! `state/snapshot-<segment>.bin`.
+
+mod recovery;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use dashmap::{DashMap, DashSet};
+use uuid::Uuid;
+
+use crate::catalog::Catalog;
+use crate::decide::{Context, Decision};
+use crate::journal::{
+    self, Entry, ForgetRecord, OutcomeRecord, PendingDecision, Record, UpsertRecord,
+};
+use crate::schema::{Event, EventKind, Feature, Value, key};
+use crate::state::{CustomerState, HistoryLimits, StateError, Store};
+use crate::storage::{self, Damage, Stats, Writer, WriterOptions};
+
+pub use recovery::Recovery;
+
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    pub writer: WriterOptions,
+    /// Outcomes count for a decision within this long after it (ms): the export's join
+    /// window, and how long retried outcomes are recognised and decisions remembered.
+    pub attribution_window: i64,
+    /// At most this many recent decisions are remembered to resolve an outcome's
+    /// customer and channel.
+    pub remembered_decisions: usize,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            writer: WriterOptions::default(),
+            attribution_window: 7 * 86_400_000,
+            remembered_decisions: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] storage::WriteError),
+    #[error(transparent)]
+    Attribute(#[from] StateError),
+    #[error("unknown offer `{offer}`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+    UnknownOffer {
+        offer: String,
+        suggestion: Option<String>,
+    },
+    #[error("the snapshot `{path}` is unreadable: {reason}")]
+    Snapshot { path: PathBuf, reason: String },
+}
+
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DbError {
+    let context = context.into();
+    move |source| DbError::Io { context, source }
+}
+
+/// An outcome as a caller reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeInput {
+    pub decision: Uuid,
+    pub offer: String,
+    pub kind: EventKind,
+    pub value: Option<f64>,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// The customer, when the caller knows it; otherwise the decision's, if remembered.
+    pub customer: Option<String>,
+    /// The channel, when the caller knows it; otherwise the decision's, if remembered.
+    pub channel: Option<String>,
+}
+
+/// How an outcome was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeAck {
+    /// The same (decision, offer, kind) was recorded before: counted once.
+    pub duplicate: bool,
+    /// The customer whose history it joined, if any.
+    pub customer: Option<String>,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compaction {
+    pub snapshot: PathBuf,
+    pub customers: usize,
+    pub segments_rewritten: usize,
+    pub records_erased: u64,
+    pub forgotten: usize,
+}
+
+/// Outcome identity: (decision, offer key, kind).
+type OutcomeKey = (u128, u32, EventKind);
+
+/// What an outcome needs to know about its decision.
+#[derive(Debug, Clone)]
+struct Recent {
+    customer: Box<str>,
+    channel: Box<str>,
+}
+
+pub struct Db {
+    journal_dir: PathBuf,
+    state_dir: PathBuf,
+    catalog: ArcSwap<Catalog>,
+    store: Store,
+    journal: Writer<Entry>,
+    outcomes: DashSet<OutcomeKey>,
+    decisions: DashMap<u128, Recent>,
+    /// Forgotten since the last compaction, in order: their records are still in the
+    /// journal until the next one.
+    forgotten: Mutex<Vec<String>>,
+    compaction: Mutex<()>,
+    options: DbOptions,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("journal", &self.journal_dir)
+            .field("customers", &self.store.len())
+            .finish()
+    }
+}
+
+/// The time inside a UUIDv7, in ms (0 for other UUIDs).
+pub fn uuid_time(id: Uuid) -> i64 {
+    id.get_timestamp().map_or(0, |t| {
+        let (secs, nanos) = t.to_unix();
+        (secs * 1000 + u64::from(nanos) / 1_000_000) as i64
+    })
+}
+
+impl Db {
+    /// Opens (creating if needed) the data directory: loads the newest snapshot, replays
+    /// the journal after it, cuts a torn tail, and starts the journal writer.
+    pub fn open(
+        dir: &Path,
+        catalog: Arc<Catalog>,
+        options: DbOptions,
+    ) -> Result<(Db, Recovery), DbError> {
+        let journal_dir = dir.join("journal");
+        let state_dir = dir.join("state");
+        for d in [&journal_dir, &state_dir] {
+            std::fs::create_dir_all(d).map_err(io(format!("creating `{}`", d.display())))?;
+        }
+        let end = journal::recover(&journal_dir).map_err(io("recovering the journal"))?;
+        let store = Store::new(HistoryLimits::for_catalog(&catalog));
+        let mut db = Db {
+            journal: Writer::start(&journal_dir, end.position, end.seq, options.writer.clone())
+                .map_err(io("starting the journal writer"))?,
+            journal_dir,
+            state_dir,
+            catalog: ArcSwap::new(catalog),
+            store,
+            outcomes: DashSet::new(),
+            decisions: DashMap::new(),
+            forgotten: Mutex::new(Vec::new()),
+            compaction: Mutex::new(()),
+            options,
+        };
+        let mut recovery = recovery::restore(&mut db)?;
+        recovery.truncated = end.cut;
+        Ok((db, recovery))
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// The store decide reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn journal_stats(&self) -> &Stats {
+        self.journal.stats()
+    }
+
+    pub fn options(&self) -> &DbOptions {
+        &self.options
+    }
+
+    /// Merges attributes (parsed against the current catalog's schema) into a customer.
+    /// With `wait`, returns once the change is durable; without, call [`Db::sync`] later.
+    pub fn upsert(&self, id: &str, values: Vec<Value>, at: i64, wait: bool) -> Result<(), DbError> {
+        let catalog = self.catalog.load();
+        let schema = &catalog.schema;
+        let attributes: Vec<(String, Feature)> = schema
+            .customer
+            .attributes()
+            .iter()
+            .zip(&values)
+            .filter_map(|(a, v)| Some((a.name.clone(), Feature::of(v, &a.ty)?)))
+            .collect();
+        let record = Record::Upsert(UpsertRecord {
+            at,
+            customer: id.to_string(),
+            attributes,
+        });
+        let seq = self.store.update(id, |state| {
+            let seq = self.journal.append(Entry::Record(record), false)?;
+            state.merge(schema, values);
+            state.seq = seq;
+            Ok::<_, DbError>(seq)
+        })?;
+        if wait {
+            self.journal.wait(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Parses JSON attributes and upserts them, durably. One bad attribute refuses all.
+    pub fn upsert_json(
+        &self,
+        id: &str,
+        attributes: &serde_json::Map<String, serde_json::Value>,
+        at: i64,
+    ) -> Result<(), DbError> {
+        let values = crate::state::parse_attributes(
+            "customer",
+            &self.catalog.load().schema.customer,
+            attributes,
+        )?;
+        self.upsert(id, values, at, true)
+    }
+
+    /// Waits until every write so far is durable.
+    pub fn sync(&self) -> Result<(), DbError> {
+        Ok(self.journal.sync()?)
+    }
+
+    /// Records an outcome durably and adds it to the customer's history. A retry of the
+    /// same (decision, offer, kind) is acknowledged without being counted again.
+    pub fn record_outcome(&self, input: &OutcomeInput) -> Result<OutcomeAck, DbError> {
+        let catalog = self.catalog.load();
+        let Some(offer) = catalog.offer(&input.offer) else {
+            return Err(DbError::UnknownOffer {
+                offer: input.offer.clone(),
+                suggestion: crate::expr::did_you_mean(
+                    &input.offer,
+                    catalog.offers.iter().map(|o| o.id.as_str()),
+                ),
+            });
+        };
+        let offer = &catalog.offers[offer];
+        let recent = self
+            .decisions
+            .get(&input.decision.as_u128())
+            .map(|r| r.clone());
+        let customer = input
+            .customer
+            .clone()
+            .or_else(|| recent.as_ref().map(|r| r.customer.to_string()));
+        let channel = input
+            .channel
+            .clone()
+            .or_else(|| recent.as_ref().map(|r| r.channel.to_string()));
+        if !self
+            .outcomes
+            .insert((input.decision.as_u128(), offer.key, input.kind))
+        {
+            // Counted before; make sure that first write is durable before saying so.
+            self.journal.sync()?;
+            return Ok(OutcomeAck {
+                duplicate: true,
+                customer,
+            });
+        }
+        let record = Record::Outcome(OutcomeRecord {
+            decision: input.decision.into_bytes(),
+            offer: input.offer.clone(),
+            kind: input.kind,
+            value: input.value,
+            at: input.at,
+            customer: customer.clone(),
+            channel: channel.clone(),
+            group: offer.group.clone(),
+        });
+        let result = match (&customer, &channel) {
+            (Some(c), Some(ch)) => {
+                let event = Event {
+                    at: input.at,
+                    offer: offer.key,
+                    group: offer.group_key,
+                    channel: key(ch),
+                    kind: input.kind,
+                };
+                let limits = self.store.limits();
+                self.store.update(c, |state| {
+                    let seq = self.journal.append(Entry::Record(record), true)?;
+                    state.history.record(event, limits);
+                    state.seq = seq;
+                    Ok::<_, DbError>(seq)
+                })
+            }
+            _ => Ok(self.journal.append(Entry::Record(record), true)?),
+        };
+        let waited = result.and_then(|seq| Ok(self.journal.wait(seq)?));
+        if let Err(e) = waited {
+            self.outcomes
+                .remove(&(input.decision.as_u128(), offer.key, input.kind));
+            return Err(e);
+        }
+        Ok(OutcomeAck {
+            duplicate: false,
+            customer: customer.filter(|_| channel.is_some()),
+        })
+    }
+
+    /// Forgets a customer: their state goes now, durably; their journal records go at
+    /// the next compaction. Returns whether the customer was known.
+    pub fn forget(&self, id: &str, at: i64) -> Result<bool, DbError> {
+        let record = Record::Forget(ForgetRecord {
+            at,
+            customer: id.to_string(),
+        });
+        let seq = self.journal.append(Entry::Record(record), true)?;
+        let known = self.store.forget(id);
+        self.decisions.retain(|_, r| &*r.customer != id);
+        self.forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id.to_string());
+        self.journal.wait(seq)?;
+        Ok(known)
+    }
+
+    /// Hands a decision to the journal (no I/O here: the journal thread encodes and
+    /// writes it) and remembers it for its outcomes. Blocks only when the journal's queue
+    /// is full.
+    pub fn log_decision(
+        &self,
+        catalog: &Arc<Catalog>,
+        customer: &CustomerState,
+        context: &Context,
+        decision: Decision,
+    ) -> Result<(), DbError> {
+        if let Some(id) = &customer.id {
+            self.remember(
+                decision.id.as_u128(),
+                id,
+                &catalog.placements[decision.placement].channel,
+            );
+        }
+        let pending = PendingDecision {
+            catalog: Arc::clone(catalog),
+            customer: customer.id.clone(),
+            attributes: customer.attributes.clone(),
+            context: context.values.clone(),
+            decision,
+        };
+        self.journal
+            .append(Entry::Decision(Box::new(pending)), false)?;
+        Ok(())
+    }
+
+    fn remember(&self, decision: u128, customer: &str, channel: &str) {
+        if self.decisions.len() >= self.options.remembered_decisions {
+            // Forget the oldest tenth (UUIDv7s sort by time).
+            let mut ids: Vec<u128> = self.decisions.iter().map(|e| *e.key()).collect();
+            let cut = ids.len() / 10;
+            ids.select_nth_unstable(cut);
+            let bound = ids[cut];
+            self.decisions.retain(|id, _| *id > bound);
+        }
+        self.decisions.insert(
+            decision,
+            Recent {
+                customer: customer.into(),
+                channel: channel.into(),
+            },
+        );
+    }
+
+    /// Snapshots the state, then erases forgotten customers from the older segments.
+    pub fn compact(&self, now: i64) -> Result<Compaction, DbError> {
+        let _one_at_a_time = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
+        let forgotten: Vec<String> = self
+            .forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let cutoff = now - self.options.attribution_window;
+        self.outcomes
+            .retain(|(d, _, _)| uuid_time(Uuid::from_u128(*d)) >= cutoff);
+        self.decisions
+            .retain(|d, _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
+        let position = self.journal.rotate()?;
+        let (snapshot, customers) = recovery::write_snapshot(self, position, now)?;
+        let erase: HashSet<&str> = forgotten.iter().map(String::as_str).collect();
+        let (segments_rewritten, records_erased) = if erase.is_empty() {
+            (0, 0)
+        } else {
+            erase_customers(&self.journal_dir, position.segment, &erase)?
+        };
+        self.forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..forgotten.len());
+        Ok(Compaction {
+            snapshot,
+            customers,
+            segments_rewritten,
+            records_erased,
+            forgotten: forgotten.len(),
+        })
+    }
+
+    /// Makes everything durable and stops the journal writer.
+    pub fn close(self) -> Result<(), DbError> {
+        Ok(self.journal.close()?)
+    }
+}
+
+/// Rewrites the segments before `before` without the records of `customers`; returns
+/// how many segments changed and how many records went.
+fn erase_customers(
+    dir: &Path,
+    before: u64,
+    customers: &HashSet<&str>,
+) -> Result<(usize, u64), DbError> {
+    use storage::segment::{self, MAGIC, SegmentReader};
+    let mut rewritten = 0;
+    let mut erased = 0;
+    for number in segment::list(dir).map_err(io("listing the journal"))? {
+        if number >= before {
+            break;
+        }
+        let mut reader = SegmentReader::open(dir, number).map_err(io("reading the journal"))?;
+        let mut kept = Vec::new();
+        let mut payload = Vec::new();
+        let mut dropped = 0;
+        while reader
+            .next_into(&mut payload)
+            .map_err(io("reading the journal"))?
+            .is_some()
+        {
+            let gone = Record::decode(&payload)
+                .ok()
+                .and_then(|(_, r)| r.customer().map(|c| customers.contains(c)))
+                .unwrap_or(false);
+            if gone {
+                dropped += 1;
+            } else {
+                segment::frame(&mut kept, &payload);
+            }
+        }
+        if let Some(damage) = reader.damage() {
+            return Err(DbError::Io {
+                context: format!("erasing from segment {number}"),
+                source: std::io::Error::other(damage.to_string()),
+            });
+        }
+        if dropped > 0 {
+            let path = segment::segment_path(dir, number);
+            segment::write_atomic(&path, |w| {
+                w.write_all(MAGIC)?;
+                w.write_all(&kept)
+            })
+            .map_err(io(format!("rewriting `{}`", path.display())))?;
+            rewritten += 1;
+            erased += dropped;
+        }
+    }
+    Ok((rewritten, erased))
+}
+
+/// Damage found while reading, for reports.
+pub fn describe_damage(damage: &[Damage]) -> String {
+    damage
+        .iter()
+        .map(|d| format!("  {d}\n"))
+        .collect::<String>()
+}
+
+#[cfg(test)]
+mod tests;

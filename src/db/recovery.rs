@@ -1,0 +1,364 @@
+//! Snapshots and restart: write the state as of a journal position; on open, load the
+//! newest snapshot and replay the journal from its position.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Db, DbError, Recent, io};
+use crate::journal::{Reader, Record};
+use crate::schema::{Event, EventKind, key};
+use crate::state::snapshot::StoredCustomer;
+use crate::storage::segment::{self, SegmentReader};
+use crate::storage::{Damage, Position};
+
+const MAGIC: &[u8; 8] = b"NBSNAP01";
+const FORMAT: u8 = 1;
+/// Outcome keys and decisions are stored in chunks of this many.
+const CHUNK: usize = 65_536;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Item {
+    Header {
+        segment: u64,
+        offset: u64,
+        created_at: i64,
+        /// The customer attribute names; stored customers refer to them by index.
+        names: Vec<String>,
+    },
+    Customer(StoredCustomer),
+    Outcomes(Vec<(u128, u32, EventKind)>),
+    Decisions(Vec<(u128, String, String)>),
+    End {
+        customers: u64,
+    },
+}
+
+fn encode(item: &Item, payload: &mut Vec<u8>) {
+    payload.clear();
+    payload.push(FORMAT);
+    postcard::to_io(item, &mut *payload).expect("snapshot items always serialize");
+}
+
+/// What opening the data directory found and did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// The snapshot loaded, if any.
+    pub snapshot: Option<PathBuf>,
+    pub customers_loaded: usize,
+    /// Journal records replayed after the snapshot.
+    pub replayed: u64,
+    /// A torn or corrupt tail cut off the last journal segment.
+    pub truncated: Option<Damage>,
+    /// Damage met while loading the snapshot or replaying (records after it in its file
+    /// were skipped).
+    pub damage: Vec<Damage>,
+    /// Stored attribute values that no longer fit the catalog's schema (renamed or
+    /// retyped attributes, removed enum values) and were dropped.
+    pub dropped_values: usize,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.snapshot {
+            Some(path) => write!(
+                f,
+                "loaded {} customers from `{}`",
+                self.customers_loaded,
+                path.display()
+            )?,
+            None => f.write_str("no snapshot")?,
+        }
+        write!(
+            f,
+            ", replayed {} journal records in {:.2?}",
+            self.replayed, self.elapsed
+        )?;
+        if let Some(t) = &self.truncated {
+            write!(f, "; cut a damaged journal tail at {t}")?;
+        }
+        for d in &self.damage {
+            write!(f, "; damage at {d}")?;
+        }
+        if self.dropped_values > 0 {
+            write!(
+                f,
+                "; dropped {} stored values that no longer fit the schema",
+                self.dropped_values
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn snapshots(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let n = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+            n.strip_prefix("snapshot-")?
+                .strip_suffix(".bin")?
+                .parse()
+                .ok()
+        });
+        if let Some(n) = n {
+            out.push((n, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Writes the state as of `position` (every record before it is reflected; records
+/// after it may be too, which replay tolerates) and removes older snapshots.
+pub(super) fn write_snapshot(
+    db: &Db,
+    position: Position,
+    now: i64,
+) -> Result<(PathBuf, usize), DbError> {
+    let catalog = db.catalog();
+    let schema = &catalog.schema.customer;
+    let path = db
+        .state_dir
+        .join(format!("snapshot-{:020}.bin", position.segment));
+    let mut customers = 0usize;
+    segment::write_atomic(&path, |w| {
+        let mut payload = Vec::with_capacity(4096);
+        let mut frame = Vec::with_capacity(4096);
+        let mut put = |w: &mut dyn Write, item: &Item| {
+            encode(item, &mut payload);
+            frame.clear();
+            segment::frame(&mut frame, &payload);
+            w.write_all(&frame)
+        };
+        w.write_all(MAGIC)?;
+        put(
+            w,
+            &Item::Header {
+                segment: position.segment,
+                offset: position.offset,
+                created_at: now,
+                names: schema.names().map(str::to_string).collect(),
+            },
+        )?;
+        let mut result = Ok(());
+        db.store.for_each(|state| {
+            if result.is_ok()
+                && let Some(stored) = StoredCustomer::of(state, schema)
+            {
+                customers += 1;
+                result = put(w, &Item::Customer(stored));
+            }
+        });
+        result?;
+        let keys: Vec<_> = db.outcomes.iter().map(|k| *k).collect();
+        for chunk in keys.chunks(CHUNK) {
+            put(w, &Item::Outcomes(chunk.to_vec()))?;
+        }
+        let recent: Vec<_> = db
+            .decisions
+            .iter()
+            .map(|e| (*e.key(), e.customer.to_string(), e.channel.to_string()))
+            .collect();
+        for chunk in recent.chunks(CHUNK) {
+            put(w, &Item::Decisions(chunk.to_vec()))?;
+        }
+        put(
+            w,
+            &Item::End {
+                customers: customers as u64,
+            },
+        )
+    })
+    .map_err(io(format!("writing `{}`", path.display())))?;
+    for (n, old) in snapshots(&db.state_dir).map_err(io("listing snapshots"))? {
+        if n < position.segment {
+            std::fs::remove_file(&old).map_err(io(format!("removing `{}`", old.display())))?;
+        }
+    }
+    Ok((path, customers))
+}
+
+/// Loads the newest snapshot and replays the journal after it.
+pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
+    let started = Instant::now();
+    let mut recovery = Recovery::default();
+    let mut from = Position::default();
+    let list = snapshots(&db.state_dir).map_err(io("listing snapshots"))?;
+    if let Some((_, path)) = list.last() {
+        match load_snapshot(db, path, &mut recovery)? {
+            Some(position) => {
+                from = position;
+                recovery.snapshot = Some(path.clone());
+            }
+            None => {
+                // Unusable: start from an empty state and replay the whole journal,
+                // which segments are never deleted from.
+                db.store = crate::state::Store::new(db.store.limits());
+                db.outcomes.clear();
+                db.decisions.clear();
+                recovery.customers_loaded = 0;
+            }
+        }
+    }
+    let mut reader = Reader::open(&db.journal_dir, from).map_err(io("reading the journal"))?;
+    while let Some((_, seq, record)) = reader.next_record().map_err(io("reading the journal"))? {
+        apply(db, seq, record, &mut recovery);
+        recovery.replayed += 1;
+    }
+    recovery.damage.append(&mut reader.damage);
+    recovery.elapsed = started.elapsed();
+    Ok(recovery)
+}
+
+/// Loads one snapshot; `None` (with the damage reported) if it is incomplete.
+fn load_snapshot(
+    db: &Db,
+    path: &Path,
+    recovery: &mut Recovery,
+) -> Result<Option<Position>, DbError> {
+    let catalog = db.catalog();
+    let schema = &catalog.schema.customer;
+    let limits = db.store.limits();
+    let mut reader = SegmentReader::open_file(path, MAGIC, 0)
+        .map_err(io(format!("opening `{}`", path.display())))?;
+    let mut payload = Vec::new();
+    let mut names = Vec::new();
+    let mut position = None;
+    let bad = |reason: String| DbError::Snapshot {
+        path: path.to_path_buf(),
+        reason,
+    };
+    while reader
+        .next_into(&mut payload)
+        .map_err(io(format!("reading `{}`", path.display())))?
+        .is_some()
+    {
+        let item: Item = match payload.split_first() {
+            Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| bad(e.to_string()))?,
+            _ => return Err(bad("unknown snapshot format".into())),
+        };
+        match item {
+            Item::Header {
+                segment,
+                offset,
+                names: n,
+                ..
+            } => {
+                names = n;
+                position = Some(Position { segment, offset });
+            }
+            Item::Customer(stored) => {
+                let id = stored.id.clone();
+                let (state, dropped) = stored.restore(&names, schema, limits);
+                recovery.dropped_values += dropped;
+                recovery.customers_loaded += 1;
+                db.store.insert(id, state);
+            }
+            Item::Outcomes(keys) => {
+                for k in keys {
+                    db.outcomes.insert(k);
+                }
+            }
+            Item::Decisions(recent) => {
+                for (id, customer, channel) in recent {
+                    db.decisions.insert(
+                        id,
+                        Recent {
+                            customer: customer.into(),
+                            channel: channel.into(),
+                        },
+                    );
+                }
+            }
+            Item::End { customers } => {
+                if customers as usize != recovery.customers_loaded {
+                    return Err(bad(format!(
+                        "{} customers announced, {} found",
+                        customers, recovery.customers_loaded
+                    )));
+                }
+                return Ok(position);
+            }
+        }
+    }
+    recovery
+        .damage
+        .push(reader.damage().cloned().unwrap_or_else(|| Damage {
+            at: Position::default(),
+            bytes: 0,
+            reason: format!("`{}` ends before its end marker", path.display()),
+        }));
+    Ok(None)
+}
+
+/// Applies one journal record to the in-memory state, as the write did, unless the
+/// customer's state already holds it (a snapshot taken after the write).
+fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
+    let catalog = db.catalog();
+    match record {
+        Record::Upsert(r) => {
+            let schema = &catalog.schema;
+            let mut values = vec![crate::schema::Value::Missing; schema.customer.len()];
+            for (name, feature) in &r.attributes {
+                let value = schema
+                    .customer
+                    .slot(name)
+                    .and_then(|slot| Some((slot, feature.value(&schema.customer.get(slot)?.ty)?)));
+                match value {
+                    Some((slot, v)) => values[slot as usize] = v,
+                    None => recovery.dropped_values += 1,
+                }
+            }
+            db.store.update(&r.customer, |state| {
+                if seq > state.seq {
+                    state.merge(schema, values);
+                    state.seq = seq;
+                }
+            });
+        }
+        Record::Forget(r) => {
+            let newer = db
+                .store
+                .with(&r.customer, |s| s.is_some_and(|s| s.seq > seq));
+            if !newer {
+                db.store.forget(&r.customer);
+            }
+            db.decisions.retain(|_, d| *d.customer != *r.customer);
+            db.forgotten
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(r.customer);
+        }
+        Record::Outcome(r) => {
+            let offer = key(&r.offer);
+            db.outcomes
+                .insert((Uuid::from_bytes(r.decision).as_u128(), offer, r.kind));
+            if let (Some(customer), Some(channel)) = (&r.customer, &r.channel) {
+                let event = Event {
+                    at: r.at,
+                    offer,
+                    group: r.group.as_deref().map_or(0, key),
+                    channel: key(channel),
+                    kind: r.kind,
+                };
+                let limits = db.store.limits();
+                db.store.update(customer, |state| {
+                    if seq > state.seq {
+                        state.history.record(event, limits);
+                        state.seq = seq;
+                    }
+                });
+            }
+        }
+        Record::Decision(r) => {
+            if let Some(customer) = &r.customer {
+                db.remember(r.decision_id().as_u128(), customer, &r.channel);
+            }
+        }
+    }
+}

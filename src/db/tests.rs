@@ -1,0 +1,325 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::decide::{self, Options};
+use crate::storage::segment;
+
+const NOW: i64 = 1_795_428_000_000; // 2026-11-23T09:20:00Z
+
+fn catalog() -> Arc<Catalog> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    Arc::new(Catalog::load(&dir).expect("the sample catalog loads"))
+}
+
+fn open(dir: &Path) -> (Db, Recovery) {
+    Db::open(dir, catalog(), DbOptions::default()).expect("open")
+}
+
+fn ada() -> serde_json::Map<String, serde_json::Value> {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/customers/ada.json"),
+    )
+    .expect("example customer");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["attributes"].as_object().expect("attributes").clone()
+}
+
+fn decision_id(n: u64) -> Uuid {
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (NOW / 1000) as u64,
+        n as u32,
+    ))
+}
+
+/// Decides for a customer and logs the decision; returns the shown offer ids.
+fn decide_and_log(db: &Db, customer: &str, placement: &str, n: u64) -> (Uuid, Vec<String>) {
+    let catalog = db.catalog();
+    let p = catalog.placement(placement).expect("placement");
+    let state = db
+        .store()
+        .with(customer, |s| s.cloned())
+        .unwrap_or_else(|| CustomerState::anonymous(vec![]));
+    let context = Context::for_placement(&catalog, p, vec![]);
+    let id = decision_id(n);
+    let d = decide::decide(&catalog, &state, &context, p, NOW, &Options::new(id));
+    let shown = d
+        .offers
+        .iter()
+        .map(|s| catalog.offers[s.offer].id.clone())
+        .collect();
+    db.log_decision(&catalog, &state, &context, d)
+        .expect("logged");
+    (id, shown)
+}
+
+fn outcome(decision: Uuid, offer: &str, kind: EventKind) -> OutcomeInput {
+    OutcomeInput {
+        decision,
+        offer: offer.into(),
+        kind,
+        value: None,
+        at: NOW,
+        customer: None,
+        channel: None,
+    }
+}
+
+fn state_of(db: &Db, id: &str) -> Option<CustomerState> {
+    db.store().with(id, |s| s.cloned())
+}
+
+#[test]
+fn state_history_and_policy_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (before, shown_after_reject) = {
+        let (db, recovery) = open(dir.path());
+        assert_eq!(recovery.replayed, 0);
+        db.upsert_json("ada", &ada(), NOW).expect("upsert");
+        // The sample catalog allows two emails a week.
+        for n in 1..=2 {
+            let (id, shown) = decide_and_log(&db, "ada", "email.hero", n);
+            let ack = db
+                .record_outcome(&outcome(id, &shown[0], EventKind::Impression))
+                .expect("outcome");
+            assert_eq!(
+                ack.customer.as_deref(),
+                Some("ada"),
+                "resolved from the decision"
+            );
+        }
+        let (_, again) = decide_and_log(&db, "ada", "email.hero", 3);
+        assert!(again.is_empty(), "the email cap is reached: {again:?}");
+        let state = state_of(&db, "ada").expect("ada");
+        assert_eq!(state.history.events().len(), 2);
+        db.close().expect("close");
+        (state, again)
+    };
+    let (db, recovery) = open(dir.path());
+    assert_eq!(
+        recovery.replayed, 6,
+        "upsert, 3 decisions, 2 outcomes: {recovery}"
+    );
+    assert_eq!(state_of(&db, "ada"), Some(before));
+    let (_, shown) = decide_and_log(&db, "ada", "email.hero", 3);
+    assert_eq!(
+        shown, shown_after_reject,
+        "the contact policy holds across restarts"
+    );
+}
+
+#[test]
+fn a_bad_attribute_is_refused_by_name_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = open(dir.path());
+    db.upsert_json("ada", &ada(), NOW).expect("upsert");
+    let before = state_of(&db, "ada");
+    let records = db
+        .journal_stats()
+        .records
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut bad = serde_json::Map::new();
+    bad.insert("age".into(), 50.into());
+    bad.insert("segmnt".into(), "premium".into());
+    let err = db.upsert_json("ada", &bad, NOW).expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "unknown attribute `customer.segmnt` (did you mean `segment`?)"
+    );
+    bad.remove("segmnt");
+    bad.insert("plan".into(), "gold".into());
+    let err = db.upsert_json("ada", &bad, NOW).expect_err("refused");
+    assert!(
+        err.to_string().contains("`customer.plan` must be one of"),
+        "{err}"
+    );
+    assert_eq!(state_of(&db, "ada"), before, "age was not changed either");
+    db.sync().expect("sync");
+    assert_eq!(
+        db.journal_stats()
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed),
+        records,
+        "nothing was logged"
+    );
+}
+
+#[test]
+fn a_retried_outcome_counts_once_even_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = open(dir.path());
+    db.upsert_json("ada", &ada(), NOW).expect("upsert");
+    let (id, shown) = decide_and_log(&db, "ada", "call_center.next_best", 1);
+    let click = outcome(id, &shown[0], EventKind::Click);
+    assert!(!db.record_outcome(&click).expect("first").duplicate);
+    assert!(db.record_outcome(&click).expect("retry").duplicate);
+    db.compact(NOW).expect("compact");
+    let retry_later = OutcomeInput {
+        at: NOW + 5000,
+        ..click.clone()
+    };
+    assert!(db.record_outcome(&retry_later).expect("retry").duplicate);
+    db.close().expect("close");
+    let (db, _) = open(dir.path());
+    assert!(db.record_outcome(&retry_later).expect("retry").duplicate);
+    assert_eq!(state_of(&db, "ada").expect("ada").history.events().len(), 1);
+    let err = db
+        .record_outcome(&outcome(id, "fiber_broadbnd", EventKind::Click))
+        .expect_err("unknown offer");
+    assert_eq!(
+        err.to_string(),
+        "unknown offer `fiber_broadbnd` (did you mean `fiber_broadband`?)"
+    );
+}
+
+#[test]
+fn compaction_then_replay_gives_the_same_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = open(dir.path());
+    let mut attrs = ada();
+    for i in 0..50 {
+        attrs.insert("age".into(), (20 + i).into());
+        db.upsert(
+            &format!("c{i}"),
+            crate::state::parse_attributes("customer", &db.catalog().schema.customer, &attrs)
+                .expect("valid"),
+            NOW,
+            false,
+        )
+        .expect("upsert");
+    }
+    for i in 0..20 {
+        let (id, shown) = decide_and_log(&db, &format!("c{i}"), "app.card", i);
+        db.record_outcome(&outcome(id, &shown[0], EventKind::Impression))
+            .expect("outcome");
+    }
+    db.compact(NOW).expect("compact");
+    // Writes after the snapshot are replayed on top of it.
+    attrs.insert("age".into(), 99.into());
+    db.upsert_json("c3", &attrs, NOW).expect("upsert");
+    let (id, shown) = decide_and_log(&db, "c4", "app.card", 99);
+    db.record_outcome(&outcome(id, &shown[0], EventKind::Click))
+        .expect("outcome");
+    let mut before = Vec::new();
+    db.store().for_each(|s| before.push(s.clone()));
+    before.sort_by(|a, b| a.id.cmp(&b.id));
+    db.close().expect("close");
+
+    let (db, recovery) = open(dir.path());
+    assert_eq!(recovery.customers_loaded, 50, "{recovery}");
+    assert_eq!(recovery.replayed, 3, "{recovery}");
+    let mut after = Vec::new();
+    db.store().for_each(|s| after.push(s.clone()));
+    after.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(after, before);
+}
+
+/// Every file under `dir`, as bytes.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).expect("read")));
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_forgotten_customer_is_in_no_file_after_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = open(dir.path());
+    let secret_id = "erase-me-7f3a9c";
+    let mut attrs = ada();
+    attrs.insert("language".into(), "xx-secret-lang".into());
+    db.upsert_json(secret_id, &attrs, NOW).expect("upsert");
+    db.upsert_json("keep-me", &ada(), NOW).expect("upsert");
+    let (id, shown) = decide_and_log(&db, secret_id, "web.home_banner", 1);
+    db.record_outcome(&outcome(id, &shown[0], EventKind::Impression))
+        .expect("outcome");
+    decide_and_log(&db, "keep-me", "web.home_banner", 2);
+    db.compact(NOW)
+        .expect("a snapshot that still holds the customer");
+    db.sync().expect("sync");
+    let present = |needle: &str| {
+        files(dir.path())
+            .iter()
+            .filter(|(_, bytes)| contains(bytes, needle.as_bytes()))
+            .count()
+    };
+    assert!(
+        present(secret_id) >= 2,
+        "journal and snapshot hold the customer"
+    );
+    assert!(present("xx-secret-lang") >= 2);
+
+    assert!(db.forget(secret_id, NOW).expect("forget"));
+    assert!(state_of(&db, secret_id).is_none());
+    let done = db.compact(NOW).expect("compact");
+    assert_eq!(done.forgotten, 1);
+    assert!(done.records_erased >= 4, "{done:?}");
+    assert_eq!(present(secret_id), 0, "the id is in no file");
+    assert_eq!(present("xx-secret-lang"), 0, "nor their attributes");
+    assert!(present("keep-me") >= 2, "others are kept");
+    db.close().expect("close");
+
+    let (db, recovery) = open(dir.path());
+    assert!(recovery.damage.is_empty(), "{recovery}");
+    assert!(state_of(&db, secret_id).is_none());
+    assert!(state_of(&db, "keep-me").is_some());
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_reported_and_everything_before_it_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (db, _) = open(dir.path());
+        for i in 0..10 {
+            let mut attrs = serde_json::Map::new();
+            attrs.insert("age".into(), (30 + i).into());
+            db.upsert_json(&format!("c{i}"), &attrs, NOW)
+                .expect("upsert");
+        }
+        db.close().expect("close");
+    }
+    let journal = dir.path().join("journal");
+    let last = *segment::list(&journal)
+        .expect("list")
+        .last()
+        .expect("a segment");
+    let path = segment::segment_path(&journal, last);
+    let len = std::fs::metadata(&path).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(len - 3)
+        .expect("truncate");
+    let (db, recovery) = open(dir.path());
+    assert_eq!(recovery.replayed, 9, "{recovery}");
+    let cut = recovery.truncated.expect("the torn record is reported");
+    assert!(cut.reason.contains("torn"), "{cut}");
+    assert!(state_of(&db, "c8").is_some() && state_of(&db, "c9").is_none());
+    // The journal goes on after the cut.
+    let mut attrs = serde_json::Map::new();
+    attrs.insert("age".into(), 77.into());
+    db.upsert_json("c9", &attrs, NOW).expect("upsert");
+    db.close().expect("close");
+    let (db, recovery) = open(dir.path());
+    assert!(
+        recovery.truncated.is_none() && recovery.damage.is_empty(),
+        "{recovery}"
+    );
+    assert_eq!(
+        state_of(&db, "c9").expect("c9").attributes[0],
+        Value::Int(77)
+    );
+}

@@ -1,0 +1,374 @@
+//! The journal: every write the node acknowledges and every decision it makes, in one
+//! ordered log of checksummed records (`storage::segment` framing).
+//!
+//! Records name things by id (customer, offer, placement, attribute) and carry values as
+//! [`Feature`]s, never as slots or indexes, so a journal stays readable under any later
+//! catalog. The payload of a frame is a format byte followed by the postcard encoding of a
+//! [`Record`]; new record kinds are added at the end of the enum.
+//!
+//! Decision records are built on the decide path only as far as cloning what they need
+//! ([`PendingDecision`]); the journal thread turns them into [`DecisionRecord`]s.
+
+pub mod export;
+pub mod join;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::catalog::Catalog;
+use crate::decide::Decision;
+use crate::schema::{EntitySchema, EventKind, Feature, Value};
+use crate::storage::{Damage, Encode, Position, SegmentReader, segment};
+
+/// The format byte in front of every record.
+const FORMAT: u8 = 1;
+
+/// One entry of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    Upsert(UpsertRecord),
+    Forget(ForgetRecord),
+    Outcome(OutcomeRecord),
+    Decision(Box<DecisionRecord>),
+}
+
+impl Record {
+    /// The customer the record is about, if any: what erasure looks for.
+    pub fn customer(&self) -> Option<&str> {
+        match self {
+            Record::Upsert(r) => Some(&r.customer),
+            Record::Forget(r) => Some(&r.customer),
+            Record::Outcome(r) => r.customer.as_deref(),
+            Record::Decision(r) => r.customer.as_deref(),
+        }
+    }
+
+    /// Decodes a frame's payload: the writer's sequence number and the record.
+    pub fn decode(payload: &[u8]) -> Result<(u64, Record), String> {
+        let (seq, payload) = segment::split_seq(payload).ok_or("record too short")?;
+        Ok((seq, Record::decode_record(payload)?))
+    }
+
+    fn decode_record(payload: &[u8]) -> Result<Record, String> {
+        match payload.split_first() {
+            Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((other, _)) => Err(format!("unknown record format {other}")),
+            None => Err("empty record".into()),
+        }
+    }
+}
+
+impl Encode for Record {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(FORMAT);
+        // Serializing these plain structs into a Vec cannot fail: every sequence has a
+        // known length and the writer has no size limit.
+        postcard::to_io(self, out).expect("journal records always serialize");
+    }
+}
+
+/// Attributes merged into a customer's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpsertRecord {
+    pub at: i64,
+    pub customer: String,
+    pub attributes: Vec<(String, Feature)>,
+}
+
+/// A customer forgotten (erasure): their state is dropped now and their records are
+/// removed from the journal by the next compaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgetRecord {
+    pub at: i64,
+    pub customer: String,
+}
+
+/// What happened to an offer that was shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    pub decision: [u8; 16],
+    pub offer: String,
+    pub kind: EventKind,
+    /// The outcome's value to the business (revenue, margin), when known.
+    pub value: Option<f64>,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// Resolved when recorded: the customer whose history it joins (none for an
+    /// anonymous visitor or a decision the node no longer remembers), the channel and the
+    /// offer's group.
+    pub customer: Option<String>,
+    pub channel: Option<String>,
+    pub group: Option<String>,
+}
+
+impl OutcomeRecord {
+    pub fn decision_id(&self) -> Uuid {
+        Uuid::from_bytes(self.decision)
+    }
+}
+
+/// A decision as made: enough to replay the policy's choice and evaluate others offline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub id: [u8; 16],
+    pub at: i64,
+    pub customer: Option<String>,
+    pub placement: String,
+    pub channel: String,
+    pub catalog_version: String,
+    pub experiment: Option<String>,
+    pub arm: Option<String>,
+    pub epsilon: f64,
+    /// The placement showed at most one offer per group.
+    pub one_per_group: bool,
+    /// Every customer and context attribute that had a value, as `customer.x` /
+    /// `context.y`: all the catalog's rules could read.
+    pub features: Vec<(String, Feature)>,
+    /// Every offer that passed eligibility, policy and budgets, in catalog order.
+    pub candidates: Vec<CandidateRecord>,
+    pub shown: Vec<ShownRecord>,
+    pub suppressed: Option<String>,
+}
+
+impl DecisionRecord {
+    pub fn decision_id(&self) -> Uuid {
+        Uuid::from_bytes(self.id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateRecord {
+    pub offer: String,
+    pub score: f64,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShownRecord {
+    pub offer: String,
+    pub slot: u32,
+    pub score: f64,
+    pub propensity: f64,
+    pub explored: bool,
+    pub fallback: bool,
+}
+
+/// A decision as the decide path hands it over: owned copies, no formatting yet.
+#[derive(Debug)]
+pub struct PendingDecision {
+    pub catalog: Arc<Catalog>,
+    pub customer: Option<String>,
+    pub attributes: Vec<Value>,
+    pub context: Vec<Value>,
+    pub decision: Decision,
+}
+
+impl PendingDecision {
+    pub fn record(&self) -> DecisionRecord {
+        let catalog = &*self.catalog;
+        let d = &self.decision;
+        let placement = &catalog.placements[d.placement];
+        let experiment = d.experiment.map(|e| &catalog.experiments[e]);
+        let mut features = Vec::new();
+        push_features(
+            &mut features,
+            "customer",
+            &catalog.schema.customer,
+            &self.attributes,
+        );
+        push_features(
+            &mut features,
+            "context",
+            &catalog.schema.context,
+            &self.context,
+        );
+        DecisionRecord {
+            id: d.id.into_bytes(),
+            at: d.at,
+            customer: self.customer.clone(),
+            placement: placement.id.clone(),
+            channel: placement.channel.clone(),
+            catalog_version: d.catalog_version.to_string(),
+            experiment: experiment.map(|e| e.id.clone()),
+            arm: experiment.zip(d.arm).map(|(e, a)| e.arms[a].id.clone()),
+            epsilon: d.epsilon,
+            one_per_group: placement.one_per_group,
+            features,
+            candidates: d
+                .candidates
+                .iter()
+                .map(|c| {
+                    let o = &catalog.offers[c.offer];
+                    CandidateRecord {
+                        offer: o.id.clone(),
+                        score: c.score,
+                        group: o.group.clone(),
+                    }
+                })
+                .collect(),
+            shown: d
+                .offers
+                .iter()
+                .map(|s| ShownRecord {
+                    offer: catalog.offers[s.offer].id.clone(),
+                    slot: s.slot,
+                    score: s.score,
+                    propensity: s.propensity,
+                    explored: s.explored,
+                    fallback: s.fallback,
+                })
+                .collect(),
+            suppressed: d.suppressed.clone(),
+        }
+    }
+}
+
+fn push_features(
+    out: &mut Vec<(String, Feature)>,
+    entity: &str,
+    schema: &EntitySchema,
+    values: &[Value],
+) {
+    for (attr, value) in schema.attributes().iter().zip(values) {
+        if let Some(f) = Feature::of(value, &attr.ty) {
+            out.push((format!("{entity}.{}", attr.name), f));
+        }
+    }
+}
+
+/// What the journal thread is handed.
+#[derive(Debug)]
+pub enum Entry {
+    Record(Record),
+    Decision(Box<PendingDecision>),
+}
+
+impl Encode for Entry {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Entry::Record(r) => r.encode(out),
+            Entry::Decision(d) => Record::Decision(Box::new(d.record())).encode(out),
+        }
+    }
+}
+
+/// Reads records in order from a position on, across segments. Damage (a torn or
+/// corrupt frame, a record that does not decode) is collected in [`Reader::damage`]; the
+/// rest of a damaged segment is skipped and reading goes on with the next one.
+#[derive(Debug)]
+pub struct Reader {
+    dir: std::path::PathBuf,
+    segments: std::vec::IntoIter<u64>,
+    current: Option<SegmentReader>,
+    start: Position,
+    buf: Vec<u8>,
+    pub damage: Vec<Damage>,
+}
+
+impl Reader {
+    pub fn open(dir: &Path, from: Position) -> std::io::Result<Reader> {
+        let segments: Vec<u64> = segment::list(dir)?
+            .into_iter()
+            .filter(|&s| s >= from.segment)
+            .collect();
+        Ok(Reader {
+            dir: dir.to_path_buf(),
+            segments: segments.into_iter(),
+            current: None,
+            start: from,
+            buf: Vec::new(),
+            damage: Vec::new(),
+        })
+    }
+
+    /// The next record, where it starts and its sequence number.
+    pub fn next_record(&mut self) -> std::io::Result<Option<(Position, u64, Record)>> {
+        loop {
+            let Some(reader) = self.current.as_mut() else {
+                let Some(segment) = self.segments.next() else {
+                    return Ok(None);
+                };
+                let mut reader = SegmentReader::open(&self.dir, segment)?;
+                if segment == self.start.segment {
+                    reader.seek(self.start.offset)?;
+                }
+                self.current = Some(reader);
+                continue;
+            };
+            match reader.next_into(&mut self.buf)? {
+                Some(at) => match Record::decode(&self.buf) {
+                    Ok((seq, record)) => return Ok(Some((at, seq, record))),
+                    Err(reason) => self.damage.push(Damage {
+                        at,
+                        bytes: (self.buf.len() + segment::HEADER) as u64,
+                        reason: format!("undecodable record: {reason}"),
+                    }),
+                },
+                None => {
+                    if let Some(d) = reader.damage() {
+                        self.damage.push(d.clone());
+                    }
+                    self.current = None;
+                }
+            }
+        }
+    }
+}
+
+/// Where a journal ends, as [`recover`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct End {
+    /// Where the next record goes.
+    pub position: Position,
+    /// The highest sequence number on disk (0 for none).
+    pub seq: u64,
+    /// The torn or corrupt tail cut off the last segment.
+    pub cut: Option<Damage>,
+}
+
+/// Finds where the journal in `dir` ends, cutting a torn or corrupt tail off the last
+/// segment.
+pub fn recover(dir: &Path) -> std::io::Result<End> {
+    std::fs::create_dir_all(dir)?;
+    let segments = segment::list(dir)?;
+    let Some(&last) = segments.last() else {
+        return Ok(End {
+            position: Position::default(),
+            seq: 0,
+            cut: None,
+        });
+    };
+    let mut seq = 0;
+    let mut buf = Vec::new();
+    // The last sequence number is in the newest segment that holds a record.
+    for &older in segments.iter().rev().skip(1) {
+        if seq > 0 {
+            break;
+        }
+        let mut reader = SegmentReader::open(dir, older)?;
+        while reader.next_into(&mut buf)?.is_some() {
+            seq = segment::split_seq(&buf).map_or(seq, |(s, _)| s);
+        }
+    }
+    let mut reader = SegmentReader::open(dir, last)?;
+    while reader.next_into(&mut buf)?.is_some() {
+        seq = segment::split_seq(&buf).map_or(seq, |(s, _)| s);
+    }
+    let damage = reader.damage().cloned();
+    let end = Position {
+        segment: last,
+        offset: reader.offset().max(segment::MAGIC.len() as u64),
+    };
+    if damage.is_some() && reader.offset() == 0 {
+        // Not even a header: start the segment over.
+        std::fs::write(segment::segment_path(dir, last), segment::MAGIC)?;
+    }
+    Ok(End {
+        position: end,
+        seq,
+        cut: damage,
+    })
+}

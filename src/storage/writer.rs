@@ -1,0 +1,421 @@
+//! The log writer: one thread owns the open segment; callers queue records and, when they
+//! need durability, wait for the fsync that covers them.
+//!
+//! Every record gets a sequence number, in the order of `append` calls, stored as the
+//! first 8 bytes (LE) of its payload: readers can tell which writes a snapshot already
+//! holds.
+//!
+//! Group commit: the thread takes everything queued since its last write, writes it with
+//! one `write`, and issues one `fdatasync` if any record in the batch asked for
+//! durability; every caller waiting on that batch is released by the same fsync. While
+//! it syncs, new records queue up for the next batch, so the number of fsyncs per second
+//! stays bounded by the disk while throughput grows with the number of writers.
+//!
+//! Records that need no acknowledgement (decision records) are written in the same
+//! batches and made durable by the next fsync, or within `flush_interval`. When the queue
+//! is full, `append` blocks (backpressure) and counts the wait in [`Stats::waits`]:
+//! nothing is ever dropped.
+//!
+//! After a failed write or fsync the writer stops for good and every later call fails:
+//! after a failed fsync the kernel may have dropped the dirty pages, so retrying could
+//! acknowledge data that is not on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::segment::{Position, SegmentWriter, frame};
+
+/// A record the writer can put on disk.
+pub trait Encode: Send + 'static {
+    /// Appends the record's payload (without framing) to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+/// When the writer fsyncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// One fsync per batch (group commit).
+    Group,
+    /// One fsync per durable record, as a naive log would do: for comparison in benches.
+    EveryRecord,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Start a new segment once the current one reaches this size.
+    pub segment_bytes: u64,
+    /// Fsync records nobody waits for at least this often.
+    pub flush_interval: Duration,
+    /// At most this many records wait in the queue; then `append` blocks.
+    pub queue: usize,
+    pub sync: SyncMode,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            segment_bytes: 64 << 20,
+            flush_interval: Duration::from_millis(200),
+            queue: 65_536,
+            sync: SyncMode::Group,
+        }
+    }
+}
+
+/// Why a write was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("the journal failed and accepts no more writes: {0}")]
+    Failed(String),
+    #[error("the journal is closed")]
+    Closed,
+}
+
+/// Counters, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub batches: AtomicU64,
+    pub fsyncs: AtomicU64,
+    /// Appends that found the queue full and waited.
+    pub waits: AtomicU64,
+}
+
+/// A record's sequence number: the order of `append` calls, from 1.
+pub type Seq = u64;
+
+enum Item<R> {
+    Record {
+        record: R,
+        durable: bool,
+    },
+    /// Makes everything before it durable.
+    Sync,
+    Rotate,
+}
+
+struct Queue<R> {
+    items: Vec<Item<R>>,
+    /// The sequence number of the last queued item.
+    queued: Seq,
+    /// Every item up to here is written (in the page cache).
+    written: Seq,
+    /// Every item up to here is on disk.
+    durable: Seq,
+    failed: Option<String>,
+    closing: bool,
+    /// The last rotation: its sequence number and the first position of the new segment.
+    rotated: (Seq, Position),
+}
+
+struct Shared<R> {
+    queue: Mutex<Queue<R>>,
+    /// Signalled when there is work for the thread.
+    work: Condvar,
+    /// Signalled when `written`/`durable` advance or the writer fails.
+    done: Condvar,
+    /// Signalled when the queue has room.
+    space: Condvar,
+    stats: Stats,
+    options: WriterOptions,
+}
+
+impl<R> Shared<R> {
+    fn lock(&self) -> MutexGuard<'_, Queue<R>> {
+        // A panic while holding the lock leaves the queue consistent (every field is
+        // updated in one step), so a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Appends records to the segments of one directory from a background thread.
+pub struct Writer<R: Encode> {
+    shared: Arc<Shared<R>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<R: Encode> std::fmt::Debug for Writer<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("options", &self.shared.options)
+            .finish()
+    }
+}
+
+impl<R: Encode> Writer<R> {
+    /// Starts writing after `position` (the end of the good data in its segment, as
+    /// recovery found it); a position at segment 0 starts a fresh segment 1. Sequence
+    /// numbers continue after `last`, the highest one on disk.
+    pub fn start(
+        dir: &Path,
+        position: Position,
+        last: Seq,
+        options: WriterOptions,
+    ) -> std::io::Result<Self> {
+        let segment = if position.segment == 0 {
+            SegmentWriter::create(dir, 1)?
+        } else {
+            SegmentWriter::reopen(dir, position.segment, position.offset)?
+        };
+        let start = segment.position();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                items: Vec::new(),
+                queued: last,
+                written: last,
+                durable: last,
+                failed: None,
+                closing: false,
+                rotated: (0, start),
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            space: Condvar::new(),
+            stats: Stats::default(),
+            options,
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            let dir = dir.to_path_buf();
+            std::thread::Builder::new()
+                .name("nextbest-journal".into())
+                .spawn(move || run(&shared, dir, segment))?
+        };
+        Ok(Writer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Queues a record; blocks while the queue is full. The returned number can be
+    /// passed to [`Writer::wait`].
+    pub fn append(&self, record: R, durable: bool) -> Result<Seq, WriteError> {
+        self.push(Item::Record { record, durable })
+    }
+
+    /// Queues a record and waits until it is on disk.
+    pub fn append_durable(&self, record: R) -> Result<(), WriteError> {
+        let seq = self.append(record, true)?;
+        self.wait(seq)
+    }
+
+    fn push(&self, item: Item<R>) -> Result<Seq, WriteError> {
+        let shared = &*self.shared;
+        let mut q = shared.lock();
+        if q.items.len() >= shared.options.queue {
+            shared.stats.waits.fetch_add(1, Ordering::Relaxed);
+            while q.items.len() >= shared.options.queue && q.failed.is_none() && !q.closing {
+                q = shared.space.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        if let Some(e) = &q.failed {
+            return Err(WriteError::Failed(e.clone()));
+        }
+        if q.closing {
+            return Err(WriteError::Closed);
+        }
+        q.items.push(item);
+        q.queued += 1;
+        let seq = q.queued;
+        drop(q);
+        shared.work.notify_one();
+        Ok(seq)
+    }
+
+    /// Waits until record `seq` (and so every record before it) is on disk.
+    pub fn wait(&self, seq: Seq) -> Result<(), WriteError> {
+        let shared = &*self.shared;
+        let mut q = shared.lock();
+        loop {
+            if q.durable >= seq {
+                return Ok(());
+            }
+            if let Some(e) = &q.failed {
+                return Err(WriteError::Failed(e.clone()));
+            }
+            q = shared.done.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Waits until everything queued so far is on disk.
+    pub fn sync(&self) -> Result<(), WriteError> {
+        let seq = self.push(Item::Sync)?;
+        self.wait(seq)
+    }
+
+    /// Closes the current segment and starts the next; returns where the new one starts.
+    /// Every record appended before this call is in an earlier segment.
+    pub fn rotate(&self) -> Result<Position, WriteError> {
+        let seq = self.push(Item::Rotate)?;
+        self.wait(seq)?;
+        let q = self.shared.lock();
+        debug_assert!(q.rotated.0 >= seq);
+        Ok(q.rotated.1)
+    }
+
+    /// Writes and syncs everything queued, then stops the thread.
+    pub fn close(mut self) -> Result<(), WriteError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), WriteError> {
+        {
+            let mut q = self.shared.lock();
+            q.closing = true;
+        }
+        self.shared.work.notify_one();
+        self.shared.space.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        match &self.shared.lock().failed {
+            Some(e) => Err(WriteError::Failed(e.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<R: Encode> Drop for Writer<R> {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) {
+    let options = &shared.options;
+    let mut batch: Vec<Item<R>> = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut payload: Vec<u8> = Vec::with_capacity(4096);
+    let mut dirty = false;
+    loop {
+        let (last, closing) = {
+            let mut q = shared.lock();
+            while q.items.is_empty() && !q.closing {
+                let (guard, timeout) = shared
+                    .work
+                    .wait_timeout(q, options.flush_interval)
+                    .unwrap_or_else(|e| e.into_inner());
+                q = guard;
+                if timeout.timed_out() && dirty {
+                    break;
+                }
+            }
+            std::mem::swap(&mut batch, &mut q.items);
+            (q.queued, q.closing)
+        };
+        shared.space.notify_all();
+        let result = write_batch(
+            shared,
+            &dir,
+            &mut segment,
+            &mut batch,
+            &mut buf,
+            &mut payload,
+            last,
+            closing || dirty,
+        );
+        match result {
+            Ok(synced) => {
+                dirty = !synced;
+                let mut q = shared.lock();
+                q.written = last;
+                if synced {
+                    q.durable = last;
+                }
+                drop(q);
+                shared.done.notify_all();
+            }
+            Err(e) => {
+                let mut q = shared.lock();
+                q.failed = Some(e.to_string());
+                q.items.clear();
+                drop(q);
+                shared.done.notify_all();
+                shared.space.notify_all();
+                return;
+            }
+        }
+        if closing && shared.lock().items.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Writes one batch; returns whether everything written so far is on disk.
+#[allow(clippy::too_many_arguments)]
+fn write_batch<R: Encode>(
+    shared: &Shared<R>,
+    dir: &Path,
+    segment: &mut SegmentWriter,
+    batch: &mut Vec<Item<R>>,
+    buf: &mut Vec<u8>,
+    payload: &mut Vec<u8>,
+    last: Seq,
+    force_sync: bool,
+) -> std::io::Result<bool> {
+    let options = &shared.options;
+    let stats = &shared.stats;
+    let first = last + 1 - batch.len() as u64;
+    let mut need_sync = force_sync;
+    buf.clear();
+    for (i, item) in batch.drain(..).enumerate() {
+        match item {
+            Item::Record { record, durable } => {
+                payload.clear();
+                payload.extend_from_slice(&(first + i as u64).to_le_bytes());
+                record.encode(payload);
+                frame(buf, payload);
+                stats.records.fetch_add(1, Ordering::Relaxed);
+                need_sync |= durable;
+                if durable && options.sync == SyncMode::EveryRecord {
+                    flush(segment, buf, stats)?;
+                    segment.sync()?;
+                    stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    let mut q = shared.lock();
+                    q.durable = first + i as u64;
+                    q.written = q.durable;
+                    drop(q);
+                    shared.done.notify_all();
+                }
+            }
+            Item::Sync => need_sync = true,
+            Item::Rotate => {
+                flush(segment, buf, stats)?;
+                segment.sync()?;
+                stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                *segment = SegmentWriter::create(dir, segment.segment + 1)?;
+                shared.lock().rotated = (first + i as u64, segment.position());
+            }
+        }
+        if segment.len + buf.len() as u64 >= options.segment_bytes {
+            flush(segment, buf, stats)?;
+            segment.sync()?;
+            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            *segment = SegmentWriter::create(dir, segment.segment + 1)?;
+        }
+    }
+    flush(segment, buf, stats)?;
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    if need_sync {
+        segment.sync()?;
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(need_sync)
+}
+
+fn flush(segment: &mut SegmentWriter, buf: &mut Vec<u8>, stats: &Stats) -> std::io::Result<()> {
+    if !buf.is_empty() {
+        segment.write(buf)?;
+        stats.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        buf.clear();
+    }
+    Ok(())
+}
