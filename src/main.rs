@@ -6,8 +6,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
+
 use nextbest::catalog::Catalog;
+use nextbest::db::import::{self, ImportFormat};
+use nextbest::db::{Db, DbOptions};
 use nextbest::decide::{self, Context, Decision, Options};
+use nextbest::journal::export::{self, ExportOptions};
 use nextbest::state::{self, CustomerState, Event, EventKind, History, HistoryLimits};
 
 #[derive(Debug, Parser)]
@@ -57,6 +62,68 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Import customers from JSON Lines or CSV (by extension) into the data directory.
+    Import {
+        #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
+        rules: PathBuf,
+        /// The data directory (journal and snapshots).
+        #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
+        data: PathBuf,
+        /// Check the whole file first; import nothing if any line is bad.
+        #[arg(long)]
+        strict: bool,
+        /// One customer per line (`.jsonl`) or row (`.csv`); `-` for JSON Lines on stdin.
+        file: PathBuf,
+    },
+    /// Export the journal's decisions joined with their outcomes, for retraining and
+    /// off-policy evaluation; prints a summary as JSON.
+    Export {
+        #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
+        rules: PathBuf,
+        #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
+        data: PathBuf,
+        /// `dsjson` (Vowpal Wabbit, --cb_explore_adf) or `obp` (Open Bandit Pipeline .npz).
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Only decisions at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only decisions before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// The reward of a shown offer: an outcome kind (1 if it happened, else 0) or
+        /// `value` (the sum of its outcomes' values).
+        #[arg(long, default_value = "accept")]
+        reward: String,
+        /// Outcomes count within this long after their decision.
+        #[arg(long, default_value = "7d")]
+        window: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Snapshot the state and erase forgotten customers from the journal.
+    Compact {
+        #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
+        rules: PathBuf,
+        #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
+        data: PathBuf,
+    },
+    /// Forget customers (erasure): their state goes now, their journal records at the
+    /// compaction this command runs afterwards.
+    Forget {
+        #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
+        rules: PathBuf,
+        #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
+        data: PathBuf,
+        #[arg(required = true)]
+        customers: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExportFormat {
+    Dsjson,
+    Obp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -90,12 +157,209 @@ fn main() -> ExitCode {
                 println!("{json:#}");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
+            Err(e) => fail(&e),
+        },
+        Command::Import {
+            rules,
+            data,
+            strict,
+            file,
+        } => run_import(&rules, &data, strict, &file).unwrap_or_else(|e| fail(&e)),
+        Command::Export {
+            rules,
+            data,
+            format,
+            from,
+            to,
+            reward,
+            window,
+            out,
+        } => {
+            let options = (|| {
+                Ok::<_, anyhow::Error>(ExportOptions {
+                    format: match format {
+                        ExportFormat::Dsjson => export::Format::Dsjson,
+                        ExportFormat::Obp => export::Format::Obp,
+                    },
+                    from: from.as_deref().map(parse_time).transpose()?,
+                    to: to.as_deref().map(parse_time).transpose()?,
+                    reward: reward
+                        .parse()
+                        .map_err(|e: String| anyhow!("--reward: {e}"))?,
+                    window: nextbest::catalog::parse_duration(&window).ok_or_else(|| {
+                        anyhow!("--window: `{window}` is not a duration such as 7d or 12h")
+                    })?,
+                })
+            })();
+            options
+                .and_then(|o| run_export(&rules, &data, &o, &out))
+                .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
+        }
+        Command::Compact { rules, data } => {
+            run_compact(&rules, &data, &[]).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
+        }
+        Command::Forget {
+            rules,
+            data,
+            customers,
+        } => {
+            run_compact(&rules, &data, &customers).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn load_catalog(rules: &std::path::Path) -> anyhow::Result<Arc<Catalog>> {
+    Catalog::load(rules).map(Arc::new).map_err(|e| {
+        anyhow!(
+            "the catalog in `{}` has errors:\n{}",
+            rules.display(),
+            e.render()
+        )
+    })
+}
+
+fn open_db(rules: &std::path::Path, data: &std::path::Path) -> anyhow::Result<Db> {
+    let (db, recovery) = Db::open(data, load_catalog(rules)?, DbOptions::default())
+        .with_context(|| format!("opening the data directory `{}`", data.display()))?;
+    eprintln!("{}: {recovery}", data.display());
+    Ok(db)
+}
+
+/// A progress bar on stderr when it is a terminal, hidden otherwise.
+fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} [{{bar:40}}] {{bytes}}/{{total_bytes}} ({{eta}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+fn run_import(
+    rules: &std::path::Path,
+    data: &std::path::Path,
+    strict: bool,
+    file: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let db = open_db(rules, data)?;
+    let stdin = file.as_os_str() == "-";
+    let total = if stdin {
+        0
+    } else {
+        std::fs::metadata(file)
+            .with_context(|| format!("reading `{}`", file.display()))?
+            .len()
+    };
+    let bar = progress_bar(total, "importing");
+    let started = std::time::Instant::now();
+    let format = ImportFormat::of_path(file);
+    let mut stdin_used = false;
+    let report = import::import(
+        &db,
+        format,
+        || -> std::io::Result<Box<dyn std::io::Read>> {
+            if stdin {
+                if std::mem::replace(&mut stdin_used, true) {
+                    return Err(std::io::Error::other("--strict cannot read stdin twice"));
+                }
+                Ok(Box::new(std::io::stdin().lock()))
+            } else {
+                Ok(Box::new(std::fs::File::open(file)?))
             }
         },
+        strict,
+        now_ms(),
+        &mut |bytes| bar.set_position(bytes),
+    )
+    .with_context(|| format!("importing `{}`", file.display()))?;
+    bar.finish_and_clear();
+    for e in report.errors.iter().take(100) {
+        eprintln!("{}:{e}", file.display());
     }
+    if report.errors.len() > 100 {
+        eprintln!("... and {} more bad lines", report.errors.len() - 100);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if strict && !report.errors.is_empty() {
+        eprintln!(
+            "imported nothing: {} bad lines (--strict)",
+            report.errors.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    eprintln!(
+        "imported {} customers, {} bad lines, in {secs:.1}s ({:.0}/s); {} customers in `{}`",
+        report.imported,
+        report.errors.len(),
+        report.imported as f64 / secs.max(1e-9),
+        db.store().len(),
+        data.display()
+    );
+    db.close()?;
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_export(
+    rules: &std::path::Path,
+    data: &std::path::Path,
+    options: &ExportOptions,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let catalog = load_catalog(rules)?;
+    let journal = data.join("journal");
+    if !journal.is_dir() {
+        bail!("`{}` has no journal", data.display());
+    }
+    let bar = progress_bar(export::journal_bytes(&journal)?, "exporting");
+    let summary = export::export(&journal, &catalog, options, out, &mut |b| {
+        bar.set_position(b)
+    })
+    .with_context(|| format!("exporting to `{}`", out.display()))?;
+    bar.finish_and_clear();
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+fn run_compact(
+    rules: &std::path::Path,
+    data: &std::path::Path,
+    forget: &[String],
+) -> anyhow::Result<()> {
+    let db = open_db(rules, data)?;
+    for id in forget {
+        if !db.forget(id, now_ms())? {
+            eprintln!("`{id}` was not in the state; its journal records are erased anyway");
+        }
+    }
+    let done = db.compact(now_ms())?;
+    eprintln!(
+        "snapshot `{}` with {} customers; erased {} records of {} forgotten customers from {} segments",
+        done.snapshot.display(),
+        done.customers,
+        done.records_erased,
+        done.forgotten,
+        done.segments_rewritten
+    );
+    db.close()?;
+    Ok(())
 }
 
 /// The customer file of `nextbest decide`.

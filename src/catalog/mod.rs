@@ -19,6 +19,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 pub use diag::{Diagnostic, LoadErrors, Location, SourceFile};
+pub use load::{parse_duration, parse_timestamp};
 
 use crate::expr::{ExprError, Formula, Predicate};
 use crate::schema::Schema;

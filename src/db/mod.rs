@@ -14,6 +14,7 @@
 //! Layout under the data directory: `journal/*.log` (segments) and
 //! `state/snapshot-<segment>.bin`.
 
+pub mod import;
 mod recovery;
 
 use std::collections::HashSet;
