@@ -172,7 +172,10 @@ impl Db {
             std::fs::create_dir_all(d).map_err(io(format!("creating `{}`", d.display())))?;
         }
         let end = journal::recover(&journal_dir).map_err(io("recovering the journal"))?;
-        let store = Store::new(HistoryLimits::for_catalog(&catalog));
+        let store = Store::new(
+            HistoryLimits::for_catalog(&catalog),
+            catalog.schema.customer.len(),
+        );
         let mut db = Db {
             journal: Writer::start(&journal_dir, end.position, end.seq, options.writer.clone())
                 .map_err(io("starting the journal writer"))?,

@@ -10,13 +10,16 @@ use uuid::Uuid;
 
 use super::{Db, DbError, Recent, io};
 use crate::journal::{Reader, Record};
+use crate::schema::{AttrType, EntitySchema, EnumDef};
 use crate::schema::{Event, EventKind, key};
-use crate::state::snapshot::StoredCustomer;
 use crate::storage::segment::{self, SegmentReader};
 use crate::storage::{Damage, Position};
 
 const MAGIC: &[u8; 8] = b"NBSNAP01";
-const FORMAT: u8 = 1;
+/// The first byte of a frame: a postcard-encoded [`Item`], or a customer as
+/// `id length (u32 LE), id, packed record` written without serde for speed.
+const ITEM: u8 = 1;
+const CUSTOMER: u8 = 2;
 /// Outcome keys and decisions are stored in chunks of this many.
 const CHUNK: usize = 65_536;
 
@@ -26,10 +29,10 @@ enum Item {
         segment: u64,
         offset: u64,
         created_at: i64,
-        /// The customer attribute names; stored customers refer to them by index.
-        names: Vec<String>,
+        /// The customer slots the packed records were written in: name, type name and
+        /// enum variants.
+        slots: Vec<(String, String, Vec<String>)>,
     },
-    Customer(StoredCustomer),
     Outcomes(Vec<(u128, u32, EventKind)>),
     Decisions(Vec<(u128, String, String)>),
     End {
@@ -39,8 +42,41 @@ enum Item {
 
 fn encode(item: &Item, payload: &mut Vec<u8>) {
     payload.clear();
-    payload.push(FORMAT);
+    payload.push(ITEM);
     postcard::to_io(item, &mut *payload).expect("snapshot items always serialize");
+}
+
+fn describe_slots(schema: &EntitySchema) -> Vec<(String, String, Vec<String>)> {
+    schema
+        .attributes()
+        .iter()
+        .map(|a| {
+            let variants = match &a.ty {
+                AttrType::Enum(def) => def.variants.iter().map(|v| v.to_string()).collect(),
+                _ => Vec::new(),
+            };
+            (a.name.clone(), a.ty.name().to_string(), variants)
+        })
+        .collect()
+}
+
+fn slot_types(slots: &[(String, String, Vec<String>)]) -> Option<Vec<(String, AttrType)>> {
+    slots
+        .iter()
+        .map(|(name, ty, variants)| {
+            let ty = match ty.as_str() {
+                "bool" => AttrType::Bool,
+                "int" => AttrType::Int,
+                "float" => AttrType::Float,
+                "string" => AttrType::String,
+                "enum" => AttrType::Enum(EnumDef::new(variants.iter().map(String::as_str))),
+                "set" => AttrType::Set,
+                "timestamp" => AttrType::Timestamp,
+                _ => return None,
+            };
+            Some((name.clone(), ty))
+        })
+        .collect()
 }
 
 /// What opening the data directory found and did.
@@ -142,16 +178,23 @@ pub(super) fn write_snapshot(
                 segment: position.segment,
                 offset: position.offset,
                 created_at: now,
-                names: schema.names().map(str::to_string).collect(),
+                slots: describe_slots(schema),
             },
         )?;
         let mut result = Ok(());
-        db.store.for_each(|state| {
-            if result.is_ok()
-                && let Some(stored) = StoredCustomer::of(state, schema)
-            {
+        let mut customer = Vec::with_capacity(4096);
+        let mut framed = Vec::with_capacity(4096);
+        db.store.for_each_packed(|id, packed| {
+            if result.is_ok() {
                 customers += 1;
-                result = put(w, &Item::Customer(stored));
+                customer.clear();
+                customer.push(CUSTOMER);
+                customer.extend_from_slice(&(id.len() as u32).to_le_bytes());
+                customer.extend_from_slice(id.as_bytes());
+                customer.extend_from_slice(packed);
+                framed.clear();
+                segment::frame(&mut framed, &customer);
+                result = w.write_all(&framed);
             }
         });
         result?;
@@ -198,7 +241,8 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
             None => {
                 // Unusable: start from an empty state and replay the whole journal,
                 // which segments are never deleted from.
-                db.store = crate::state::Store::new(db.store.limits());
+                db.store =
+                    crate::state::Store::new(db.store.limits(), db.catalog().schema.customer.len());
                 db.outcomes.clear();
                 db.decisions.clear();
                 recovery.customers_loaded = 0;
@@ -223,11 +267,12 @@ fn load_snapshot(
 ) -> Result<Option<Position>, DbError> {
     let catalog = db.catalog();
     let schema = &catalog.schema.customer;
-    let limits = db.store.limits();
+    let current = describe_slots(schema);
+    // The slots of the snapshot when they differ from the catalog's.
+    let mut remap: Option<Vec<(String, AttrType)>> = None;
     let mut reader = SegmentReader::open_file(path, MAGIC, 0)
         .map_err(io(format!("opening `{}`", path.display())))?;
     let mut payload = Vec::new();
-    let mut names = Vec::new();
     let mut position = None;
     let bad = |reason: String| DbError::Snapshot {
         path: path.to_path_buf(),
@@ -239,25 +284,45 @@ fn load_snapshot(
         .is_some()
     {
         let item: Item = match payload.split_first() {
-            Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| bad(e.to_string()))?,
-            _ => return Err(bad("unknown snapshot format".into())),
+            Some((&CUSTOMER, rest)) => {
+                let (len, rest) = rest
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| bad("a customer record is cut short".into()))?;
+                let len = u32::from_le_bytes(*len) as usize;
+                if rest.len() < len || position.is_none() {
+                    return Err(bad("a customer record is cut short".into()));
+                }
+                let (id, packed) = rest.split_at(len);
+                let id = std::str::from_utf8(id).map_err(|e| bad(e.to_string()))?;
+                let packed = match &remap {
+                    None => Box::from(packed),
+                    Some(from) => {
+                        let (bytes, dropped) = crate::state::packed::remap(packed, from, schema)
+                            .ok_or_else(|| bad(format!("customer `{id}` does not decode")))?;
+                        recovery.dropped_values += dropped;
+                        bytes.into_boxed_slice()
+                    }
+                };
+                db.store.insert_packed(id.into(), packed);
+                recovery.customers_loaded += 1;
+                continue;
+            }
+            Some((&ITEM, rest)) => postcard::from_bytes(rest).map_err(|e| bad(e.to_string()))?,
+            _ => return Err(bad("unknown snapshot record".into())),
         };
         match item {
             Item::Header {
                 segment,
                 offset,
-                names: n,
+                slots,
                 ..
             } => {
-                names = n;
+                if slots != current {
+                    remap = Some(
+                        slot_types(&slots).ok_or_else(|| bad("unknown attribute type".into()))?,
+                    );
+                }
                 position = Some(Position { segment, offset });
-            }
-            Item::Customer(stored) => {
-                let id = stored.id.clone();
-                let (state, dropped) = stored.restore(&names, schema, limits);
-                recovery.dropped_values += dropped;
-                recovery.customers_loaded += 1;
-                db.store.insert(id, state);
             }
             Item::Outcomes(keys) => {
                 for k in keys {

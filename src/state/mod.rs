@@ -7,7 +7,7 @@
 //! durability) and does not know offers: history refers to offers, groups and channels by
 //! their stable [`key`](crate::schema::key).
 
-pub mod snapshot;
+pub mod packed;
 
 use std::fmt;
 
@@ -239,11 +239,18 @@ fn describe(v: &serde_json::Value) -> String {
     }
 }
 
-/// The in-memory customer store: a concurrent map from customer id to state.
+/// The in-memory customer store: a concurrent map from customer id to the customer's
+/// [packed](packed) state, a few hundred bytes each.
+///
+/// Readers get a decoded copy (into a per-thread scratch state, so a read allocates only
+/// for string values) and hold no lock while they use it; writers decode, change and
+/// re-encode one customer under its shard's write lock.
 #[derive(Default)]
 pub struct Store {
-    customers: DashMap<String, CustomerState>,
+    customers: DashMap<Box<str>, Box<[u8]>>,
     limits: HistoryLimits,
+    /// The number of customer slots of the schema the records are written in.
+    width: usize,
 }
 
 impl fmt::Debug for Store {
@@ -254,11 +261,33 @@ impl fmt::Debug for Store {
     }
 }
 
+thread_local! {
+    /// Decoded states to reuse: reading a customer allocates nothing for its history.
+    static SCRATCH: std::cell::RefCell<Vec<CustomerState>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn scratch() -> CustomerState {
+    SCRATCH
+        .with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_default()
+}
+
+fn recycle(state: CustomerState) {
+    SCRATCH.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < 4 {
+            pool.push(state);
+        }
+    });
+}
+
 impl Store {
-    pub fn new(limits: HistoryLimits) -> Store {
+    /// An empty store for records of `width` customer slots.
+    pub fn new(limits: HistoryLimits, width: usize) -> Store {
         Store {
             customers: DashMap::new(),
             limits,
+            width,
         }
     }
 
@@ -268,6 +297,18 @@ impl Store {
 
     pub fn is_empty(&self) -> bool {
         self.customers.is_empty()
+    }
+
+    pub fn limits(&self) -> HistoryLimits {
+        self.limits
+    }
+
+    fn unpack(&self, id: &str, bytes: &[u8], into: &mut CustomerState) {
+        let slot = into.id.get_or_insert_with(String::new);
+        slot.clear();
+        slot.push_str(id);
+        packed::decode(bytes, self.width, into)
+            .expect("a stored record decodes: the store encoded it (or loaded it checksummed)");
     }
 
     /// Merges the given attributes (already parsed against `schema`) into a customer,
@@ -285,43 +326,91 @@ impl Store {
     /// that customer: updates to one customer happen in the order of their `update` calls
     /// (the durable layer appends to the journal inside `f` for that reason).
     pub fn update<R>(&self, id: &str, f: impl FnOnce(&mut CustomerState) -> R) -> R {
+        let mut state = scratch();
         let mut entry = match self.customers.get_mut(id) {
-            Some(entry) => entry,
-            None => self
-                .customers
-                .entry(id.to_string())
-                .or_insert_with(|| CustomerState {
-                    id: Some(id.to_string()),
-                    ..CustomerState::default()
-                }),
+            Some(entry) => {
+                self.unpack(id, &entry, &mut state);
+                entry
+            }
+            None => {
+                state.id = Some(id.to_string());
+                state.attributes.clear();
+                state.attributes.resize(self.width, Value::Missing);
+                state.history.events_mut().clear();
+                state.seq = 0;
+                let mut empty = Vec::new();
+                packed::encode(&state, &mut empty);
+                self.customers
+                    .entry(id.into())
+                    .or_insert(empty.into_boxed_slice())
+            }
         };
-        f(entry.value_mut())
+        let result = f(&mut state);
+        let mut bytes = Vec::with_capacity(entry.len() + 16);
+        packed::encode(&state, &mut bytes);
+        *entry = bytes.into_boxed_slice();
+        drop(entry);
+        recycle(state);
+        result
     }
 
     /// Puts a whole state in place (restoring a snapshot).
-    pub fn insert(&self, id: String, state: CustomerState) {
-        self.customers.insert(id, state);
+    pub fn insert(&self, id: &str, state: &CustomerState) {
+        let mut bytes = Vec::new();
+        packed::encode(state, &mut bytes);
+        self.customers.insert(id.into(), bytes.into_boxed_slice());
+    }
+
+    /// Puts a packed record in place as it is (a snapshot of the same schema).
+    pub fn insert_packed(&self, id: Box<str>, bytes: Box<[u8]>) {
+        self.customers.insert(id, bytes);
+    }
+
+    /// Runs `f` on a copy of one customer's state, taken under a short read lock.
+    pub fn with<R>(&self, id: &str, f: impl FnOnce(Option<&CustomerState>) -> R) -> R {
+        let mut state = scratch();
+        let found = match self.customers.get(id) {
+            Some(bytes) => {
+                self.unpack(id, &bytes, &mut state);
+                true
+            }
+            None => false,
+        };
+        let result = f(found.then_some(&state));
+        recycle(state);
+        result
     }
 
     /// Calls `f` on every customer, each under its shard's read lock in turn: each state
     /// is consistent, the whole is not a point-in-time view.
     pub fn for_each(&self, mut f: impl FnMut(&CustomerState)) {
+        let mut state = scratch();
         for entry in self.customers.iter() {
-            f(entry.value());
+            self.unpack(entry.key(), entry.value(), &mut state);
+            f(&state);
+        }
+        recycle(state);
+    }
+
+    /// Calls `f` on every customer's id and packed record.
+    pub fn for_each_packed(&self, mut f: impl FnMut(&str, &[u8])) {
+        for entry in self.customers.iter() {
+            f(entry.key(), entry.value());
         }
     }
 
-    pub fn limits(&self) -> HistoryLimits {
-        self.limits
-    }
-
-    /// Runs `f` on a consistent snapshot of one customer: writers to that customer wait
-    /// until `f` returns, so keep it short (a decide is).
-    pub fn with<R>(&self, id: &str, f: impl FnOnce(Option<&CustomerState>) -> R) -> R {
-        match self.customers.get(id) {
-            Some(state) => f(Some(state.value())),
-            None => f(None),
+    /// Carries every record over from the schema `from` to `to` ([`packed::remap`]);
+    /// returns how many values no longer fit and were dropped.
+    pub fn remap(&mut self, from: &packed::SlotTypes, to: &EntitySchema) -> usize {
+        let mut dropped = 0;
+        for mut entry in self.customers.iter_mut() {
+            let (bytes, n) = packed::remap(entry.value(), from, to)
+                .expect("a stored record decodes: the store encoded it");
+            *entry.value_mut() = bytes.into_boxed_slice();
+            dropped += n;
         }
+        self.width = to.len();
+        dropped
     }
 
     pub fn forget(&self, id: &str) -> bool {
@@ -455,7 +544,7 @@ mod tests {
             });
         }
         let schema = Schema::new(customer, EntitySchema::default());
-        let store = Store::default();
+        let store = Store::new(HistoryLimits::default(), 2);
         store.upsert("c1", &schema, vec![Value::Int(1), Value::Missing]);
         store.upsert("c1", &schema, vec![Value::Missing, Value::Int(2)]);
         store.record("c1", Event::new(5, "o", None, "web", EventKind::Accept));

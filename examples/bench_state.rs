@@ -1,0 +1,134 @@
+//! Memory and restart figures for BENCHMARKS.md: a data directory with N customers of 20
+//! attributes and 20 history events each on the sample catalog.
+//!
+//! ```text
+//! cargo run --release --example bench_state -- fill DIR [N]   # build, snapshot, print RSS
+//! cargo run --release --example bench_state -- restart DIR    # reopen, print time and RSS
+//! ```
+//! Run each phase in its own process so RSS is that of one store, not of two.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use nextbest::catalog::Catalog;
+use nextbest::db::{Db, DbOptions};
+use nextbest::schema::{AttrType, Event, EventKind, Value};
+use nextbest::state::{CustomerState, History, HistoryLimits};
+
+const START: i64 = 1_795_428_000_000;
+
+/// Resident set size of this process, from /proc (Linux), in MB.
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn catalog() -> anyhow::Result<Arc<Catalog>> {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    Ok(Arc::new(
+        Catalog::load(&rules).map_err(|e| anyhow::anyhow!("{}", e.render()))?,
+    ))
+}
+
+fn mix(n: u64, what: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), what)
+}
+
+/// Customer `n`: the first 20 attributes of the sample schema, 20 events.
+fn customer(catalog: &Catalog, n: u64) -> CustomerState {
+    let schema = &catalog.schema.customer;
+    let mut attributes = vec![Value::Missing; schema.len()];
+    for (slot, attr) in schema.attributes().iter().enumerate().take(20) {
+        let h = mix(n, slot as u64);
+        attributes[slot] = match &attr.ty {
+            AttrType::Bool => Value::Bool(h & 1 == 1),
+            AttrType::Int => Value::Int((h % 100) as i64),
+            AttrType::Float => Value::Float((h % 10_000) as f64 / 100.0),
+            AttrType::String => Value::Str("en".into()),
+            AttrType::Enum(def) => Value::Enum((h % def.variants.len() as u64) as u32),
+            AttrType::Set => Value::set(["mobile", "broadband"].into_iter().take((h % 3) as usize)),
+            AttrType::Timestamp => Value::Timestamp(START - (h % 10_000_000_000) as i64),
+        };
+    }
+    let mut history = History::default();
+    let offers = &catalog.offers;
+    for e in 0..20u64 {
+        let h = mix(n, 100 + e);
+        let offer = &offers[(h % offers.len() as u64) as usize];
+        history.record(
+            Event {
+                at: START - (h % (30 * 86_400_000)) as i64,
+                offer: offer.key,
+                group: offer.group_key,
+                channel: nextbest::schema::key(
+                    ["web", "email", "app", "call_center"][(h % 4) as usize],
+                ),
+                kind: EventKind::ALL[(h % 5) as usize],
+            },
+            HistoryLimits::default(),
+        );
+    }
+    CustomerState {
+        id: Some(format!("customer-{n:08}")),
+        attributes,
+        history,
+        seq: 0,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(phase), Some(dir)) = (args.first(), args.get(1)) else {
+        anyhow::bail!("usage: bench_state fill|restart DIR [N]");
+    };
+    let dir = Path::new(dir);
+    let catalog = catalog()?;
+    match phase.as_str() {
+        "fill" => {
+            let n: u64 = args
+                .get(2)
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(1_000_000);
+            let base = rss_mb();
+            let (db, _) = Db::open(dir, Arc::clone(&catalog), DbOptions::default())?;
+            let started = Instant::now();
+            for i in 0..n {
+                let c = customer(&catalog, i);
+                db.store().insert(c.id.as_deref().unwrap_or_default(), &c);
+            }
+            let filled = started.elapsed();
+            let rss = rss_mb();
+            let started = Instant::now();
+            let done = db.compact(START)?;
+            let snapshot = std::fs::metadata(&done.snapshot)?.len();
+            println!(
+                "fill: {n} customers in {filled:.2?}; RSS {rss:.0} MB ({:.0} bytes/customer over a {base:.0} MB baseline); \
+                 snapshot {:.0} MB written in {:.2?}",
+                (rss - base) * 1024.0 * 1024.0 / n as f64,
+                snapshot as f64 / 1e6,
+                started.elapsed()
+            );
+            db.close()?;
+        }
+        "restart" => {
+            let base = rss_mb();
+            let started = Instant::now();
+            let (db, recovery) = Db::open(dir, catalog, DbOptions::default())?;
+            let elapsed = started.elapsed();
+            let rss = rss_mb();
+            println!(
+                "restart: ready to serve {} customers in {elapsed:.2?}; RSS {rss:.0} MB ({:.0} bytes/customer); {recovery}",
+                db.store().len(),
+                (rss - base) * 1024.0 * 1024.0 / db.store().len().max(1) as f64,
+            );
+        }
+        other => anyhow::bail!("unknown phase `{other}`: fill or restart"),
+    }
+    Ok(())
+}
