@@ -12,6 +12,10 @@ use nextbest::schema::{EventKind, Value};
 use nextbest::state::CustomerState;
 use uuid::Uuid;
 
+/// The allocator the `nextbest` binary runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DAY: i64 = 86_400_000;
 
 /// The synthetic catalog's offers as plain Rust data.

@@ -11,6 +11,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use nextbest::expr::{Env, Formula, Predicate};
 use nextbest::schema::{AttrType, Attribute, EntitySchema, EnumDef, Schema, Value};
 
+/// The allocator the `nextbest` binary runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DAY: i64 = 86_400_000;
 const NOW: i64 = 1_790_000_000_000;
 

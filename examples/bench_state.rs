@@ -16,6 +16,10 @@ use nextbest::db::{Db, DbOptions};
 use nextbest::schema::{AttrType, Event, EventKind, Value};
 use nextbest::state::{CustomerState, History, HistoryLimits};
 
+/// The allocator the `nextbest` binary runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const START: i64 = 1_795_428_000_000;
 
 /// Resident set size of this process, from /proc (Linux), in MB.

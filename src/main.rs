@@ -15,6 +15,11 @@ use nextbest::decide::{self, Context, Decision, Options};
 use nextbest::journal::export::{self, ExportOptions};
 use nextbest::state::{self, CustomerState, Event, EventKind, History, HistoryLimits};
 
+/// mimalloc rather than the system allocator: the journal thread frees what request
+/// threads allocate, which glibc's malloc handles poorly (BENCHMARKS.md, `journal`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nextbest",

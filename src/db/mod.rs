@@ -15,6 +15,7 @@
 //! `state/snapshot-<segment>.bin`.
 
 pub mod import;
+mod recent;
 mod recovery;
 
 use std::collections::HashSet;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use dashmap::{DashMap, DashSet};
+use dashmap::DashSet;
 use uuid::Uuid;
 
 use crate::catalog::Catalog;
@@ -34,6 +35,7 @@ use crate::schema::{Event, EventKind, Feature, Value, key};
 use crate::state::{CustomerState, HistoryLimits, StateError, Store};
 use crate::storage::{self, Damage, Stats, Writer, WriterOptions};
 
+use recent::{Recent, Recents};
 pub use recovery::Recovery;
 
 #[derive(Debug, Clone)]
@@ -119,13 +121,6 @@ pub struct Compaction {
 /// Outcome identity: (decision, offer key, kind).
 type OutcomeKey = (u128, u32, EventKind);
 
-/// What an outcome needs to know about its decision.
-#[derive(Debug, Clone)]
-struct Recent {
-    customer: Box<str>,
-    channel: Box<str>,
-}
-
 pub struct Db {
     journal_dir: PathBuf,
     state_dir: PathBuf,
@@ -133,7 +128,7 @@ pub struct Db {
     store: Store,
     journal: Writer<Entry>,
     outcomes: DashSet<OutcomeKey>,
-    decisions: DashMap<u128, Recent>,
+    decisions: Recents,
     /// Forgotten since the last compaction, in order: their records are still in the
     /// journal until the next one.
     forgotten: Mutex<Vec<String>>,
@@ -184,7 +179,7 @@ impl Db {
             catalog: ArcSwap::new(catalog),
             store,
             outcomes: DashSet::new(),
-            decisions: DashMap::new(),
+            decisions: Recents::new(options.remembered_decisions),
             forgotten: Mutex::new(Vec::new()),
             compaction: Mutex::new(()),
             options,
@@ -274,18 +269,19 @@ impl Db {
             });
         };
         let offer = &catalog.offers[offer];
-        let recent = self
-            .decisions
-            .get(&input.decision.as_u128())
-            .map(|r| r.clone());
+        let recent = self.decisions.get(input.decision.as_u128());
         let customer = input
             .customer
             .clone()
             .or_else(|| recent.as_ref().map(|r| r.customer.to_string()));
-        let channel = input
-            .channel
-            .clone()
-            .or_else(|| recent.as_ref().map(|r| r.channel.to_string()));
+        let channel = input.channel.clone().or_else(|| {
+            let key = recent.as_ref()?.channel;
+            catalog
+                .placements
+                .iter()
+                .find(|p| p.channel_key == key)
+                .map(|p| p.channel.clone())
+        });
         if !self
             .outcomes
             .insert((input.decision.as_u128(), offer.key, input.kind))
@@ -366,41 +362,21 @@ impl Db {
         context: &Context,
         decision: Decision,
     ) -> Result<(), DbError> {
-        if let Some(id) = &customer.id {
-            self.remember(
-                decision.id.as_u128(),
-                id,
-                &catalog.placements[decision.placement].channel,
-            );
+        let channel = catalog.placements[decision.placement].channel_key;
+        let id = decision.id.as_u128();
+        let pending =
+            PendingDecision::new(Arc::clone(catalog), customer, &context.values, decision);
+        if let Some(customer) = &pending.customer {
+            self.remember(id, Arc::clone(customer), channel);
         }
-        let pending = PendingDecision {
-            catalog: Arc::clone(catalog),
-            customer: customer.id.clone(),
-            attributes: customer.attributes.clone(),
-            context: context.values.clone(),
-            decision,
-        };
         self.journal
             .append(Entry::Decision(Box::new(pending)), false)?;
         Ok(())
     }
 
-    fn remember(&self, decision: u128, customer: &str, channel: &str) {
-        if self.decisions.len() >= self.options.remembered_decisions {
-            // Forget the oldest tenth (UUIDv7s sort by time).
-            let mut ids: Vec<u128> = self.decisions.iter().map(|e| *e.key()).collect();
-            let cut = ids.len() / 10;
-            ids.select_nth_unstable(cut);
-            let bound = ids[cut];
-            self.decisions.retain(|id, _| *id > bound);
-        }
-        self.decisions.insert(
-            decision,
-            Recent {
-                customer: customer.into(),
-                channel: channel.into(),
-            },
-        );
+    fn remember(&self, decision: u128, customer: Arc<str>, channel: u32) {
+        self.decisions
+            .insert(decision, Recent { customer, channel });
     }
 
     /// Snapshots the state, then erases forgotten customers from the older segments.
@@ -415,7 +391,7 @@ impl Db {
         self.outcomes
             .retain(|(d, _, _)| uuid_time(Uuid::from_u128(*d)) >= cutoff);
         self.decisions
-            .retain(|d, _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
+            .retain(|d, _| uuid_time(Uuid::from_u128(d)) >= cutoff);
         let position = self.journal.rotate()?;
         let (snapshot, customers) = recovery::write_snapshot(self, position, now)?;
         let erase: HashSet<&str> = forgotten.iter().map(String::as_str).collect();

@@ -34,7 +34,8 @@ enum Item {
         slots: Vec<(String, String, Vec<String>)>,
     },
     Outcomes(Vec<(u128, u32, EventKind)>),
-    Decisions(Vec<(u128, String, String)>),
+    /// Recent decisions: id, customer, channel key.
+    Decisions(Vec<(u128, String, u32)>),
     End {
         customers: u64,
     },
@@ -204,8 +205,9 @@ pub(super) fn write_snapshot(
         }
         let recent: Vec<_> = db
             .decisions
-            .iter()
-            .map(|e| (*e.key(), e.customer.to_string(), e.channel.to_string()))
+            .entries()
+            .into_iter()
+            .map(|(id, r)| (id, r.customer.to_string(), r.channel))
             .collect();
         for chunk in recent.chunks(CHUNK) {
             put(w, &Item::Decisions(chunk.to_vec()))?;
@@ -335,7 +337,7 @@ fn load_snapshot(
                         id,
                         Recent {
                             customer: customer.into(),
-                            channel: channel.into(),
+                            channel,
                         },
                     );
                 }
@@ -422,7 +424,11 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
         }
         Record::Decision(r) => {
             if let Some(customer) = &r.customer {
-                db.remember(r.decision_id().as_u128(), customer, &r.channel);
+                db.remember(
+                    r.decision_id().as_u128(),
+                    customer.as_str().into(),
+                    key(&r.channel),
+                );
             }
         }
     }

@@ -323,3 +323,81 @@ fn a_torn_tail_is_cut_and_reported_and_everything_before_it_kept() {
         Value::Int(77)
     );
 }
+
+/// The sample catalog with a changed schema: a new first attribute (every slot moves)
+/// and the `region` values in another order.
+fn changed_catalog(dir: &Path) -> Arc<Catalog> {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    std::fs::create_dir_all(dir.join("offers")).expect("dirs");
+    for entry in ["placements.yaml", "experiments.yaml"] {
+        std::fs::copy(rules.join(entry), dir.join(entry)).expect("copy");
+    }
+    for entry in std::fs::read_dir(rules.join("offers")).expect("offers") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(
+            &path,
+            dir.join("offers").join(path.file_name().expect("name")),
+        )
+        .expect("copy");
+    }
+    let schema = std::fs::read_to_string(rules.join("schema.yaml")).expect("schema");
+    let schema = schema
+        .replacen(
+            "customer:\n",
+            "customer:\n  loyalty_points:\n    type: int\n",
+            1,
+        )
+        .replace(
+            "values: [north, south, east, west]",
+            "values: [west, east, south, north]",
+        );
+    assert!(schema.contains("loyalty_points") && schema.contains("[west, east"));
+    std::fs::write(dir.join("schema.yaml"), schema).expect("write");
+    Arc::new(Catalog::load(dir).expect("the changed catalog loads"))
+}
+
+#[test]
+fn a_snapshot_restores_under_a_changed_schema_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = open(dir.path());
+    db.upsert_json("ada", &ada(), NOW).expect("upsert");
+    let (id, shown) = decide_and_log(&db, "ada", "app.card", 1);
+    db.record_outcome(&outcome(id, &shown[0], EventKind::Click))
+        .expect("outcome");
+    let before = state_of(&db, "ada").expect("ada");
+    db.compact(NOW).expect("compact");
+    db.close().expect("close");
+
+    let rules = tempfile::tempdir().expect("tempdir");
+    let changed = changed_catalog(rules.path());
+    let (db, recovery) =
+        Db::open(dir.path(), Arc::clone(&changed), DbOptions::default()).expect("open");
+    assert_eq!(recovery.customers_loaded, 1, "{recovery}");
+    assert_eq!(recovery.dropped_values, 0, "{recovery}");
+    let after = state_of(&db, "ada").expect("ada");
+    let old = catalog();
+    for attr in old.schema.customer.attributes() {
+        let was = &before.attributes[old.schema.customer.slot(&attr.name).expect("slot") as usize];
+        let now =
+            &after.attributes[changed.schema.customer.slot(&attr.name).expect("slot") as usize];
+        let ty = &attr.ty;
+        let new_ty = &changed
+            .schema
+            .customer
+            .get(changed.schema.customer.slot(&attr.name).expect("slot"))
+            .expect("attr")
+            .ty;
+        assert_eq!(
+            Feature::of(was, ty),
+            Feature::of(now, new_ty),
+            "{}",
+            attr.name
+        );
+    }
+    assert_eq!(
+        after.attributes[0],
+        Value::Missing,
+        "the new attribute is unset"
+    );
+    assert_eq!(after.history, before.history);
+}

@@ -224,14 +224,9 @@ mod tests {
                 1_795_428_000_000,
                 &Options::new(id),
             );
-            let record = PendingDecision {
-                catalog: Arc::clone(&catalog),
-                customer: state.id.clone(),
-                attributes: state.attributes.clone(),
-                context: context.values.clone(),
-                decision: d.clone(),
-            }
-            .record();
+            let record =
+                PendingDecision::new(Arc::clone(&catalog), &state, &context.values, d.clone())
+                    .record();
             let choices = slot_choices(&record);
             let shown: Vec<_> = d.offers.iter().filter(|s| !s.fallback).collect();
             assert_eq!(choices.len(), shown.len());

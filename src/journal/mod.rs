@@ -66,7 +66,8 @@ impl Encode for Record {
         out.push(FORMAT);
         // Serializing these plain structs into a Vec cannot fail: every sequence has a
         // known length and the writer has no size limit.
-        postcard::to_io(self, out).expect("journal records always serialize");
+        let bytes = postcard::to_extend(self, std::mem::take(out));
+        *out = bytes.expect("journal records always serialize");
     }
 }
 
@@ -156,39 +157,75 @@ pub struct ShownRecord {
     pub fallback: bool,
 }
 
-/// A decision as the decide path hands it over: owned copies, no formatting yet.
+/// A decision as the decide path hands it over: the customer and context values packed
+/// into one buffer (one allocation instead of one per string and set), no formatting.
 #[derive(Debug)]
 pub struct PendingDecision {
     pub catalog: Arc<Catalog>,
-    pub customer: Option<String>,
-    pub attributes: Vec<Value>,
-    pub context: Vec<Value>,
+    pub customer: Option<Arc<str>>,
+    /// Customer then context values, [packed](crate::state::packed::encode_values).
+    values: Vec<u8>,
     pub decision: Decision,
 }
 
+thread_local! {
+    /// Decoded customer and context values, reused by the journal thread.
+    static VALUES: std::cell::RefCell<(Vec<Value>, Vec<Value>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 impl PendingDecision {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        customer: &crate::state::CustomerState,
+        context: &[Value],
+        decision: Decision,
+    ) -> PendingDecision {
+        let mut values = Vec::with_capacity(256);
+        crate::state::packed::encode_values(&customer.attributes, &mut values);
+        crate::state::packed::encode_values(context, &mut values);
+        PendingDecision {
+            catalog,
+            customer: customer.id.as_deref().map(Arc::from),
+            values,
+            decision,
+        }
+    }
+
+    /// Runs `f` on the decoded customer and context values.
+    fn with_values<R>(&self, f: impl FnOnce(&[Value], &[Value]) -> R) -> R {
+        VALUES.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let (customer, context) = &mut *cell;
+            let schema = &self.catalog.schema;
+            let rest =
+                crate::state::packed::decode_values(&self.values, schema.customer.len(), customer)
+                    .expect("values packed by PendingDecision::new decode");
+            crate::state::packed::decode_values(rest, schema.context.len(), context)
+                .expect("values packed by PendingDecision::new decode");
+            f(customer, context)
+        })
+    }
+
     pub fn record(&self) -> DecisionRecord {
         let catalog = &*self.catalog;
         let d = &self.decision;
         let placement = &catalog.placements[d.placement];
         let experiment = d.experiment.map(|e| &catalog.experiments[e]);
         let mut features = Vec::new();
-        push_features(
-            &mut features,
-            "customer",
-            &catalog.schema.customer,
-            &self.attributes,
-        );
-        push_features(
-            &mut features,
-            "context",
-            &catalog.schema.context,
-            &self.context,
-        );
+        self.with_values(|customer, context| {
+            push_features(
+                &mut features,
+                "customer",
+                &catalog.schema.customer,
+                customer,
+            );
+            push_features(&mut features, "context", &catalog.schema.context, context);
+        });
         DecisionRecord {
             id: d.id.into_bytes(),
             at: d.at,
-            customer: self.customer.clone(),
+            customer: self.customer.as_deref().map(str::to_string),
             placement: placement.id.clone(),
             channel: placement.channel.clone(),
             catalog_version: d.catalog_version.to_string(),
@@ -250,7 +287,181 @@ impl Encode for Entry {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Entry::Record(r) => r.encode(out),
-            Entry::Decision(d) => Record::Decision(Box::new(d.record())).encode(out),
+            Entry::Decision(d) => {
+                out.push(FORMAT);
+                let view = RecordView::Decision(view::Decision(d));
+                let bytes = postcard::to_extend(&view, std::mem::take(out));
+                *out = bytes.expect("journal records always serialize");
+            }
+        }
+    }
+}
+
+/// [`Record::Decision`] as borrowed views of a [`PendingDecision`]: the same bytes as
+/// `Record::Decision(Box::new(pending.record()))` without building the owned record.
+#[derive(Serialize)]
+enum RecordView<'a> {
+    #[allow(dead_code)]
+    Upsert(()),
+    #[allow(dead_code)]
+    Forget(()),
+    #[allow(dead_code)]
+    Outcome(()),
+    Decision(view::Decision<'a>),
+}
+
+mod view {
+    //! Serialize impls that mirror the owned records field for field (postcard encodes
+    //! fields in order, without names; `&str` and `String`, slices and `Vec`s encode
+    //! alike). The round-trip test holds the two to the same bytes.
+
+    use serde::Serialize;
+    use serde::ser::{SerializeStruct, Serializer};
+
+    use super::PendingDecision;
+    use crate::schema::{AttrType, EntitySchema, Value};
+
+    pub struct Decision<'a>(pub &'a PendingDecision);
+
+    impl Serialize for Decision<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let p = self.0;
+            let catalog = &*p.catalog;
+            let d = &p.decision;
+            let placement = &catalog.placements[d.placement];
+            let experiment = d.experiment.map(|e| &catalog.experiments[e]);
+            let mut st = s.serialize_struct("DecisionRecord", 14)?;
+            st.serialize_field("id", d.id.as_bytes())?;
+            st.serialize_field("at", &d.at)?;
+            st.serialize_field("customer", &p.customer.as_deref())?;
+            st.serialize_field("placement", &placement.id)?;
+            st.serialize_field("channel", &placement.channel)?;
+            st.serialize_field("catalog_version", &*d.catalog_version)?;
+            st.serialize_field("experiment", &experiment.map(|e| &e.id))?;
+            st.serialize_field("arm", &experiment.zip(d.arm).map(|(e, a)| &e.arms[a].id))?;
+            st.serialize_field("epsilon", &d.epsilon)?;
+            st.serialize_field("one_per_group", &placement.one_per_group)?;
+            p.with_values(|customer, context| {
+                st.serialize_field(
+                    "features",
+                    &Features([
+                        ("customer", &catalog.schema.customer, customer),
+                        ("context", &catalog.schema.context, context),
+                    ]),
+                )
+            })?;
+            st.serialize_field("candidates", &Candidates(p))?;
+            st.serialize_field("shown", &Shown(p))?;
+            st.serialize_field("suppressed", &d.suppressed)?;
+            st.end()
+        }
+    }
+
+    struct Features<'a>([(&'static str, &'a EntitySchema, &'a [Value]); 2]);
+
+    impl Serialize for Features<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let items = self.0.iter().flat_map(|&(entity, schema, values)| {
+                schema
+                    .attributes()
+                    .iter()
+                    .zip(values.iter())
+                    .filter_map(move |(a, v)| Some((Name(entity, &a.name), feature(v, &a.ty)?)))
+            });
+            let count = items.clone().count();
+            s.collect_seq(Exact(items, count))
+        }
+    }
+
+    /// [`Feature`], borrowed: the same variants in the same order.
+    #[derive(Serialize)]
+    enum FeatureRef<'a> {
+        Bool(bool),
+        Int(i64),
+        Float(f64),
+        Str(&'a str),
+        Enum(&'a str),
+        Set(&'a [Box<str>]),
+        Timestamp(i64),
+    }
+
+    /// As [`Feature::of`](crate::schema::Feature::of).
+    fn feature<'a>(value: &'a Value, ty: &'a AttrType) -> Option<FeatureRef<'a>> {
+        Some(match (value, ty) {
+            (Value::Missing, _) => return None,
+            (Value::Bool(b), _) => FeatureRef::Bool(*b),
+            (Value::Int(i), _) => FeatureRef::Int(*i),
+            (Value::Float(x), _) => FeatureRef::Float(*x),
+            (Value::Str(s), _) => FeatureRef::Str(s),
+            (Value::Enum(i), AttrType::Enum(def)) => {
+                FeatureRef::Enum(def.variants.get(*i as usize)?)
+            }
+            (Value::Enum(_), _) => return None,
+            (Value::Set(items), _) => FeatureRef::Set(items),
+            (Value::Timestamp(ms), _) => FeatureRef::Timestamp(*ms),
+        })
+    }
+
+    /// `entity.attribute`, written from a reused buffer.
+    struct Name<'a>(&'static str, &'a str);
+
+    thread_local! {
+        static NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+
+    impl Serialize for Name<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            NAME.with(|name| {
+                let mut name = name.borrow_mut();
+                name.clear();
+                name.push_str(self.0);
+                name.push('.');
+                name.push_str(self.1);
+                s.serialize_str(&name)
+            })
+        }
+    }
+
+    struct Candidates<'a>(&'a PendingDecision);
+
+    impl Serialize for Candidates<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let catalog = &*self.0.catalog;
+            s.collect_seq(self.0.decision.candidates.iter().map(|c| {
+                let o = &catalog.offers[c.offer];
+                (&o.id, c.score, &o.group)
+            }))
+        }
+    }
+
+    struct Shown<'a>(&'a PendingDecision);
+
+    impl Serialize for Shown<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let catalog = &*self.0.catalog;
+            s.collect_seq(self.0.decision.offers.iter().map(|x| {
+                (
+                    &catalog.offers[x.offer].id,
+                    x.slot,
+                    x.score,
+                    x.propensity,
+                    x.explored,
+                    x.fallback,
+                )
+            }))
+        }
+    }
+
+    /// An iterator that reports its exact length (postcard writes it first).
+    struct Exact<I>(I, usize);
+
+    impl<I: Iterator> Iterator for Exact<I> {
+        type Item = I::Item;
+        fn next(&mut self) -> Option<I::Item> {
+            self.0.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (self.1, Some(self.1))
         }
     }
 }
@@ -378,6 +589,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::schema::Value;
     use crate::storage::{Writer, WriterOptions};
 
     fn upsert(i: usize) -> Record {
@@ -416,6 +628,52 @@ mod tests {
             out.push(r);
         }
         (out, reader.damage)
+    }
+
+    /// The borrowed encoding of a pending decision is byte for byte the encoding of the
+    /// owned record it stands for, for every placement of the sample catalog.
+    #[test]
+    fn a_pending_decision_encodes_as_its_record() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let catalog = Arc::new(Catalog::load(root.join("rules")).expect("sample catalog"));
+        let text = std::fs::read_to_string(root.join("examples/customers/ada.json")).expect("ada");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let mut attributes = crate::state::parse_attributes(
+            "customer",
+            &catalog.schema.customer,
+            json["attributes"].as_object().expect("attributes"),
+        )
+        .expect("valid");
+        attributes[catalog.schema.customer.slot("language").expect("language") as usize] =
+            Value::Str("pt".into());
+        let state = crate::state::CustomerState {
+            id: Some("ada".into()),
+            attributes,
+            ..Default::default()
+        };
+        for placement in 0..catalog.placements.len() {
+            let context = crate::decide::Context::for_placement(&catalog, placement, vec![]);
+            let id = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+            let options = crate::decide::Options::new(id);
+            let decision = crate::decide::decide(
+                &catalog,
+                &state,
+                &context,
+                placement,
+                1_795_428_000_000,
+                &options,
+            );
+            let pending =
+                PendingDecision::new(Arc::clone(&catalog), &state, &context.values, decision);
+            let record = Record::Decision(Box::new(pending.record()));
+            let (mut owned, mut borrowed) = (Vec::new(), Vec::new());
+            record.encode(&mut owned);
+            Entry::Decision(Box::new(pending)).encode(&mut borrowed);
+            assert_eq!(borrowed, owned, "placement {placement}");
+            assert!(
+                matches!(&record, Record::Decision(d) if d.features.len() > 20 && !d.candidates.is_empty())
+            );
+        }
     }
 
     proptest! {

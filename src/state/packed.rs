@@ -95,9 +95,15 @@ const TIMESTAMP: u64 = 8;
 pub fn encode(state: &CustomerState, out: &mut Vec<u8>) {
     out.clear();
     put(out, state.seq);
-    let present = state.attributes.iter().filter(|v| !v.is_missing()).count();
+    encode_values(&state.attributes, out);
+    encode_history(state.history.events(), out);
+}
+
+/// Appends the set values of `values` (slot order) to `out`, as in a packed record.
+pub fn encode_values(values: &[Value], out: &mut Vec<u8>) {
+    let present = values.iter().filter(|v| !v.is_missing()).count();
     put(out, present as u64);
-    for (slot, v) in state.attributes.iter().enumerate() {
+    for (slot, v) in values.iter().enumerate() {
         let slot = (slot as u64) << 4;
         match v {
             Value::Missing => {}
@@ -131,7 +137,9 @@ pub fn encode(state: &CustomerState, out: &mut Vec<u8>) {
             }
         }
     }
-    let events = state.history.events();
+}
+
+fn encode_history(events: &[Event], out: &mut Vec<u8>) {
     let mut keys: Vec<u32> = Vec::new();
     let mut index = |key: u32| -> u64 {
         match keys.iter().position(|&k| k == key) {
@@ -181,8 +189,22 @@ fn kind_code(kind: EventKind) -> u64 {
 pub fn decode(bytes: &[u8], width: usize, into: &mut CustomerState) -> Option<()> {
     let mut c = Cursor(bytes);
     into.seq = c.get()?;
-    into.attributes.clear();
-    into.attributes.resize(width, Value::Missing);
+    decode_values_from(&mut c, width, &mut into.attributes)?;
+    decode_history(&mut c, into.history.events_mut())?;
+    c.0.is_empty().then_some(())
+}
+
+/// Decodes values written by [`encode_values`] at the start of `bytes` into `into`
+/// (`width` slots at least); returns the bytes after them.
+pub fn decode_values<'a>(bytes: &'a [u8], width: usize, into: &mut Vec<Value>) -> Option<&'a [u8]> {
+    let mut c = Cursor(bytes);
+    decode_values_from(&mut c, width, into)?;
+    Some(c.0)
+}
+
+fn decode_values_from(c: &mut Cursor<'_>, width: usize, into: &mut Vec<Value>) -> Option<()> {
+    into.clear();
+    into.resize(width, Value::Missing);
     for _ in 0..c.get()? {
         let head = c.get()?;
         let slot = usize::try_from(head >> 4).ok().filter(|&s| s < MAX_SLOTS)?;
@@ -204,18 +226,21 @@ pub fn decode(bytes: &[u8], width: usize, into: &mut CustomerState) -> Option<()
             TIMESTAMP => Value::Timestamp(c.get_signed()?),
             _ => return None,
         };
-        if slot >= into.attributes.len() {
-            into.attributes.resize(slot + 1, Value::Missing);
+        if slot >= into.len() {
+            into.resize(slot + 1, Value::Missing);
         }
-        into.attributes[slot] = value;
+        into[slot] = value;
     }
+    Some(())
+}
+
+fn decode_history(c: &mut Cursor<'_>, events: &mut Vec<Event>) -> Option<()> {
     let n_keys = c.get_usize()?;
     let table = c.bytes(n_keys.checked_mul(4)?)?;
     let key = |i: u64| -> Option<u32> {
         let i = usize::try_from(i).ok()?.checked_mul(4)?;
         Some(u32::from_le_bytes(table.get(i..i + 4)?.try_into().ok()?))
     };
-    let events = into.history.events_mut();
     events.clear();
     let mut at = 0i64;
     for i in 0..c.get()? {
@@ -238,7 +263,7 @@ pub fn decode(bytes: &[u8], width: usize, into: &mut CustomerState) -> Option<()
             kind: *EventKind::ALL.get(usize::try_from(channel & 7).ok()?)?,
         });
     }
-    c.0.is_empty().then_some(())
+    Some(())
 }
 
 /// The type of each slot of the schema a packed record was written under, for [`remap`].

@@ -85,6 +85,11 @@ pub struct Stats {
     pub waits: AtomicU64,
 }
 
+/// How long records nobody waits for may sit in the queue before they are written.
+const LINGER: Duration = Duration::from_millis(2);
+/// Wake the writer for records nobody waits for once this many are queued.
+const WAKE_AT: usize = 1024;
+
 /// A record's sequence number: the order of `append` calls, from 1.
 pub type Seq = u64;
 
@@ -108,6 +113,10 @@ struct Queue<R> {
     durable: Seq,
     failed: Option<String>,
     closing: bool,
+    /// Someone waits for an item in the queue (durable record, sync, rotation).
+    urgent: bool,
+    /// The writer thread is waiting for work (and needs a wake-up).
+    idle: bool,
     /// The last rotation: its sequence number and the first position of the new segment.
     rotated: (Seq, Position),
 }
@@ -170,6 +179,8 @@ impl<R: Encode> Writer<R> {
                 durable: last,
                 failed: None,
                 closing: false,
+                urgent: false,
+                idle: false,
                 rotated: (0, start),
             }),
             work: Condvar::new(),
@@ -222,11 +233,21 @@ impl<R: Encode> Writer<R> {
         if q.closing {
             return Err(WriteError::Closed);
         }
+        // Records nobody waits for do not wake the writer: it picks them up within
+        // `LINGER`, or as soon as `WAKE_AT` are queued, in one write.
+        let urgent = !matches!(item, Item::Record { durable: false, .. });
         q.items.push(item);
         q.queued += 1;
+        q.urgent |= urgent;
         let seq = q.queued;
+        let wake = q.idle && (q.urgent || q.items.len() >= WAKE_AT);
+        if wake {
+            q.idle = false;
+        }
         drop(q);
-        shared.work.notify_one();
+        if wake {
+            shared.work.notify_one();
+        }
         Ok(seq)
     }
 
@@ -298,16 +319,24 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
     loop {
         let (last, closing) = {
             let mut q = shared.lock();
-            while q.items.is_empty() && !q.closing {
+            while !q.closing && !q.urgent && q.items.len() < WAKE_AT {
+                let wait = if q.items.is_empty() {
+                    options.flush_interval
+                } else {
+                    LINGER
+                };
+                q.idle = true;
                 let (guard, timeout) = shared
                     .work
-                    .wait_timeout(q, options.flush_interval)
+                    .wait_timeout(q, wait)
                     .unwrap_or_else(|e| e.into_inner());
                 q = guard;
-                if timeout.timed_out() && dirty {
+                q.idle = false;
+                if timeout.timed_out() && (dirty || !q.items.is_empty()) {
                     break;
                 }
             }
+            q.urgent = false;
             std::mem::swap(&mut batch, &mut q.items);
             (q.queued, q.closing)
         };

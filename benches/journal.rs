@@ -1,0 +1,182 @@
+//! What durability costs the decide path, on the sample catalog and its example
+//! customer (`examples/customers/ada.json`, 20 attributes, history added to 20 events):
+//!
+//! - `decide`: the decision alone, on a state the caller already holds;
+//! - `decide+log`: the same plus handing the decision record to the journal
+//!   (`Db::log_decision`: cloning the inputs and queueing them; the journal thread
+//!   encodes and writes them, and backpressure counts if it falls behind);
+//! - `read+decide`: reading the packed customer from the store first (`Store::with`).
+//!
+//! `cargo bench --bench journal`; figures in BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use nextbest::catalog::Catalog;
+use nextbest::db::{Db, DbOptions};
+use nextbest::decide::{Context, Options, decide};
+use nextbest::schema::{Event, EventKind};
+use nextbest::state::HistoryLimits;
+
+/// The allocator the `nextbest` binary runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const NOW: i64 = 1_795_428_000_000;
+
+fn bench(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let catalog = Arc::new(Catalog::load(root.join("rules")).expect("the sample catalog"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = Db::open(dir.path(), Arc::clone(&catalog), DbOptions::default()).expect("db");
+    let text = std::fs::read_to_string(root.join("examples/customers/ada.json")).expect("ada");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let attributes = json["attributes"].as_object().expect("attributes");
+    db.upsert_json("ada", attributes, NOW).expect("upsert");
+    let limits = HistoryLimits::for_catalog(&catalog);
+    db.store().update("ada", |s| {
+        for i in 0..20i64 {
+            let offer = &catalog.offers[i as usize % catalog.offers.len()];
+            let event = Event {
+                at: NOW - (i + 1) * 5 * 86_400_000,
+                offer: offer.key,
+                group: offer.group_key,
+                channel: nextbest::schema::key("web"),
+                kind: EventKind::Impression,
+            };
+            s.history.record(event, limits);
+        }
+    });
+    let state = db.store().with("ada", |s| s.cloned()).expect("ada");
+    let placement = catalog
+        .placement("call_center.next_best")
+        .expect("placement");
+    let context = Context::for_placement(&catalog, placement, vec![]);
+    let mut n = 0u64;
+    let mut id = || {
+        n += 1;
+        uuid::Uuid::from_u128((u128::from(NOW as u64) << 80) | 0x7000 << 64 | u128::from(n))
+    };
+
+    let mut group = c.benchmark_group("journal");
+    group.bench_function("decide", |b| {
+        b.iter(|| {
+            black_box(decide(
+                &catalog,
+                &state,
+                &context,
+                placement,
+                NOW,
+                &Options::new(id()),
+            ))
+        })
+    });
+    // What logging adds to a decide, below the journal thread's capacity: decisions are
+    // made outside the timing, logged in chunks of 10,000 with the queue drained in
+    // between (also outside the timing), as a node runs when its disk keeps up.
+    group.bench_function("log", |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let chunk = left.min(10_000);
+                let decisions: Vec<_> = (0..chunk)
+                    .map(|_| {
+                        decide(
+                            &catalog,
+                            &state,
+                            &context,
+                            placement,
+                            NOW,
+                            &Options::new(id()),
+                        )
+                    })
+                    .collect();
+                let started = std::time::Instant::now();
+                for d in decisions {
+                    db.log_decision(&catalog, &state, &context, d)
+                        .expect("logged");
+                }
+                total += started.elapsed();
+                db.sync().expect("drained");
+                left -= chunk;
+            }
+            total
+        })
+    });
+    // Saturated: as fast as the caller can, so the journal thread's capacity (and the
+    // queue's backpressure) sets the pace.
+    group.bench_function("decide+log saturated", |b| {
+        b.iter(|| {
+            let d = decide(
+                &catalog,
+                &state,
+                &context,
+                placement,
+                NOW,
+                &Options::new(id()),
+            );
+            db.log_decision(&catalog, &state, &context, d)
+                .expect("logged");
+        })
+    });
+    group.bench_function("read+decide", |b| {
+        b.iter(|| {
+            db.store().with("ada", |s| {
+                let s = s.expect("ada");
+                black_box(decide(
+                    &catalog,
+                    s,
+                    &context,
+                    placement,
+                    NOW,
+                    &Options::new(id()),
+                ))
+            })
+        })
+    });
+    let pending =
+        nextbest::journal::Entry::Decision(Box::new(nextbest::journal::PendingDecision::new(
+            Arc::clone(&catalog),
+            &state,
+            &context.values,
+            decide(
+                &catalog,
+                &state,
+                &context,
+                placement,
+                NOW,
+                &Options::new(id()),
+            ),
+        )));
+    let mut buf = Vec::new();
+    group.bench_function("encode", |b| {
+        b.iter(|| {
+            buf.clear();
+            nextbest::storage::Encode::encode(&pending, &mut buf);
+            black_box(buf.len())
+        })
+    });
+    group.finish();
+    let waits = db
+        .journal_stats()
+        .waits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let records = db
+        .journal_stats()
+        .records
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let bytes = db
+        .journal_stats()
+        .bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "journal: {records} records, {} bytes each on average; {waits} appends waited for room",
+        bytes / records.max(1)
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
