@@ -86,7 +86,7 @@ fn journal(data: &Path) {
     for c in 0..30u64 {
         let id = format!("cust-{c}");
         db.upsert_json(&id, attributes, now).expect("upsert");
-        for (p, placement) in catalog.placements.iter().enumerate() {
+        for p in 0..catalog.placements.len() {
             let state = db.store().with(&id, |s| s.cloned()).expect("customer");
             let context = Context::for_placement(&catalog, p, vec![]);
             let decision_id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
@@ -109,7 +109,7 @@ fn journal(data: &Path) {
                 .collect();
             db.log_decision(&catalog, &state, &context, d).expect("log");
             for (slot, offer) in shown.iter().enumerate() {
-                let kind = if (c + slot as u64) % 3 == 0 {
+                let kind = if (c + slot as u64).is_multiple_of(3) {
                     EventKind::Accept
                 } else {
                     EventKind::Impression
@@ -125,7 +125,6 @@ fn journal(data: &Path) {
                 })
                 .expect("outcome");
             }
-            let _ = placement;
         }
     }
     db.close().expect("close");
