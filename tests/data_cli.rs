@@ -170,6 +170,35 @@ fn export_writes_both_formats_and_reports_the_same_figures() {
         a.len()
     );
 
+    // Time range and attribution window (decisions at 10:00:00, outcomes a second later).
+    let out_path = dir.path().join("range.dsjson");
+    let out_path = out_path.to_str().expect("utf-8");
+    let summary = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["export", "--format", "dsjson", "--out", out_path];
+        all.extend_from_slice(args);
+        let out = nextbest(&data, &all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("summary")
+    };
+    assert_eq!(
+        summary(&["--from", "2026-11-23T10:00:00.001Z"])["decisions"],
+        0
+    );
+    assert_eq!(
+        summary(&["--to", "2026-11-23T10:00:00.001Z"])["decisions"],
+        120
+    );
+    assert_eq!(summary(&["--to", "2026-11-23T10:00:00Z"])["decisions"], 0);
+    assert_eq!(summary(&["--window", "500ms"])["ipw_logging"], 0.0);
+    let accepted = summaries[0]["ipw_logging"].as_f64().expect("ipw");
+    let impressions = summary(&["--reward", "impression"])["ipw_logging"]
+        .as_f64()
+        .expect("ipw");
+    assert!(
+        (impressions + accepted - 1.0).abs() < 1e-12,
+        "each shown offer got exactly one of impression or accept"
+    );
+
     let bad = nextbest(
         &data,
         &[

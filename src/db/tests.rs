@@ -5,7 +5,7 @@ use super::*;
 use crate::decide::{self, Options};
 use crate::storage::segment;
 
-const NOW: i64 = 1_795_428_000_000; // 2026-11-23T09:20:00Z
+const NOW: i64 = 1_795_428_000_000; // 2026-11-23T10:00:00Z
 
 fn catalog() -> Arc<Catalog> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
