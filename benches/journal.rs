@@ -122,6 +122,12 @@ fn bench(c: &mut Criterion) {
                 .expect("logged");
         })
     });
+    group.bench_function("read", |b| {
+        b.iter(|| {
+            db.store()
+                .with("ada", |s| black_box(s.map(|s| s.history.events().len())))
+        })
+    });
     group.bench_function("read+decide", |b| {
         b.iter(|| {
             db.store().with("ada", |s| {

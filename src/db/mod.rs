@@ -14,8 +14,8 @@
 //! Layout under the data directory: `journal/*.log` (segments) and
 //! `state/snapshot-<segment>.bin`.
 
+mod generations;
 pub mod import;
-mod recent;
 mod recovery;
 
 use std::collections::HashSet;
@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use dashmap::DashSet;
 use uuid::Uuid;
 
 use crate::catalog::Catalog;
@@ -35,18 +34,22 @@ use crate::schema::{Event, EventKind, Feature, Value, key};
 use crate::state::{CustomerState, HistoryLimits, StateError, Store};
 use crate::storage::{self, Damage, Stats, Writer, WriterOptions};
 
-use recent::{Recent, Recents};
+use generations::{Generations, Recent};
 pub use recovery::Recovery;
 
 #[derive(Debug, Clone)]
 pub struct DbOptions {
     pub writer: WriterOptions,
     /// Outcomes count for a decision within this long after it (ms): the export's join
-    /// window, and how long retried outcomes are recognised and decisions remembered.
+    /// window, and the longest that retried outcomes are recognised and decisions
+    /// remembered.
     pub attribution_window: i64,
     /// At most this many recent decisions are remembered to resolve an outcome's
-    /// customer and channel.
+    /// customer and channel (the latest half of them always are).
     pub remembered_decisions: usize,
+    /// At most this many recent outcomes are remembered to recognise retries (the latest
+    /// half of them always are): memory is bounded whatever the outcome rate.
+    pub remembered_outcomes: usize,
 }
 
 impl Default for DbOptions {
@@ -55,6 +58,7 @@ impl Default for DbOptions {
             writer: WriterOptions::default(),
             attribution_window: 7 * 86_400_000,
             remembered_decisions: 1_000_000,
+            remembered_outcomes: 2_000_000,
         }
     }
 }
@@ -127,8 +131,8 @@ pub struct Db {
     catalog: ArcSwap<Catalog>,
     store: Store,
     journal: Writer<Entry>,
-    outcomes: DashSet<OutcomeKey>,
-    decisions: Recents,
+    outcomes: Generations<OutcomeKey, ()>,
+    decisions: Generations<u128, Recent>,
     /// Forgotten since the last compaction, in order: their records are still in the
     /// journal until the next one.
     forgotten: Mutex<Vec<String>>,
@@ -178,8 +182,8 @@ impl Db {
             state_dir,
             catalog: ArcSwap::new(catalog),
             store,
-            outcomes: DashSet::new(),
-            decisions: Recents::new(options.remembered_decisions),
+            outcomes: Generations::new(options.remembered_outcomes),
+            decisions: Generations::new(options.remembered_decisions),
             forgotten: Mutex::new(Vec::new()),
             compaction: Mutex::new(()),
             options,
@@ -269,7 +273,7 @@ impl Db {
             });
         };
         let offer = &catalog.offers[offer];
-        let recent = self.decisions.get(input.decision.as_u128());
+        let recent = self.decisions.get(&input.decision.as_u128());
         let customer = input
             .customer
             .clone()
@@ -284,7 +288,7 @@ impl Db {
         });
         if !self
             .outcomes
-            .insert((input.decision.as_u128(), offer.key, input.kind))
+            .insert_new((input.decision.as_u128(), offer.key, input.kind), ())
         {
             // Counted before; make sure that first write is durable before saying so.
             self.journal.sync()?;
@@ -389,9 +393,9 @@ impl Db {
             .clone();
         let cutoff = now - self.options.attribution_window;
         self.outcomes
-            .retain(|(d, _, _)| uuid_time(Uuid::from_u128(*d)) >= cutoff);
+            .retain(|(d, _, _), _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
         self.decisions
-            .retain(|d, _| uuid_time(Uuid::from_u128(d)) >= cutoff);
+            .retain(|d, _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
         let position = self.journal.rotate()?;
         let (snapshot, customers) = recovery::write_snapshot(self, position, now)?;
         let erase: HashSet<&str> = forgotten.iter().map(String::as_str).collect();

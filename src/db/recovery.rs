@@ -199,7 +199,7 @@ pub(super) fn write_snapshot(
             }
         });
         result?;
-        let keys: Vec<_> = db.outcomes.iter().map(|k| *k).collect();
+        let keys: Vec<_> = db.outcomes.entries().into_iter().map(|(k, ())| k).collect();
         for chunk in keys.chunks(CHUNK) {
             put(w, &Item::Outcomes(chunk.to_vec()))?;
         }
@@ -328,7 +328,7 @@ fn load_snapshot(
             }
             Item::Outcomes(keys) => {
                 for k in keys {
-                    db.outcomes.insert(k);
+                    db.outcomes.insert(k, ());
                 }
             }
             Item::Decisions(recent) => {
@@ -404,7 +404,7 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
         Record::Outcome(r) => {
             let offer = key(&r.offer);
             db.outcomes
-                .insert((Uuid::from_bytes(r.decision).as_u128(), offer, r.kind));
+                .insert((Uuid::from_bytes(r.decision).as_u128(), offer, r.kind), ());
             if let (Some(customer), Some(channel)) = (&r.customer, &r.channel) {
                 let event = Event {
                     at: r.at,

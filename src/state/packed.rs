@@ -42,7 +42,18 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
+    #[inline]
     fn get(&mut self) -> Option<u64> {
+        // Most numbers here (counts, slots, key indexes) fit in one byte.
+        let (&first, rest) = self.0.split_first()?;
+        if first < 0x80 {
+            self.0 = rest;
+            return Some(u64::from(first));
+        }
+        self.get_long()
+    }
+
+    fn get_long(&mut self) -> Option<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let (&b, rest) = self.0.split_first()?;

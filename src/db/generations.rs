@@ -1,0 +1,166 @@
+//! Bounded memories of recent things: the decisions an outcome may name, and the
+//! outcomes a retry may repeat.
+
+use std::hash::Hash;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use dashmap::DashMap;
+
+/// What an outcome needs to know about its decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recent {
+    pub customer: Arc<str>,
+    /// [`key`](crate::schema::key) of the placement's channel.
+    pub channel: u32,
+}
+
+/// A map that forgets its oldest entries: inserts go to the current generation; once it
+/// holds half the capacity, the previous generation is dropped and the current one takes
+/// its place. Memory stays under the capacity, an insert never scans, and the latest
+/// `capacity / 2` entries are always remembered.
+#[derive(Debug)]
+pub(crate) struct Generations<K: Eq + Hash, V> {
+    /// `[current, previous]`.
+    maps: RwLock<[DashMap<K, V>; 2]>,
+    half: usize,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        Generations {
+            maps: RwLock::new([DashMap::new(), DashMap::new()]),
+            half: (capacity / 2).max(1),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, [DashMap<K, V>; 2]> {
+        // Every update leaves the maps consistent: a poisoned lock is still usable.
+        self.maps.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Inserts unless the key is remembered; returns whether it was new.
+    pub fn insert_new(&self, key: K, value: V) -> bool {
+        let (new, full) = {
+            let g = self.read();
+            if g[1].contains_key(&key) {
+                return false;
+            }
+            let new = g[0].insert(key, value).is_none();
+            (new, g[0].len() >= self.half)
+        };
+        if full {
+            self.rotate();
+        }
+        new
+    }
+
+    /// Inserts or replaces.
+    pub fn insert(&self, key: K, value: V) {
+        let full = {
+            let g = self.read();
+            g[1].remove(&key);
+            g[0].insert(key, value);
+            g[0].len() >= self.half
+        };
+        if full {
+            self.rotate();
+        }
+    }
+
+    fn rotate(&self) {
+        let dropped = {
+            let mut g = self.maps.write().unwrap_or_else(|e| e.into_inner());
+            if g[0].len() < self.half {
+                return;
+            }
+            g.swap(0, 1);
+            std::mem::take(&mut g[0])
+        };
+        // Freed outside the lock.
+        drop(dropped);
+    }
+
+    pub fn get(&self, key: &K) -> Option<V> {
+        let g = self.read();
+        g[0].get(key)
+            .or_else(|| g[1].get(key))
+            .map(|r| r.value().clone())
+    }
+
+    pub fn remove(&self, key: &K) {
+        let g = self.read();
+        g[0].remove(key);
+        g[1].remove(key);
+    }
+
+    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+        let g = self.read();
+        for map in g.iter() {
+            map.retain(|k, v| keep(k, v));
+        }
+    }
+
+    /// Every entry, oldest generation first.
+    pub fn entries(&self) -> Vec<(K, V)> {
+        let g = self.read();
+        g.iter()
+            .rev()
+            .flat_map(|m| {
+                m.iter()
+                    .map(|e| (e.key().clone(), e.value().clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        let g = self.read();
+        g[0].clear();
+        g[1].clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_bounded_and_the_latest_half_is_always_remembered() {
+        let recents = Generations::new(100);
+        let recent = |i: u128| Recent {
+            customer: format!("c{i}").into(),
+            channel: 1,
+        };
+        for i in 0..1000u128 {
+            recents.insert(i, recent(i));
+            assert!(recents.entries().len() <= 100);
+        }
+        for i in 950..1000 {
+            assert_eq!(recents.get(&i), Some(recent(i)), "{i}");
+        }
+        assert_eq!(recents.get(&10), None);
+        recents.retain(|_, r| &*r.customer != "c999");
+        assert_eq!(recents.get(&999), None);
+    }
+
+    #[test]
+    fn insert_new_sees_both_generations() {
+        let seen = Generations::new(4);
+        assert!(seen.insert_new(1, ()));
+        assert!(
+            seen.insert_new(2, ()),
+            "fills the current generation: it rotates"
+        );
+        assert!(
+            !seen.insert_new(1, ()),
+            "remembered in the previous generation"
+        );
+        assert!(seen.insert_new(3, ()));
+        assert!(
+            seen.insert_new(4, ()),
+            "rotates again: 1 and 2 are forgotten"
+        );
+        assert!(seen.insert_new(1, ()));
+        assert!(!seen.insert_new(4, ()));
+    }
+}
