@@ -2,10 +2,10 @@
 //! customer (`examples/customers/ada.json`, 20 attributes, history added to 20 events):
 //!
 //! - `decide`: the decision alone, on a state the caller already holds;
-//! - `decide+log`: the same plus handing the decision record to the journal
-//!   (`Db::log_decision`: cloning the inputs and queueing them; the journal thread
-//!   encodes and writes them, and backpressure counts if it falls behind);
-//! - `read+decide`: reading the packed customer from the store first (`Store::with`).
+//! - `log`: what `Db::log_decision` adds to it while the journal thread keeps up;
+//! - `decide+log saturated`: both, as fast as one thread can (the journal's capacity);
+//! - `read`, `read+decide`: decoding the packed customer from the store (`Store::with`);
+//! - `encode`: the journal thread's work for one decision record.
 //!
 //! `cargo bench --bench journal`; figures in BENCHMARKS.md.
 
@@ -54,25 +54,25 @@ fn bench(c: &mut Criterion) {
         .placement("call_center.next_best")
         .expect("placement");
     let context = Context::for_placement(&catalog, placement, vec![]);
-    let mut n = 0u64;
-    let mut id = || {
-        n += 1;
-        uuid::Uuid::from_u128((u128::from(NOW as u64) << 80) | 0x7000 << 64 | u128::from(n))
+    let n = std::cell::Cell::new(0u64);
+    let id = || {
+        n.set(n.get() + 1);
+        uuid::Uuid::from_u128((u128::from(NOW as u64) << 80) | 0x7000 << 64 | u128::from(n.get()))
+    };
+    // A decision for the example customer, with a fresh id each time.
+    let make = || {
+        decide(
+            &catalog,
+            &state,
+            &context,
+            placement,
+            NOW,
+            &Options::new(id()),
+        )
     };
 
     let mut group = c.benchmark_group("journal");
-    group.bench_function("decide", |b| {
-        b.iter(|| {
-            black_box(decide(
-                &catalog,
-                &state,
-                &context,
-                placement,
-                NOW,
-                &Options::new(id()),
-            ))
-        })
-    });
+    group.bench_function("decide", |b| b.iter(|| black_box(make())));
     // What logging adds to a decide, below the journal thread's capacity: decisions are
     // made outside the timing, logged in chunks of 10,000 with the queue drained in
     // between (also outside the timing), as a node runs when its disk keeps up.
@@ -82,18 +82,7 @@ fn bench(c: &mut Criterion) {
             let mut left = iters;
             while left > 0 {
                 let chunk = left.min(10_000);
-                let decisions: Vec<_> = (0..chunk)
-                    .map(|_| {
-                        decide(
-                            &catalog,
-                            &state,
-                            &context,
-                            placement,
-                            NOW,
-                            &Options::new(id()),
-                        )
-                    })
-                    .collect();
+                let decisions: Vec<_> = (0..chunk).map(|_| make()).collect();
                 let started = std::time::Instant::now();
                 for d in decisions {
                     db.log_decision(&catalog, &state, &context, d)
@@ -110,14 +99,7 @@ fn bench(c: &mut Criterion) {
     // queue's backpressure) sets the pace.
     group.bench_function("decide+log saturated", |b| {
         b.iter(|| {
-            let d = decide(
-                &catalog,
-                &state,
-                &context,
-                placement,
-                NOW,
-                &Options::new(id()),
-            );
+            let d = make();
             db.log_decision(&catalog, &state, &context, d)
                 .expect("logged");
         })
@@ -148,14 +130,7 @@ fn bench(c: &mut Criterion) {
             Arc::clone(&catalog),
             &state,
             &context.values,
-            decide(
-                &catalog,
-                &state,
-                &context,
-                placement,
-                NOW,
-                &Options::new(id()),
-            ),
+            make(),
         )));
     let mut buf = Vec::new();
     group.bench_function("encode", |b| {
