@@ -2,6 +2,7 @@
 //! outcomes a retry may repeat.
 
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use dashmap::DashMap;
@@ -18,17 +19,28 @@ pub(crate) struct Recent {
 /// holds half the capacity, the previous generation is dropped and the current one takes
 /// its place. Memory stays under the capacity, an insert never scans, and the latest
 /// `capacity / 2` entries are always remembered.
-#[derive(Debug)]
 pub(crate) struct Generations<K: Eq + Hash, V> {
     /// `[current, previous]`.
     maps: RwLock<[DashMap<K, V>; 2]>,
+    /// Entries added to the current generation (`DashMap::len` would lock every shard).
+    current: AtomicUsize,
     half: usize,
+}
+
+impl<K: Eq + Hash, V> std::fmt::Debug for Generations<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generations")
+            .field("current", &self.current.load(Ordering::Relaxed))
+            .field("half", &self.half)
+            .finish()
+    }
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
     pub fn new(capacity: usize) -> Self {
         Generations {
             maps: RwLock::new([DashMap::new(), DashMap::new()]),
+            current: AtomicUsize::new(0),
             half: (capacity / 2).max(1),
         }
     }
@@ -46,7 +58,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
                 return false;
             }
             let new = g[0].insert(key, value).is_none();
-            (new, g[0].len() >= self.half)
+            (new, new && self.added())
         };
         if full {
             self.rotate();
@@ -54,25 +66,32 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
         new
     }
 
-    /// Inserts or replaces.
+    /// Inserts or replaces in the current generation. For keys that are new (decision
+    /// ids): an older entry for the key in the previous generation is not removed, only
+    /// shadowed until that generation goes.
     pub fn insert(&self, key: K, value: V) {
         let full = {
             let g = self.read();
-            g[1].remove(&key);
-            g[0].insert(key, value);
-            g[0].len() >= self.half
+            g[0].insert(key, value).is_none() && self.added()
         };
         if full {
             self.rotate();
         }
     }
 
+    /// Counts an entry added to the current generation; whether it is now full.
+    fn added(&self) -> bool {
+        self.current.fetch_add(1, Ordering::Relaxed) + 1 >= self.half
+    }
+
     fn rotate(&self) {
         let dropped = {
             let mut g = self.maps.write().unwrap_or_else(|e| e.into_inner());
-            if g[0].len() < self.half {
+            // Another thread may have rotated while this one waited for the lock.
+            if self.current.load(Ordering::Relaxed) < self.half {
                 return;
             }
+            self.current.store(0, Ordering::Relaxed);
             g.swap(0, 1);
             std::mem::take(&mut g[0])
         };
@@ -117,6 +136,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
         let g = self.read();
         g[0].clear();
         g[1].clear();
+        self.current.store(0, Ordering::Relaxed);
     }
 }
 
