@@ -32,7 +32,7 @@ use crate::journal::{
 };
 use crate::schema::{Event, EventKind, Feature, Value, key};
 use crate::state::{CustomerState, HistoryLimits, StateError, Store};
-use crate::storage::{self, Damage, Stats, Writer, WriterOptions};
+use crate::storage::{self, Stats, Writer, WriterOptions};
 
 use generations::{Generations, Recent};
 pub use recovery::Recovery;
@@ -204,10 +204,6 @@ impl Db {
 
     pub fn journal_stats(&self) -> &Stats {
         self.journal.stats()
-    }
-
-    pub fn options(&self) -> &DbOptions {
-        &self.options
     }
 
     /// Merges attributes (parsed against the current catalog's schema) into a customer.
@@ -474,14 +470,6 @@ fn erase_customers(
         }
     }
     Ok((rewritten, erased))
-}
-
-/// Damage found while reading, for reports.
-pub fn describe_damage(damage: &[Damage]) -> String {
-    damage
-        .iter()
-        .map(|d| format!("  {d}\n"))
-        .collect::<String>()
 }
 
 #[cfg(test)]
