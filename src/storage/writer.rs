@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::segment::{Position, SegmentWriter, frame};
 
@@ -315,15 +315,17 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
     let mut batch: Vec<Item<R>> = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut payload: Vec<u8> = Vec::with_capacity(4096);
+    // Written but not yet synced, and when the last sync was.
     let mut dirty = false;
+    let mut synced_at = Instant::now();
     loop {
         let (last, closing) = {
             let mut q = shared.lock();
             while !q.closing && !q.urgent && q.items.len() < WAKE_AT {
-                let wait = if q.items.is_empty() {
-                    options.flush_interval
-                } else {
-                    LINGER
+                let wait = match (q.items.is_empty(), dirty) {
+                    (false, _) => LINGER,
+                    (true, true) => options.flush_interval.saturating_sub(synced_at.elapsed()),
+                    (true, false) => options.flush_interval,
                 };
                 q.idle = true;
                 let (guard, timeout) = shared
@@ -341,6 +343,8 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
             (q.queued, q.closing)
         };
         shared.space.notify_all();
+        // Records nobody waits for are synced at least every `flush_interval`.
+        let overdue = dirty && synced_at.elapsed() >= options.flush_interval;
         let result = write_batch(
             shared,
             &dir,
@@ -349,11 +353,14 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
             &mut buf,
             &mut payload,
             last,
-            closing || dirty,
+            closing || overdue,
         );
         match result {
             Ok(synced) => {
                 dirty = !synced;
+                if synced {
+                    synced_at = Instant::now();
+                }
                 let mut q = shared.lock();
                 q.written = last;
                 if synced {
@@ -447,4 +454,81 @@ fn flush(segment: &mut SegmentWriter, buf: &mut Vec<u8>, stats: &Stats) -> std::
         buf.clear();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Bytes(Vec<u8>);
+
+    impl Encode for Bytes {
+        fn encode(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.0);
+        }
+    }
+
+    fn writer(dir: &Path, options: WriterOptions) -> Arc<Writer<Bytes>> {
+        Arc::new(Writer::start(dir, Position::default(), 0, options).expect("writer"))
+    }
+
+    #[test]
+    fn concurrent_durable_appends_share_fsyncs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = writer(dir.path(), WriterOptions::default());
+        let threads: Vec<_> = (0..32)
+            .map(|t| {
+                let w = Arc::clone(&w);
+                std::thread::spawn(move || {
+                    for i in 0..50u8 {
+                        w.append_durable(Bytes(vec![t, i])).expect("durable");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("writer thread");
+        }
+        let records = w.stats().records.load(Ordering::Relaxed);
+        let fsyncs = w.stats().fsyncs.load(Ordering::Relaxed);
+        assert_eq!(records, 1600);
+        assert!(fsyncs < records, "{fsyncs} fsyncs for {records} records");
+    }
+
+    #[test]
+    fn records_nobody_waits_for_are_synced_within_the_flush_interval() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = writer(
+            dir.path(),
+            WriterOptions {
+                flush_interval: Duration::from_millis(20),
+                ..WriterOptions::default()
+            },
+        );
+        let seq = w
+            .append(Bytes(b"decision".to_vec()), false)
+            .expect("append");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = Arc::clone(&w);
+        std::thread::spawn(move || {
+            let _ = tx.send(waiter.wait(seq));
+        });
+        let synced = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(synced, Ok(Ok(())), "no fsync came for a lingering record");
+        assert!(w.stats().fsyncs.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[test]
+    fn rotation_starts_a_new_segment_after_every_earlier_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = writer(dir.path(), WriterOptions::default());
+        w.append(Bytes(b"one".to_vec()), false).expect("append");
+        let at = w.rotate().expect("rotate");
+        assert_eq!(at.segment, 2);
+        w.append_durable(Bytes(b"two".to_vec())).expect("append");
+        assert_eq!(
+            crate::storage::segment::list(dir.path()).expect("list"),
+            [1, 2]
+        );
+    }
 }
