@@ -2,9 +2,12 @@
 //! customer (`examples/customers/ada.json`, 20 attributes, history added to 20 events):
 //!
 //! - `decide`: the decision alone, on a state the caller already holds;
-//! - `log`: what `Db::log_decision` adds to it while the journal thread keeps up;
+//! - `log`: what `Db::log_decision` costs its caller (journal thread idle meanwhile);
 //! - `decide+log saturated`: both, as fast as one thread can (the journal's capacity);
 //! - `read`, `read+decide`: decoding the packed customer from the store (`Store::with`);
+//! - `read+decide+log`: `Db::decide`, the service's path (the stored record is logged as
+//!   it is, instead of re-packing the values), with the journal thread idle meanwhile,
+//!   and `… busy` with it writing on the other core;
 //! - `encode`: the journal thread's work for one decision record.
 //!
 //! `cargo bench --bench journal`; figures in BENCHMARKS.md.
@@ -19,23 +22,30 @@ use nextbest::db::{Db, DbOptions};
 use nextbest::decide::{Context, Options, decide};
 use nextbest::schema::{Event, EventKind};
 use nextbest::state::HistoryLimits;
+use nextbest::storage::WriterOptions;
 
 /// The allocator the `nextbest` binary runs with.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NOW: i64 = 1_795_428_000_000;
+/// Decisions timed between two drains of the journal queue.
+const CHUNK: u64 = 1_000;
 
-fn bench(c: &mut Criterion) {
+/// A node on the sample catalog holding the example customer with 20 history events.
+fn node(catalog: &Arc<Catalog>, writer: WriterOptions) -> (Db, tempfile::TempDir) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let catalog = Arc::new(Catalog::load(root.join("rules")).expect("the sample catalog"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let (db, _) = Db::open(dir.path(), Arc::clone(&catalog), DbOptions::default()).expect("db");
+    let options = DbOptions {
+        writer,
+        ..DbOptions::default()
+    };
+    let (db, _) = Db::open(dir.path(), Arc::clone(catalog), options).expect("db");
     let text = std::fs::read_to_string(root.join("examples/customers/ada.json")).expect("ada");
     let json: serde_json::Value = serde_json::from_str(&text).expect("json");
     let attributes = json["attributes"].as_object().expect("attributes");
     db.upsert_json("ada", attributes, NOW).expect("upsert");
-    let limits = HistoryLimits::for_catalog(&catalog);
+    let limits = HistoryLimits::for_catalog(catalog);
     db.store().update("ada", |s| {
         for i in 0..20i64 {
             let offer = &catalog.offers[i as usize % catalog.offers.len()];
@@ -49,6 +59,25 @@ fn bench(c: &mut Criterion) {
             s.history.record(event, limits);
         }
     });
+    (db, dir)
+}
+
+fn bench(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let catalog = Arc::new(Catalog::load(root.join("rules")).expect("the sample catalog"));
+    let (db, _dir) = node(&catalog, WriterOptions::default());
+    // A node whose journal thread stays idle while a chunk of 1,000 decisions is timed
+    // (it writes them in between, outside the timing): the cost on the decide path by
+    // itself, as on a machine where the journal thread has a core of its own.
+    let (quiet, _quiet_dir) = node(
+        &catalog,
+        WriterOptions {
+            linger: std::time::Duration::from_secs(60),
+            wake_at: 1 << 20,
+            queue: 1 << 20,
+            ..WriterOptions::default()
+        },
+    );
     let state = db.store().with("ada", |s| s.cloned()).expect("ada");
     let placement = catalog
         .placement("call_center.next_best")
@@ -73,23 +102,24 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("journal");
     group.bench_function("decide", |b| b.iter(|| black_box(make())));
-    // What logging adds to a decide, below the journal thread's capacity: decisions are
-    // made outside the timing, logged in chunks of 10,000 with the queue drained in
-    // between (also outside the timing), as a node runs when its disk keeps up.
+    // What `log_decision` costs the caller: decisions are made outside the timing, logged
+    // in chunks of 1,000 to the quiet node, whose queue is drained in between (outside
+    // the timing).
     group.bench_function("log", |b| {
         b.iter_custom(|iters| {
             let mut total = std::time::Duration::ZERO;
             let mut left = iters;
             while left > 0 {
-                let chunk = left.min(10_000);
+                let chunk = left.min(CHUNK);
                 let decisions: Vec<_> = (0..chunk).map(|_| make()).collect();
                 let started = std::time::Instant::now();
                 for d in decisions {
-                    db.log_decision(&catalog, &state, &context, d)
+                    quiet
+                        .log_decision(&catalog, &state, &context, d)
                         .expect("logged");
                 }
                 total += started.elapsed();
-                db.sync().expect("drained");
+                quiet.sync().expect("drained");
                 left -= chunk;
             }
             total
@@ -124,6 +154,40 @@ fn bench(c: &mut Criterion) {
                 ))
             })
         })
+    });
+    // The service's path: `Db::decide` reads the customer, decides and logs the decision
+    // with the customer's packed record as stored; same chunking as `log`, once with the
+    // quiet node and once with the journal thread writing on the other core meanwhile.
+    let service_path = |db: &Db, iters: u64| {
+        let mut total = std::time::Duration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            let chunk = left.min(CHUNK);
+            let started = std::time::Instant::now();
+            for _ in 0..chunk {
+                let options = Options::new(id());
+                db.decide(
+                    &catalog,
+                    Some("ada"),
+                    &context,
+                    placement,
+                    NOW,
+                    &options,
+                    |_, d| black_box(d.offers.len()),
+                )
+                .expect("decided");
+            }
+            total += started.elapsed();
+            db.sync().expect("drained");
+            left -= chunk;
+        }
+        total
+    };
+    group.bench_function("read+decide+log busy", |b| {
+        b.iter_custom(|iters| service_path(&db, iters))
+    });
+    group.bench_function("read+decide+log", |b| {
+        b.iter_custom(|iters| service_path(&quiet, iters))
     });
     let pending =
         nextbest::journal::Entry::Decision(Box::new(nextbest::journal::PendingDecision::new(

@@ -26,7 +26,8 @@ use arc_swap::ArcSwap;
 use uuid::Uuid;
 
 use crate::catalog::Catalog;
-use crate::decide::{Context, Decision};
+use crate::catalog::PlacementIdx;
+use crate::decide::{self, Context, Decision, Options};
 use crate::journal::{
     self, Entry, ForgetRecord, OutcomeRecord, PendingDecision, Record, UpsertRecord,
 };
@@ -372,6 +373,61 @@ impl Db {
         self.journal
             .append(Entry::Decision(Box::new(pending)), false)?;
         Ok(())
+    }
+
+    /// Decides for a customer as stored (an unknown id, or none, is a caller with no
+    /// attributes and no history) and logs the decision, handing the journal the
+    /// customer's packed record as it is. `respond` sees the decision before it goes to
+    /// the journal: build the reply there. A caller that adds request attributes to the
+    /// stored ones decides itself and calls [`Db::log_decision`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide<R>(
+        &self,
+        catalog: &Arc<Catalog>,
+        customer: Option<&str>,
+        context: &Context,
+        placement: PlacementIdx,
+        now: i64,
+        options: &Options<'_>,
+        respond: impl FnOnce(&CustomerState, &Decision) -> R,
+    ) -> Result<R, DbError> {
+        let channel = catalog.placements[placement].channel_key;
+        let mut respond = Some(respond);
+        if let Some(id) = customer {
+            let done = self.store.with_record(id, |found| {
+                let (state, record) = found?;
+                let decision = decide::decide(catalog, state, context, placement, now, options);
+                let reply = respond.take()?(state, &decision);
+                let id: Arc<str> = Arc::from(id);
+                self.remember(decision.id.as_u128(), Arc::clone(&id), channel);
+                let pending = PendingDecision::from_record(
+                    Arc::clone(catalog),
+                    id,
+                    record,
+                    &context.values,
+                    decision,
+                );
+                let queued = self
+                    .journal
+                    .append(Entry::Decision(Box::new(pending)), false);
+                Some(queued.map(|_| reply))
+            });
+            if let Some(done) = done {
+                return Ok(done?);
+            }
+        }
+        // Anonymous, or not in the store.
+        let state = CustomerState {
+            id: customer.map(str::to_string),
+            ..CustomerState::default()
+        };
+        let decision = decide::decide(catalog, &state, context, placement, now, options);
+        let respond = respond
+            .take()
+            .expect("not called: the customer was not found");
+        let reply = respond(&state, &decision);
+        self.log_decision(catalog, &state, context, decision)?;
+        Ok(reply)
     }
 
     fn remember(&self, decision: u128, customer: Arc<str>, channel: u32) {

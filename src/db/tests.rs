@@ -401,3 +401,74 @@ fn a_snapshot_restores_under_a_changed_schema_by_name() {
     );
     assert_eq!(after.history, before.history);
 }
+
+/// `Db::decide` hands the journal the stored record; what it logs is what logging the
+/// same decision by hand logs.
+#[test]
+fn deciding_through_the_store_logs_the_same_record_as_by_hand() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = open(dir.path());
+    db.upsert_json("ada", &ada(), NOW).expect("upsert");
+    let catalog = db.catalog();
+    let p = catalog
+        .placement("call_center.next_best")
+        .expect("placement");
+    let context = Context::for_placement(&catalog, p, vec![]);
+    let options = Options::new(decision_id(1));
+    let shown = db
+        .decide(
+            &catalog,
+            Some("ada"),
+            &context,
+            p,
+            NOW,
+            &options,
+            |state, d| {
+                assert_eq!(state.id.as_deref(), Some("ada"));
+                d.offers.len()
+            },
+        )
+        .expect("decided");
+    assert_eq!(shown, 3);
+    let state = state_of(&db, "ada").expect("ada");
+    let by_hand = decide::decide(&catalog, &state, &context, p, NOW, &options);
+    db.log_decision(&catalog, &state, &context, by_hand)
+        .expect("logged");
+    let unknown = db
+        .decide(
+            &catalog,
+            Some("nobody"),
+            &context,
+            p,
+            NOW,
+            &Options::new(decision_id(2)),
+            |s, _| s.attributes.is_empty(),
+        )
+        .expect("decided");
+    assert!(unknown, "an unknown customer has no attributes");
+    db.close().expect("close");
+
+    let mut reader =
+        journal::Reader::open(&dir.path().join("journal"), Default::default()).expect("reader");
+    let mut decisions = Vec::new();
+    while let Some((_, _, record)) = reader.next_record().expect("read") {
+        if let Record::Decision(d) = record {
+            decisions.push(d);
+        }
+    }
+    assert_eq!(decisions.len(), 3);
+    assert_eq!(decisions[0], decisions[1]);
+    let customer = decisions[0]
+        .features
+        .iter()
+        .filter(|(name, _)| name.starts_with("customer."))
+        .count();
+    assert_eq!(customer, ada().len(), "every attribute ada has");
+    assert_eq!(decisions[2].customer.as_deref(), Some("nobody"));
+    assert!(
+        decisions[2]
+            .features
+            .iter()
+            .all(|(name, _)| name.starts_with("context."))
+    );
+}

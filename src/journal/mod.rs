@@ -163,8 +163,11 @@ pub struct ShownRecord {
 pub struct PendingDecision {
     pub catalog: Arc<Catalog>,
     pub customer: Option<Arc<str>>,
-    /// Customer then context values, [packed](crate::state::packed::encode_values).
+    /// The customer's values, then the context's: each
+    /// [packed](crate::state::packed::encode_values), or the customer's whole packed
+    /// record as the store holds it (`record` is set) followed by the context's values.
     values: Vec<u8>,
+    record: bool,
     pub decision: Decision,
 }
 
@@ -188,6 +191,29 @@ impl PendingDecision {
             catalog,
             customer: customer.id.as_deref().map(Arc::from),
             values,
+            record: false,
+            decision,
+        }
+    }
+
+    /// A decision made on a stored customer's attributes exactly as stored: `record` is
+    /// the customer's packed record (`Store::with_record`), copied instead of re-packing
+    /// the values.
+    pub fn from_record(
+        catalog: Arc<Catalog>,
+        customer: Arc<str>,
+        record: &[u8],
+        context: &[Value],
+        decision: Decision,
+    ) -> PendingDecision {
+        let mut values = Vec::with_capacity(record.len() + 64);
+        values.extend_from_slice(record);
+        crate::state::packed::encode_values(context, &mut values);
+        PendingDecision {
+            catalog,
+            customer: Some(customer),
+            values,
+            record: true,
             decision,
         }
     }
@@ -198,11 +224,15 @@ impl PendingDecision {
             let mut cell = cell.borrow_mut();
             let (customer, context) = &mut *cell;
             let schema = &self.catalog.schema;
-            let rest =
-                crate::state::packed::decode_values(&self.values, schema.customer.len(), customer)
-                    .expect("values packed by PendingDecision::new decode");
+            let width = schema.customer.len();
+            let rest = if self.record {
+                crate::state::packed::decode_record_values(&self.values, width, customer)
+            } else {
+                crate::state::packed::decode_values(&self.values, width, customer)
+            };
+            let rest = rest.expect("values packed by PendingDecision decode");
             crate::state::packed::decode_values(rest, schema.context.len(), context)
-                .expect("values packed by PendingDecision::new decode");
+                .expect("values packed by PendingDecision decode");
             f(customer, context)
         })
     }

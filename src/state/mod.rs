@@ -266,6 +266,11 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<CustomerState>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// A packed record's bytes, reused by [`Store::with_record`].
+    static RECORD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 fn scratch() -> CustomerState {
     SCRATCH
         .with(|pool| pool.borrow_mut().pop())
@@ -377,6 +382,30 @@ impl Store {
             None => false,
         };
         let result = f(found.then_some(&state));
+        recycle(state);
+        result
+    }
+
+    /// As [`Store::with`], and also hands `f` the customer's packed record as stored (a
+    /// copy): the decision journal takes it instead of re-packing the values.
+    pub fn with_record<R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(Option<(&CustomerState, &[u8])>) -> R,
+    ) -> R {
+        let mut state = scratch();
+        let mut record = RECORD.take();
+        let found = match self.customers.get(id) {
+            Some(bytes) => {
+                self.unpack(id, &bytes, &mut state);
+                record.clear();
+                record.extend_from_slice(&bytes);
+                true
+            }
+            None => false,
+        };
+        let result = f(found.then_some((&state, &record[..])));
+        RECORD.set(record);
         recycle(state);
         result
     }

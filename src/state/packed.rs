@@ -213,6 +213,31 @@ pub fn decode_values<'a>(bytes: &'a [u8], width: usize, into: &mut Vec<Value>) -
     Some(c.0)
 }
 
+/// Decodes the values of a whole packed record at the start of `bytes` (skipping its
+/// history); returns the bytes after the record.
+pub fn decode_record_values<'a>(
+    bytes: &'a [u8],
+    width: usize,
+    into: &mut Vec<Value>,
+) -> Option<&'a [u8]> {
+    let mut c = Cursor(bytes);
+    c.get()?;
+    decode_values_from(&mut c, width, into)?;
+    skip_history(&mut c)?;
+    Some(c.0)
+}
+
+fn skip_history(c: &mut Cursor<'_>) -> Option<()> {
+    let n_keys = c.get_usize()?;
+    c.bytes(n_keys.checked_mul(4)?)?;
+    for _ in 0..c.get()? {
+        for _ in 0..4 {
+            c.get()?;
+        }
+    }
+    Some(())
+}
+
 fn decode_values_from(c: &mut Cursor<'_>, width: usize, into: &mut Vec<Value>) -> Option<()> {
     into.clear();
     into.resize(width, Value::Missing);

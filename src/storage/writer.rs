@@ -51,6 +51,10 @@ pub struct WriterOptions {
     pub flush_interval: Duration,
     /// At most this many records wait in the queue; then `append` blocks.
     pub queue: usize,
+    /// How long records nobody waits for may sit in the queue before they are written...
+    pub linger: Duration,
+    /// ...unless this many are queued.
+    pub wake_at: usize,
     pub sync: SyncMode,
 }
 
@@ -60,6 +64,8 @@ impl Default for WriterOptions {
             segment_bytes: 64 << 20,
             flush_interval: Duration::from_millis(200),
             queue: 65_536,
+            linger: Duration::from_millis(2),
+            wake_at: 1024,
             sync: SyncMode::Group,
         }
     }
@@ -84,11 +90,6 @@ pub struct Stats {
     /// Appends that found the queue full and waited.
     pub waits: AtomicU64,
 }
-
-/// How long records nobody waits for may sit in the queue before they are written.
-const LINGER: Duration = Duration::from_millis(2);
-/// Wake the writer for records nobody waits for once this many are queued.
-const WAKE_AT: usize = 1024;
 
 /// A record's sequence number: the order of `append` calls, from 1.
 pub type Seq = u64;
@@ -234,13 +235,13 @@ impl<R: Encode> Writer<R> {
             return Err(WriteError::Closed);
         }
         // Records nobody waits for do not wake the writer: it picks them up within
-        // `LINGER`, or as soon as `WAKE_AT` are queued, in one write.
+        // `linger`, or as soon as `wake_at` are queued, in one write.
         let urgent = !matches!(item, Item::Record { durable: false, .. });
         q.items.push(item);
         q.queued += 1;
         q.urgent |= urgent;
         let seq = q.queued;
-        let wake = q.idle && (q.urgent || q.items.len() >= WAKE_AT);
+        let wake = q.idle && (q.urgent || q.items.len() >= shared.options.wake_at);
         if wake {
             q.idle = false;
         }
@@ -321,9 +322,9 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
     loop {
         let (last, closing) = {
             let mut q = shared.lock();
-            while !q.closing && !q.urgent && q.items.len() < WAKE_AT {
+            while !q.closing && !q.urgent && q.items.len() < options.wake_at {
                 let wait = match (q.items.is_empty(), dirty) {
-                    (false, _) => LINGER,
+                    (false, _) => options.linger,
                     (true, true) => options.flush_interval.saturating_sub(synced_at.elapsed()),
                     (true, false) => options.flush_interval,
                 };
