@@ -41,5 +41,6 @@ pub mod explore;
 pub mod expr;
 pub mod journal;
 pub mod schema;
+pub mod server;
 pub mod state;
 pub mod storage;

@@ -33,6 +33,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve decisions, outcomes and customers over gRPC until Ctrl-C or SIGTERM;
+    /// SIGHUP reloads the catalog.
+    Serve {
+        #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
+        rules: PathBuf,
+        #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
+        data: PathBuf,
+        /// The gRPC address. Loopback only for now: the service has no authentication yet.
+        #[arg(long, env = "NEXTBEST_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+    },
     /// Load and validate a catalog; print a summary, or every error with its location.
     Check {
         /// The catalog directory (schema.yaml, placements.yaml, experiments.yaml, offers/).
@@ -140,6 +151,11 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve {
+            rules,
+            data,
+            listen,
+        } => run_serve(&rules, &data, listen).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
         Command::Check { rules, format } => check(&rules, format),
         Command::Decide {
             rules,
@@ -209,6 +225,80 @@ fn main() -> ExitCode {
             customers,
         } => {
             run_compact(&rules, &data, &customers).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_serve(
+    rules: &std::path::Path,
+    data: &std::path::Path,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    if !listen.ip().is_loopback() {
+        bail!(
+            "--listen {listen}: only loopback addresses for now; the service has no authentication or TLS yet"
+        );
+    }
+    let (node, recovery) = nextbest::server::Node::open(rules, data)?;
+    eprintln!("{}: {recovery}", data.display());
+    let node = Arc::new(node);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        eprintln!(
+            "serving catalog {} from `{}` on {}",
+            node.db().catalog().version,
+            rules.display(),
+            listener.local_addr().unwrap_or(listen)
+        );
+        tokio::spawn(reload_on_sighup(Arc::clone(&node)));
+        nextbest::server::run(listener, Arc::clone(&node), shutdown_signal()).await?;
+        eprintln!("draining: no new calls, the ones in flight finished");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    drop(runtime);
+    let node = Arc::try_unwrap(node)
+        .map_err(|_| anyhow!("the server still holds the node after shutdown"))?;
+    node.close().context("flushing the journal")?;
+    eprintln!("journal flushed; stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    eprintln!("shutting down");
+}
+
+async fn reload_on_sighup(node: Arc<nextbest::server::Node>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let node = Arc::clone(&node);
+        match tokio::task::spawn_blocking(move || node.reload()).await {
+            Ok(Ok(catalog)) => eprintln!("SIGHUP: catalog {} in force", catalog.version),
+            Ok(Err(e)) => eprintln!("SIGHUP: reload refused, the running catalog stays: {e}"),
+            Err(e) => eprintln!("SIGHUP: the reload task failed: {e}"),
         }
     }
 }

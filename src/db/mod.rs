@@ -198,6 +198,18 @@ impl Db {
         self.catalog.load_full()
     }
 
+    /// Puts a new catalog in force for every later call; calls in flight finish on the
+    /// one they started with. Refused (`false`) when the customer attributes differ: the
+    /// packed records are laid out by the schema, and carrying a million of them over
+    /// while writes go on is left to a restart (snapshots are remapped by name).
+    pub fn set_catalog(&self, catalog: Arc<Catalog>) -> bool {
+        if self.catalog.load().schema.customer != catalog.schema.customer {
+            return false;
+        }
+        self.catalog.store(catalog);
+        true
+    }
+
     /// The store decide reads.
     pub fn store(&self) -> &Store {
         &self.store

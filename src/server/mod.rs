@@ -1,0 +1,558 @@
+//! The gRPC service: the only module that sees proto types. Handlers translate requests
+//! into calls on [`Node`] (the durable [`Db`] plus the rules directory it reloads from)
+//! and domain results into replies; business logic stays in `decide`, `db` and
+//! `journal`. Writes that wait for an fsync run on tokio's blocking pool, so a slow disk
+//! never stalls the request threads.
+
+mod convert;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+use crate::catalog::{Catalog, LoadErrors, PlacementIdx};
+use crate::db::{Db, DbError, DbOptions, OutcomeInput, Recovery};
+use crate::decide::{self, Context, Decision, Options};
+use crate::state::CustomerState;
+use convert::{millis, status, timestamp};
+
+/// The generated code of `proto/nextbest/v1`.
+#[allow(
+    missing_docs,
+    clippy::all,
+    missing_debug_implementations,
+    unused_qualifications
+)]
+pub mod proto {
+    tonic::include_proto!("nextbest.v1");
+
+    /// The encoded file descriptor set, for the reflection service.
+    pub const DESCRIPTOR: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/nextbest_descriptor.bin"));
+}
+
+use proto::admin_service_server::{AdminService, AdminServiceServer};
+use proto::customer_service_server::{CustomerService, CustomerServiceServer};
+use proto::decision_service_server::{DecisionService, DecisionServiceServer};
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// A decision id: a UUIDv7 of the decision time (its random bits keep ids of one
+/// millisecond apart).
+fn decision_id(at: i64) -> uuid::Uuid {
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(at.max(0) / 1000).unwrap_or(0),
+        u32::try_from(at.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    ))
+}
+
+/// Why the node could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("the catalog in `{dir}` has errors:\n{}", errors.render())]
+    Catalog { dir: PathBuf, errors: LoadErrors },
+    #[error(
+        "the new catalog changes the customer attributes; restart the node to carry stored customers over (snapshots are remapped by attribute name)"
+    )]
+    SchemaChanged,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// The running node: the durable state and where its rules come from.
+#[derive(Debug)]
+pub struct Node {
+    db: Db,
+    rules: PathBuf,
+    loaded_at: AtomicI64,
+    reloading: std::sync::Mutex<()>,
+}
+
+impl Node {
+    /// Loads the catalog and opens the data directory (recovering it).
+    pub fn open(rules: &Path, data: &Path) -> Result<(Node, Recovery), NodeError> {
+        let catalog = Catalog::load(rules).map_err(|errors| NodeError::Catalog {
+            dir: rules.to_path_buf(),
+            errors,
+        })?;
+        let (db, recovery) = Db::open(data, Arc::new(catalog), DbOptions::default())?;
+        Ok((
+            Node {
+                db,
+                rules: rules.to_path_buf(),
+                loaded_at: AtomicI64::new(now_ms()),
+                reloading: std::sync::Mutex::new(()),
+            },
+            recovery,
+        ))
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Loads the rules directory again and swaps the catalog if it has no error at all;
+    /// decisions in flight finish on the catalog they started with.
+    pub fn reload(&self) -> Result<Arc<Catalog>, NodeError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let catalog = Catalog::load(&self.rules).map_err(|errors| NodeError::Catalog {
+            dir: self.rules.clone(),
+            errors,
+        })?;
+        let catalog = Arc::new(catalog);
+        if !self.db.set_catalog(Arc::clone(&catalog)) {
+            return Err(NodeError::SchemaChanged);
+        }
+        self.loaded_at.store(now_ms(), Ordering::Relaxed);
+        Ok(catalog)
+    }
+
+    /// Makes everything durable and stops the journal.
+    pub fn close(self) -> Result<(), DbError> {
+        self.db.close()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Service {
+    node: Arc<Node>,
+}
+
+impl Service {
+    fn placement(catalog: &Catalog, id: &str) -> Result<PlacementIdx, Status> {
+        catalog.placement(id).ok_or_else(|| {
+            let ids: Vec<&str> = catalog.placements.iter().map(|p| p.id.as_str()).collect();
+            Status::not_found(format!(
+                "unknown placement `{id}`; the catalog has {}",
+                ids.join(", ")
+            ))
+        })
+    }
+
+    /// One decision, logged; `exclude` are offers already on the page.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_one(
+        &self,
+        catalog: &Arc<Catalog>,
+        customer: Option<&str>,
+        inline: Option<&[crate::schema::Value]>,
+        placement: PlacementIdx,
+        context: Vec<crate::schema::Value>,
+        at: i64,
+        slots: Option<u32>,
+        explain: bool,
+        exclude: &[crate::catalog::OfferIdx],
+    ) -> Result<(proto::Decision, Vec<crate::catalog::OfferIdx>), Status> {
+        let context = Context::for_placement(catalog, placement, context);
+        let options = Options {
+            explain,
+            slots,
+            exclude,
+            ..Options::new(decision_id(at))
+        };
+        let db = self.node.db();
+        let reply = |_: &CustomerState, d: &Decision| {
+            (
+                decision_reply(catalog, d),
+                d.offers.iter().map(|s| s.offer).collect::<Vec<_>>(),
+            )
+        };
+        match inline {
+            None => db
+                .decide(catalog, customer, &context, placement, at, &options, reply)
+                .map_err(status),
+            Some(values) => {
+                let mut state = customer
+                    .and_then(|id| db.store().with(id, |s| s.cloned()))
+                    .unwrap_or_else(|| CustomerState {
+                        id: customer.map(str::to_string),
+                        ..CustomerState::default()
+                    });
+                state.merge(&catalog.schema, values.to_vec());
+                let d = decide::decide(catalog, &state, &context, placement, at, &options);
+                let out = reply(&state, &d);
+                db.log_decision(catalog, &state, &context, d)
+                    .map_err(status)?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn decision_reply(catalog: &Catalog, d: &Decision) -> proto::Decision {
+    let p = &catalog.placements[d.placement];
+    let experiment = d.experiment.map(|e| &catalog.experiments[e]);
+    proto::Decision {
+        decision_id: d.id.to_string(),
+        at: Some(timestamp(d.at)),
+        catalog_version: d.catalog_version.to_string(),
+        placement: p.id.clone(),
+        channel: p.channel.clone(),
+        experiment: experiment.map(|e| e.id.clone()).unwrap_or_default(),
+        arm: experiment
+            .zip(d.arm)
+            .map(|(e, a)| e.arms[a].id.clone())
+            .unwrap_or_default(),
+        epsilon: d.epsilon,
+        offers: d
+            .offers
+            .iter()
+            .map(|s| {
+                let o = &catalog.offers[s.offer];
+                proto::ShownOffer {
+                    offer_id: o.id.clone(),
+                    slot: s.slot,
+                    name: o.name.clone(),
+                    content: o
+                        .content
+                        .get(&d.placement)
+                        .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
+                    score: s.score,
+                    propensity: s.propensity,
+                    explored: s.explored,
+                    fallback: s.fallback,
+                }
+            })
+            .collect(),
+        suppressed: d.suppressed.clone().unwrap_or_default(),
+        explanation: d
+            .explanation
+            .iter()
+            .flatten()
+            .map(|e| proto::Explanation {
+                offer_id: catalog.offers[e.offer].id.clone(),
+                outcome: e.outcome.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn customer_id(id: &str) -> Option<&str> {
+    Some(id).filter(|s| !s.is_empty())
+}
+
+fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("`{field}` is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Runs blocking work (waiting for an fsync) off the request threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(format!("a write task failed: {e}")))?
+}
+
+#[tonic::async_trait]
+impl DecisionService for Service {
+    async fn decide(
+        &self,
+        request: Request<proto::DecideRequest>,
+    ) -> Result<Response<proto::Decision>, Status> {
+        let r = request.into_inner();
+        let catalog = self.node.db().catalog();
+        let placement = Self::placement(&catalog, &r.placement)?;
+        let context = convert::values("context", &catalog.schema.context, &r.context)?;
+        let inline = if r.attributes.is_empty() {
+            None
+        } else {
+            Some(convert::values(
+                "customer",
+                &catalog.schema.customer,
+                &r.attributes,
+            )?)
+        };
+        let at = r.at.as_ref().map_or_else(now_ms, millis);
+        let (reply, _) = self.decide_one(
+            &catalog,
+            customer_id(&r.customer_id),
+            inline.as_deref(),
+            placement,
+            context,
+            at,
+            r.slots,
+            r.explain,
+            &[],
+        )?;
+        Ok(Response::new(reply))
+    }
+
+    async fn decide_batch(
+        &self,
+        request: Request<proto::DecideBatchRequest>,
+    ) -> Result<Response<proto::DecideBatchResponse>, Status> {
+        let r = request.into_inner();
+        let catalog = self.node.db().catalog();
+        let shared = convert::values("context", &catalog.schema.context, &r.context)?;
+        let inline = if r.attributes.is_empty() {
+            None
+        } else {
+            Some(convert::values(
+                "customer",
+                &catalog.schema.customer,
+                &r.attributes,
+            )?)
+        };
+        let at = r.at.as_ref().map_or_else(now_ms, millis);
+        // Check every placement before deciding any.
+        let mut requests = Vec::with_capacity(r.placements.len());
+        for p in &r.placements {
+            let placement = Self::placement(&catalog, &p.placement)?;
+            let mut context = shared.clone();
+            let own = convert::values("context", &catalog.schema.context, &p.context)?;
+            for (slot, v) in own.into_iter().enumerate() {
+                if !v.is_missing() {
+                    context[slot] = v;
+                }
+            }
+            requests.push((placement, context, p.slots));
+        }
+        let mut shown = Vec::new();
+        let mut decisions = Vec::with_capacity(requests.len());
+        for (placement, context, slots) in requests {
+            let exclude = if r.allow_repeats {
+                Vec::new()
+            } else {
+                shown.clone()
+            };
+            let (reply, offers) = self.decide_one(
+                &catalog,
+                customer_id(&r.customer_id),
+                inline.as_deref(),
+                placement,
+                context,
+                at,
+                slots,
+                r.explain,
+                &exclude,
+            )?;
+            shown.extend(offers);
+            decisions.push(reply);
+        }
+        Ok(Response::new(proto::DecideBatchResponse { decisions }))
+    }
+
+    async fn record_outcome(
+        &self,
+        request: Request<proto::Outcome>,
+    ) -> Result<Response<proto::OutcomeAck>, Status> {
+        let input = outcome_input(request.into_inner())?;
+        let node = Arc::clone(&self.node);
+        let ack = blocking(move || node.db().record_outcome(&input).map_err(status)).await?;
+        Ok(Response::new(proto::OutcomeAck {
+            duplicate: ack.duplicate,
+        }))
+    }
+
+    async fn record_outcomes(
+        &self,
+        request: Request<proto::RecordOutcomesRequest>,
+    ) -> Result<Response<proto::RecordOutcomesResponse>, Status> {
+        let inputs = request
+            .into_inner()
+            .outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| {
+                outcome_input(o)
+                    .map_err(|s| Status::new(s.code(), format!("outcomes[{i}]: {}", s.message())))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let node = Arc::clone(&self.node);
+        let acks = blocking(move || {
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| {
+                    node.db()
+                        .record_outcome(input)
+                        .map(|a| proto::OutcomeAck {
+                            duplicate: a.duplicate,
+                        })
+                        .map_err(|e| {
+                            let s = status(e);
+                            Status::new(s.code(), format!("outcomes[{i}]: {}", s.message()))
+                        })
+                })
+                .collect()
+        })
+        .await?;
+        Ok(Response::new(proto::RecordOutcomesResponse { acks }))
+    }
+}
+
+fn outcome_input(o: proto::Outcome) -> Result<OutcomeInput, Status> {
+    let decision =
+        uuid::Uuid::parse_str(required("decision_id", &o.decision_id)?).map_err(|e| {
+            Status::invalid_argument(format!(
+                "`decision_id`: `{}` is not a UUID: {e}",
+                o.decision_id
+            ))
+        })?;
+    Ok(OutcomeInput {
+        decision,
+        offer: required("offer_id", &o.offer_id)?.to_string(),
+        kind: convert::kind(o.kind)?,
+        value: o.value,
+        at: o.at.as_ref().map_or_else(now_ms, millis),
+        customer: customer_id(&o.customer_id).map(str::to_string),
+        channel: Some(o.channel).filter(|c| !c.is_empty()),
+    })
+}
+
+#[tonic::async_trait]
+impl CustomerService for Service {
+    async fn upsert(
+        &self,
+        request: Request<proto::UpsertRequest>,
+    ) -> Result<Response<proto::UpsertResponse>, Status> {
+        let r = request.into_inner();
+        let id = required("customer_id", &r.customer_id)?.to_string();
+        let catalog = self.node.db().catalog();
+        let values = convert::values("customer", &catalog.schema.customer, &r.attributes)?;
+        let node = Arc::clone(&self.node);
+        blocking(move || {
+            node.db()
+                .upsert(&id, values, now_ms(), true)
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(proto::UpsertResponse {}))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::Customer>, Status> {
+        let r = request.into_inner();
+        let id = required("customer_id", &r.customer_id)?;
+        let catalog = self.node.db().catalog();
+        self.node
+            .db()
+            .store()
+            .with(id, |s| {
+                s.map(|s| convert::customer(&catalog, s, r.history_limit as usize))
+            })
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no customer `{id}`")))
+    }
+
+    async fn forget(
+        &self,
+        request: Request<proto::ForgetRequest>,
+    ) -> Result<Response<proto::ForgetResponse>, Status> {
+        let id = required("customer_id", &request.into_inner().customer_id)?.to_string();
+        let node = Arc::clone(&self.node);
+        let existed = blocking(move || node.db().forget(&id, now_ms()).map_err(status)).await?;
+        Ok(Response::new(proto::ForgetResponse { existed }))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Service {
+    async fn reload(
+        &self,
+        _: Request<proto::ReloadRequest>,
+    ) -> Result<Response<proto::ReloadResponse>, Status> {
+        let node = Arc::clone(&self.node);
+        let result = tokio::task::spawn_blocking(move || node.reload())
+            .await
+            .map_err(|e| Status::internal(format!("the reload task failed: {e}")))?;
+        let version = self.node.db().catalog().version.to_string();
+        Ok(Response::new(match result {
+            Ok(_) => proto::ReloadResponse {
+                version,
+                reloaded: true,
+                errors: Vec::new(),
+            },
+            Err(NodeError::Catalog { errors, .. }) => proto::ReloadResponse {
+                version,
+                reloaded: false,
+                errors: errors
+                    .render()
+                    .lines()
+                    .filter(|l| l.contains(": error: "))
+                    .map(str::to_string)
+                    .collect(),
+            },
+            Err(e) => proto::ReloadResponse {
+                version,
+                reloaded: false,
+                errors: vec![e.to_string()],
+            },
+        }))
+    }
+
+    async fn get_catalog(
+        &self,
+        _: Request<proto::GetCatalogRequest>,
+    ) -> Result<Response<proto::CatalogInfo>, Status> {
+        let catalog = self.node.db().catalog();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Response::new(proto::CatalogInfo {
+            version: catalog.version.to_string(),
+            loaded_at: Some(timestamp(self.node.loaded_at.load(Ordering::Relaxed))),
+            offers: count(catalog.offers.len()),
+            placements: count(catalog.placements.len()),
+            experiments: count(catalog.experiments.len()),
+            customer_attributes: count(catalog.schema.customer.len()),
+            context_attributes: count(catalog.schema.context.len()),
+            customers: self.node.db().store().len() as u64,
+        }))
+    }
+}
+
+/// Serves the node on `listener` until `shutdown` resolves, then stops accepting,
+/// finishes the calls in flight and returns. Health reports SERVING from the start (the
+/// node is loaded and recovered before this is called) and NOT_SERVING while draining.
+pub async fn run(
+    listener: TcpListener,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<DecisionServiceServer<Service>>().await;
+    health.set_serving::<CustomerServiceServer<Service>>().await;
+    health.set_serving::<AdminServiceServer<Service>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::DESCRIPTOR)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptor sets built with the crate are valid");
+    let service = Service { node };
+    let draining = async move {
+        shutdown.await;
+        health
+            .set_not_serving::<DecisionServiceServer<Service>>()
+            .await;
+        health
+            .set_not_serving::<CustomerServiceServer<Service>>()
+            .await;
+        health
+            .set_not_serving::<AdminServiceServer<Service>>()
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(DecisionServiceServer::new(service.clone()))
+        .add_service(CustomerServiceServer::new(service.clone()))
+        .add_service(AdminServiceServer::new(service))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            draining,
+        )
+        .await
+}

@@ -1,0 +1,88 @@
+//! `nextbest serve` as a process: it serves on the address it prints, and SIGTERM drains
+//! it, flushes the journal and exits 0 without losing an acknowledged write.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nextbest::server::proto::customer_service_client::CustomerServiceClient;
+use nextbest::server::proto::{self, value::Kind};
+
+#[test]
+fn serve_answers_then_drains_on_sigterm_and_keeps_acknowledged_writes() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nextbest"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--rules"])
+        .arg(&rules)
+        .arg("--data")
+        .arg(data.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run nextbest serve");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read") > 0,
+            "serve exited early"
+        );
+        if let Some(addr) = line
+            .trim()
+            .rsplit(" on ")
+            .next()
+            .filter(|_| line.starts_with("serving"))
+        {
+            break addr.to_string();
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut customers = CustomerServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        customers
+            .upsert(proto::UpsertRequest {
+                customer_id: "grace".into(),
+                attributes: [(
+                    "age".to_string(),
+                    proto::Value {
+                        kind: Some(Kind::IntValue(51)),
+                    },
+                )]
+                .into(),
+            })
+            .await
+            .expect("upsert");
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = child.wait().expect("wait");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read");
+    assert!(status.success(), "exit {status:?}: {rest}");
+    assert!(rest.contains("journal flushed"), "{rest}");
+
+    let catalog = std::sync::Arc::new(nextbest::catalog::Catalog::load(&rules).expect("catalog"));
+    let (db, _) = nextbest::db::Db::open(data.path(), catalog, Default::default()).expect("reopen");
+    assert!(
+        db.store().with("grace", |s| s.is_some()),
+        "the acknowledged upsert is kept"
+    );
+}
+
+#[test]
+fn serve_refuses_to_listen_off_loopback() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nextbest"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+        .arg(tempfile::tempdir().expect("tempdir").path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only loopback addresses"), "{err}");
+}

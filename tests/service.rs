@@ -1,0 +1,483 @@
+//! The gRPC service end to end: a real server on 127.0.0.1:0 over a temporary data
+//! directory and a copy of the sample rules, called through the generated clients.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use nextbest::server::proto::admin_service_client::AdminServiceClient;
+use nextbest::server::proto::customer_service_client::CustomerServiceClient;
+use nextbest::server::proto::decision_service_client::DecisionServiceClient;
+use nextbest::server::proto::{self, value::Kind};
+use nextbest::server::{Node, run};
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    node: Arc<Node>,
+    rules: tempfile::TempDir,
+    _data: tempfile::TempDir,
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
+    }
+}
+
+async fn start() -> Server {
+    let rules = tempfile::tempdir().expect("tempdir");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+        rules.path(),
+    );
+    let data = tempfile::tempdir().expect("tempdir");
+    let (node, _) = Node::open(rules.path(), data.path()).expect("node");
+    let node = Arc::new(node);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, Arc::clone(&node), async {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        stop: Some(stop),
+        task: Some(tokio::spawn(async move {
+            task.await.expect("server task").expect("server");
+        })),
+        node,
+        rules,
+        _data: data,
+    }
+}
+
+impl Server {
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server stopped cleanly");
+        }
+    }
+}
+
+fn string(s: &str) -> proto::Value {
+    proto::Value {
+        kind: Some(Kind::StringValue(s.into())),
+    }
+}
+
+fn int(i: i64) -> proto::Value {
+    proto::Value {
+        kind: Some(Kind::IntValue(i)),
+    }
+}
+
+fn double(x: f64) -> proto::Value {
+    proto::Value {
+        kind: Some(Kind::DoubleValue(x)),
+    }
+}
+
+fn ada() -> HashMap<String, proto::Value> {
+    HashMap::from([
+        ("age".to_string(), int(38)),
+        ("segment".to_string(), string("consumer")),
+        ("tenure_months".to_string(), int(40)),
+        ("plan".to_string(), string("basic")),
+        ("churn_risk".to_string(), double(0.72)),
+        ("monthly_spend".to_string(), double(64.5)),
+        (
+            "products".to_string(),
+            proto::Value {
+                kind: Some(Kind::StringList(proto::StringList {
+                    values: vec!["mobile".into(), "broadband".into()],
+                })),
+            },
+        ),
+        (
+            "marketing_opt_in".to_string(),
+            proto::Value {
+                kind: Some(Kind::BoolValue(true)),
+            },
+        ),
+    ])
+}
+
+fn decide_request(customer: &str, placement: &str) -> proto::DecideRequest {
+    proto::DecideRequest {
+        customer_id: customer.into(),
+        placement: placement.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_outcomes_and_customers_round_trip() {
+    let server = start().await;
+    let channel = server.channel().await;
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    let mut decisions = DecisionServiceClient::new(channel.clone());
+
+    customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes: ada(),
+        })
+        .await
+        .expect("upsert");
+    let got = customers
+        .get(proto::GetRequest {
+            customer_id: "ada".into(),
+            history_limit: 0,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.attributes.get("segment"), Some(&string("consumer")));
+    assert_eq!(got.attributes.get("age"), Some(&int(38)));
+
+    let d = decisions
+        .decide(proto::DecideRequest {
+            explain: true,
+            ..decide_request("ada", "call_center.next_best")
+        })
+        .await
+        .expect("decide")
+        .into_inner();
+    assert!(!d.offers.is_empty() && d.offers.len() <= 3, "{d:?}");
+    assert!(
+        d.offers
+            .iter()
+            .all(|o| o.propensity > 0.0 && o.propensity <= 1.0)
+    );
+    assert!(!d.offers[0].content.is_empty(), "agent script content");
+    assert!(!d.explanation.is_empty());
+    assert_eq!(
+        d.catalog_version,
+        server.node.db().catalog().version.to_string()
+    );
+
+    // Two email impressions reach the sample catalog's email cap.
+    for _ in 0..2 {
+        let email = decisions
+            .decide(decide_request("ada", "email.hero"))
+            .await
+            .expect("decide")
+            .into_inner();
+        assert_eq!(email.offers.len(), 1);
+        let outcome = proto::Outcome {
+            decision_id: email.decision_id.clone(),
+            offer_id: email.offers[0].offer_id.clone(),
+            kind: proto::OutcomeKind::Impression as i32,
+            ..Default::default()
+        };
+        let ack = decisions
+            .record_outcome(outcome.clone())
+            .await
+            .expect("outcome");
+        assert!(!ack.into_inner().duplicate);
+        let retry = decisions.record_outcome(outcome).await.expect("retry");
+        assert!(retry.into_inner().duplicate, "a retry counts once");
+    }
+    let capped = decisions
+        .decide(decide_request("ada", "email.hero"))
+        .await
+        .expect("decide")
+        .into_inner();
+    assert!(capped.offers.is_empty(), "the email cap holds: {capped:?}");
+    assert!(!capped.suppressed.is_empty());
+
+    let got = customers
+        .get(proto::GetRequest {
+            customer_id: "ada".into(),
+            history_limit: 1,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.history.len(), 1, "limited to the latest event");
+    assert_eq!(got.history[0].channel, "email");
+
+    // A page of two placements shows no offer twice, and agrees with single calls.
+    let batch = decisions
+        .decide_batch(proto::DecideBatchRequest {
+            customer_id: "ada".into(),
+            placements: vec![
+                proto::PlacementRequest {
+                    placement: "web.home_banner".into(),
+                    ..Default::default()
+                },
+                proto::PlacementRequest {
+                    placement: "app.card".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(batch.decisions.len(), 2);
+    let first: Vec<&str> = batch.decisions[0]
+        .offers
+        .iter()
+        .map(|o| o.offer_id.as_str())
+        .collect();
+    assert!(
+        batch.decisions[1]
+            .offers
+            .iter()
+            .all(|o| !first.contains(&o.offer_id.as_str()))
+    );
+    let single = decisions
+        .decide(decide_request("ada", "web.home_banner"))
+        .await
+        .expect("decide")
+        .into_inner();
+    let single: Vec<&str> = single.offers.iter().map(|o| o.offer_id.as_str()).collect();
+    assert_eq!(
+        single, first,
+        "the first placement of a page decides as a single call"
+    );
+
+    let forgotten = customers
+        .forget(proto::ForgetRequest {
+            customer_id: "ada".into(),
+        })
+        .await
+        .expect("forget")
+        .into_inner();
+    assert!(forgotten.existed);
+    let gone = customers
+        .get(proto::GetRequest {
+            customer_id: "ada".into(),
+            history_limit: 0,
+        })
+        .await
+        .expect_err("forgotten");
+    assert_eq!(gone.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_statuses_that_name_the_field() {
+    let server = start().await;
+    let channel = server.channel().await;
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    let mut decisions = DecisionServiceClient::new(channel.clone());
+
+    let e = decisions
+        .decide(decide_request("ada", "web.banner"))
+        .await
+        .expect_err("unknown placement");
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(
+        e.message().contains("unknown placement `web.banner`"),
+        "{}",
+        e.message()
+    );
+
+    let e = customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "bob".into(),
+            attributes: HashMap::from([("agee".to_string(), int(3))]),
+        })
+        .await
+        .expect_err("unknown attribute");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "unknown attribute `customer.agee` (did you mean `age`?)"
+    );
+
+    let e = customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "bob".into(),
+            attributes: HashMap::from([("age".to_string(), string("old"))]),
+        })
+        .await
+        .expect_err("wrong type");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("`customer.age` must be a whole number"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(server.node.db().store().len(), 0, "nothing was stored");
+
+    let e = decisions
+        .decide(proto::DecideRequest {
+            context: HashMap::from([("device".to_string(), string("toaster"))]),
+            ..decide_request("", "web.home_banner")
+        })
+        .await
+        .expect_err("bad enum value");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("`context.device`"), "{}", e.message());
+
+    let e = decisions
+        .record_outcome(proto::Outcome {
+            decision_id: "not-a-uuid".into(),
+            offer_id: "fiber_broadband".into(),
+            kind: proto::OutcomeKind::Click as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad id");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("`decision_id`"), "{}", e.message());
+
+    let e = decisions
+        .record_outcome(proto::Outcome {
+            decision_id: uuid::Uuid::now_v7().to_string(),
+            offer_id: "fiber_broadbnd".into(),
+            kind: proto::OutcomeKind::Click as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown offer");
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(
+        e.message().contains("did you mean `fiber_broadband`"),
+        "{}",
+        e.message()
+    );
+
+    let e = decisions
+        .record_outcome(proto::Outcome {
+            decision_id: uuid::Uuid::now_v7().to_string(),
+            offer_id: "fiber_broadband".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no kind");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("`kind`"), "{}", e.message());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_a_good_catalog_and_keeps_the_running_one_on_errors() {
+    let server = start().await;
+    let channel = server.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let before = admin
+        .get_catalog(proto::GetCatalogRequest {})
+        .await
+        .expect("catalog")
+        .into_inner();
+    assert_eq!(before.offers, 23);
+
+    let offers = server.rules.path().join("offers/service.yaml");
+    let text = std::fs::read_to_string(&offers).expect("read");
+    std::fs::write(&offers, format!("{text}\n# touched\n")).expect("write");
+    let good = admin
+        .reload(proto::ReloadRequest {})
+        .await
+        .expect("reload")
+        .into_inner();
+    assert!(good.reloaded, "{:?}", good.errors);
+    assert_ne!(good.version, before.version);
+
+    std::fs::write(
+        &offers,
+        text.replacen(
+            "id: ",
+            "id: x\n    eligibility: customer.agee > 1\n    # ",
+            1,
+        ),
+    )
+    .expect("write");
+    let bad = admin
+        .reload(proto::ReloadRequest {})
+        .await
+        .expect("reload")
+        .into_inner();
+    assert!(!bad.reloaded);
+    assert_eq!(bad.version, good.version, "the running catalog stays");
+    assert!(
+        bad.errors
+            .iter()
+            .any(|e| e.contains("service.yaml") && e.contains("customer.agee")),
+        "{:?}",
+        bad.errors
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer() {
+    let server = start().await;
+    let channel = server.channel().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "nextbest.v1.DecisionService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let reply = replies
+        .message()
+        .await
+        .expect("a reply")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("not a service list: {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "nextbest.v1.DecisionService",
+        "nextbest.v1.CustomerService",
+        "nextbest.v1.AdminService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} missing from {names:?}"
+        );
+    }
+    server.stop().await;
+}
