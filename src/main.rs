@@ -43,6 +43,13 @@ enum Command {
         /// The gRPC address. Loopback only for now: the service has no authentication yet.
         #[arg(long, env = "NEXTBEST_LISTEN", default_value = "127.0.0.1:50051")]
         listen: std::net::SocketAddr,
+        /// Where Prometheus scrapes `/metrics`.
+        #[arg(
+            long,
+            env = "NEXTBEST_METRICS_LISTEN",
+            default_value = "127.0.0.1:9464"
+        )]
+        metrics_listen: std::net::SocketAddr,
     },
     /// Load and validate a catalog; print a summary, or every error with its location.
     Check {
@@ -155,7 +162,9 @@ fn main() -> ExitCode {
             rules,
             data,
             listen,
-        } => run_serve(&rules, &data, listen).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
+            metrics_listen,
+        } => run_serve(&rules, &data, listen, metrics_listen)
+            .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
         Command::Check { rules, format } => check(&rules, format),
         Command::Decide {
             rules,
@@ -233,6 +242,7 @@ fn run_serve(
     rules: &std::path::Path,
     data: &std::path::Path,
     listen: std::net::SocketAddr,
+    metrics_listen: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
     if !listen.ip().is_loopback() {
         bail!(
@@ -256,8 +266,36 @@ fn run_serve(
             rules.display(),
             listener.local_addr().unwrap_or(listen)
         );
-        tokio::spawn(reload_on_sighup(Arc::clone(&node)));
-        nextbest::server::run(listener, Arc::clone(&node), shutdown_signal()).await?;
+        let registry = prometheus::Registry::new();
+        let metrics = Arc::new(nextbest::server::Metrics::new(&registry)?);
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_listen)
+            .await
+            .with_context(|| format!("listening on {metrics_listen} for metrics"))?;
+        eprintln!(
+            "metrics on http://{}/metrics",
+            metrics_listener.local_addr().unwrap_or(metrics_listen)
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        tokio::spawn(reload_on_sighup(Arc::clone(&node), Arc::clone(&metrics)));
+        let scrapes = tokio::spawn(nextbest::server::metrics::serve(
+            metrics_listener,
+            registry,
+            Arc::clone(&metrics),
+            Arc::clone(&node),
+            until_stopped(),
+        ));
+        nextbest::server::run(listener, Arc::clone(&node), metrics, until_stopped()).await?;
+        scrapes.await.context("the metrics server")??;
         eprintln!("draining: no new calls, the ones in flight finished");
         Ok::<_, anyhow::Error>(())
     })?;
@@ -289,15 +327,25 @@ async fn shutdown_signal() {
     eprintln!("shutting down");
 }
 
-async fn reload_on_sighup(node: Arc<nextbest::server::Node>) {
+async fn reload_on_sighup(
+    node: Arc<nextbest::server::Node>,
+    metrics: Arc<nextbest::server::Metrics>,
+) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
         let node = Arc::clone(&node);
-        match tokio::task::spawn_blocking(move || node.reload()).await {
-            Ok(Ok(catalog)) => eprintln!("SIGHUP: catalog {} in force", catalog.version),
-            Ok(Err(e)) => eprintln!("SIGHUP: reload refused, the running catalog stays: {e}"),
+        let reloading = Arc::clone(&node);
+        match tokio::task::spawn_blocking(move || reloading.reload()).await {
+            Ok(Ok(catalog)) => {
+                metrics.reload(true, &catalog.version);
+                eprintln!("SIGHUP: catalog {} in force", catalog.version);
+            }
+            Ok(Err(e)) => {
+                metrics.reload(false, &node.db().catalog().version);
+                eprintln!("SIGHUP: reload refused, the running catalog stays: {e}");
+            }
             Err(e) => eprintln!("SIGHUP: the reload task failed: {e}"),
         }
     }

@@ -13,7 +13,14 @@ fn serve_answers_then_drains_on_sigterm_and_keeps_acknowledged_writes() {
     let data = tempfile::tempdir().expect("tempdir");
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     let mut child = Command::new(env!("CARGO_BIN_EXE_nextbest"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--rules"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--rules",
+        ])
         .arg(&rules)
         .arg("--data")
         .arg(data.path())

@@ -9,12 +9,13 @@ use nextbest::server::proto::admin_service_client::AdminServiceClient;
 use nextbest::server::proto::customer_service_client::CustomerServiceClient;
 use nextbest::server::proto::decision_service_client::DecisionServiceClient;
 use nextbest::server::proto::{self, value::Kind};
-use nextbest::server::{Node, run};
+use nextbest::server::{Metrics, Node, run};
 use tonic::Code;
 use tonic::transport::Channel;
 
 struct Server {
     addr: std::net::SocketAddr,
+    metrics_addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     node: Arc<Node>,
@@ -49,11 +50,25 @@ async fn start() -> Server {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, Arc::clone(&node), async {
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(Metrics::new(&registry).expect("metrics"));
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let metrics_addr = metrics_listener.local_addr().expect("addr");
+    tokio::spawn(nextbest::server::metrics::serve(
+        metrics_listener,
+        registry,
+        Arc::clone(&metrics),
+        Arc::clone(&node),
+        std::future::pending(),
+    ));
+    let task = tokio::spawn(run(listener, Arc::clone(&node), metrics, async {
         let _ = stopped.await;
     }));
     Server {
         addr,
+        metrics_addr,
         stop: Some(stop),
         task: Some(tokio::spawn(async move {
             task.await.expect("server task").expect("server");
@@ -71,6 +86,22 @@ impl Server {
             .connect()
             .await
             .expect("connect")
+    }
+
+    /// `GET /metrics`, over a plain socket.
+    async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .expect("connect");
+        socket
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut reply = String::new();
+        socket.read_to_string(&mut reply).await.expect("reply");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        reply
     }
 
     async fn stop(mut self) {
@@ -279,6 +310,25 @@ async fn decisions_outcomes_and_customers_round_trip() {
         .await
         .expect_err("forgotten");
     assert_eq!(gone.code(), Code::NotFound);
+
+    let scraped = server.scrape().await;
+    for series in [
+        "nextbest_decide_seconds_bucket{placement=\"call_center.next_best\"",
+        "nextbest_decisions_total{arm=",
+        "nextbest_offers_shown_total{channel=\"email\"",
+        "nextbest_outcomes_total{kind=\"impression\"} 2",
+        "nextbest_catalog_info{version=",
+        "nextbest_reloads_total{result=\"ok\"} 1",
+        "nextbest_customers 0",
+        "nextbest_journal_bytes_total",
+        "nextbest_journal_write_seconds_bucket",
+        "nextbest_grpc_errors_total{code=\"NotFound\",method=\"Get\"} 1",
+    ] {
+        assert!(
+            scraped.contains(series),
+            "{series} missing from:\n{scraped}"
+        );
+    }
     server.stop().await;
 }
 

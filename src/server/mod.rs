@@ -5,6 +5,7 @@
 //! never stalls the request threads.
 
 mod convert;
+pub mod metrics;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::db::{Db, DbError, DbOptions, OutcomeInput, Recovery};
 use crate::decide::{self, Context, Decision, Options};
 use crate::state::CustomerState;
 use convert::{millis, status, timestamp};
+pub use metrics::Metrics;
 
 /// The generated code of `proto/nextbest/v1`.
 #[allow(
@@ -122,9 +124,18 @@ impl Node {
 #[derive(Debug, Clone)]
 struct Service {
     node: Arc<Node>,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
+    /// Counts an error reply by method and code.
+    fn counted<T>(&self, method: &str, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(status) = &result {
+            self.metrics.error(method, status);
+        }
+        result
+    }
+
     fn placement(catalog: &Catalog, id: &str) -> Result<PlacementIdx, Status> {
         catalog.placement(id).ok_or_else(|| {
             let ids: Vec<&str> = catalog.placements.iter().map(|p| p.id.as_str()).collect();
@@ -261,135 +272,166 @@ impl DecisionService for Service {
         &self,
         request: Request<proto::DecideRequest>,
     ) -> Result<Response<proto::Decision>, Status> {
-        let r = request.into_inner();
-        let catalog = self.node.db().catalog();
-        let placement = Self::placement(&catalog, &r.placement)?;
-        let context = convert::values("context", &catalog.schema.context, &r.context)?;
-        let inline = if r.attributes.is_empty() {
-            None
-        } else {
-            Some(convert::values(
-                "customer",
-                &catalog.schema.customer,
-                &r.attributes,
-            )?)
-        };
-        let at = r.at.as_ref().map_or_else(now_ms, millis);
-        let (reply, _) = self.decide_one(
-            &catalog,
-            customer_id(&r.customer_id),
-            inline.as_deref(),
-            placement,
-            context,
-            at,
-            r.slots,
-            r.explain,
-            &[],
-        )?;
-        Ok(Response::new(reply))
-    }
-
-    async fn decide_batch(
-        &self,
-        request: Request<proto::DecideBatchRequest>,
-    ) -> Result<Response<proto::DecideBatchResponse>, Status> {
-        let r = request.into_inner();
-        let catalog = self.node.db().catalog();
-        let shared = convert::values("context", &catalog.schema.context, &r.context)?;
-        let inline = if r.attributes.is_empty() {
-            None
-        } else {
-            Some(convert::values(
-                "customer",
-                &catalog.schema.customer,
-                &r.attributes,
-            )?)
-        };
-        let at = r.at.as_ref().map_or_else(now_ms, millis);
-        // Check every placement before deciding any.
-        let mut requests = Vec::with_capacity(r.placements.len());
-        for p in &r.placements {
-            let placement = Self::placement(&catalog, &p.placement)?;
-            let mut context = shared.clone();
-            let own = convert::values("context", &catalog.schema.context, &p.context)?;
-            for (slot, v) in own.into_iter().enumerate() {
-                if !v.is_missing() {
-                    context[slot] = v;
-                }
-            }
-            requests.push((placement, context, p.slots));
-        }
-        let mut shown = Vec::new();
-        let mut decisions = Vec::with_capacity(requests.len());
-        for (placement, context, slots) in requests {
-            let exclude = if r.allow_repeats {
-                Vec::new()
+        let result = async {
+            let r = request.into_inner();
+            let catalog = self.node.db().catalog();
+            let placement = Self::placement(&catalog, &r.placement)?;
+            let context = convert::values("context", &catalog.schema.context, &r.context)?;
+            let inline = if r.attributes.is_empty() {
+                None
             } else {
-                shown.clone()
+                Some(convert::values(
+                    "customer",
+                    &catalog.schema.customer,
+                    &r.attributes,
+                )?)
             };
-            let (reply, offers) = self.decide_one(
+            let at = r.at.as_ref().map_or_else(now_ms, millis);
+            let started = std::time::Instant::now();
+            let (reply, _) = self.decide_one(
                 &catalog,
                 customer_id(&r.customer_id),
                 inline.as_deref(),
                 placement,
                 context,
                 at,
-                slots,
+                r.slots,
                 r.explain,
-                &exclude,
+                &[],
             )?;
-            shown.extend(offers);
-            decisions.push(reply);
+            self.metrics
+                .decision(&reply, started.elapsed().as_secs_f64());
+            Ok(Response::new(reply))
         }
-        Ok(Response::new(proto::DecideBatchResponse { decisions }))
+        .await;
+        self.counted("Decide", result)
+    }
+
+    async fn decide_batch(
+        &self,
+        request: Request<proto::DecideBatchRequest>,
+    ) -> Result<Response<proto::DecideBatchResponse>, Status> {
+        let result = async {
+            let r = request.into_inner();
+            let catalog = self.node.db().catalog();
+            let shared = convert::values("context", &catalog.schema.context, &r.context)?;
+            let inline = if r.attributes.is_empty() {
+                None
+            } else {
+                Some(convert::values(
+                    "customer",
+                    &catalog.schema.customer,
+                    &r.attributes,
+                )?)
+            };
+            let at = r.at.as_ref().map_or_else(now_ms, millis);
+            // Check every placement before deciding any.
+            let mut requests = Vec::with_capacity(r.placements.len());
+            for p in &r.placements {
+                let placement = Self::placement(&catalog, &p.placement)?;
+                let mut context = shared.clone();
+                let own = convert::values("context", &catalog.schema.context, &p.context)?;
+                for (slot, v) in own.into_iter().enumerate() {
+                    if !v.is_missing() {
+                        context[slot] = v;
+                    }
+                }
+                requests.push((placement, context, p.slots));
+            }
+            let mut shown = Vec::new();
+            let mut decisions = Vec::with_capacity(requests.len());
+            for (placement, context, slots) in requests {
+                let exclude = if r.allow_repeats {
+                    Vec::new()
+                } else {
+                    shown.clone()
+                };
+                let (reply, offers) = self.decide_one(
+                    &catalog,
+                    customer_id(&r.customer_id),
+                    inline.as_deref(),
+                    placement,
+                    context,
+                    at,
+                    slots,
+                    r.explain,
+                    &exclude,
+                )?;
+                shown.extend(offers);
+                self.metrics.decision(&reply, 0.0);
+                decisions.push(reply);
+            }
+            Ok(Response::new(proto::DecideBatchResponse { decisions }))
+        }
+        .await;
+        self.counted("DecideBatch", result)
     }
 
     async fn record_outcome(
         &self,
         request: Request<proto::Outcome>,
     ) -> Result<Response<proto::OutcomeAck>, Status> {
-        let input = outcome_input(request.into_inner())?;
-        let node = Arc::clone(&self.node);
-        let ack = blocking(move || node.db().record_outcome(&input).map_err(status)).await?;
-        Ok(Response::new(proto::OutcomeAck {
-            duplicate: ack.duplicate,
-        }))
+        let result = async {
+            let input = outcome_input(request.into_inner())?;
+            let node = Arc::clone(&self.node);
+            let kind = input.kind;
+            let started = std::time::Instant::now();
+            let ack = blocking(move || node.db().record_outcome(&input).map_err(status)).await?;
+            self.metrics.durable_write(started.elapsed().as_secs_f64());
+            self.metrics.outcome(kind, ack.duplicate);
+            Ok(Response::new(proto::OutcomeAck {
+                duplicate: ack.duplicate,
+            }))
+        }
+        .await;
+        self.counted("RecordOutcome", result)
     }
 
     async fn record_outcomes(
         &self,
         request: Request<proto::RecordOutcomesRequest>,
     ) -> Result<Response<proto::RecordOutcomesResponse>, Status> {
-        let inputs = request
-            .into_inner()
-            .outcomes
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| {
-                outcome_input(o)
-                    .map_err(|s| Status::new(s.code(), format!("outcomes[{i}]: {}", s.message())))
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
-        let node = Arc::clone(&self.node);
-        let acks = blocking(move || {
-            inputs
-                .iter()
+        let result = async {
+            let inputs = request
+                .into_inner()
+                .outcomes
+                .into_iter()
                 .enumerate()
-                .map(|(i, input)| {
-                    node.db()
-                        .record_outcome(input)
-                        .map(|a| proto::OutcomeAck {
-                            duplicate: a.duplicate,
-                        })
-                        .map_err(|e| {
-                            let s = status(e);
-                            Status::new(s.code(), format!("outcomes[{i}]: {}", s.message()))
-                        })
+                .map(|(i, o)| {
+                    outcome_input(o).map_err(|s| {
+                        Status::new(s.code(), format!("outcomes[{i}]: {}", s.message()))
+                    })
                 })
-                .collect()
-        })
-        .await?;
-        Ok(Response::new(proto::RecordOutcomesResponse { acks }))
+                .collect::<Result<Vec<_>, Status>>()?;
+            let node = Arc::clone(&self.node);
+            let metrics = Arc::clone(&self.metrics);
+            let started = std::time::Instant::now();
+            let acks = blocking(move || {
+                inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, input)| {
+                        node.db()
+                            .record_outcome(input)
+                            .map(|a| {
+                                metrics.outcome(input.kind, a.duplicate);
+                                proto::OutcomeAck {
+                                    duplicate: a.duplicate,
+                                }
+                            })
+                            .map_err(|e| {
+                                let s = status(e);
+                                Status::new(s.code(), format!("outcomes[{i}]: {}", s.message()))
+                            })
+                    })
+                    .collect()
+            })
+            .await?;
+            self.metrics.durable_write(started.elapsed().as_secs_f64());
+            Ok(Response::new(proto::RecordOutcomesResponse { acks }))
+        }
+        .await;
+        self.counted("RecordOutcomes", result)
     }
 }
 
@@ -418,45 +460,61 @@ impl CustomerService for Service {
         &self,
         request: Request<proto::UpsertRequest>,
     ) -> Result<Response<proto::UpsertResponse>, Status> {
-        let r = request.into_inner();
-        let id = required("customer_id", &r.customer_id)?.to_string();
-        let catalog = self.node.db().catalog();
-        let values = convert::values("customer", &catalog.schema.customer, &r.attributes)?;
-        let node = Arc::clone(&self.node);
-        blocking(move || {
-            node.db()
-                .upsert(&id, values, now_ms(), true)
-                .map_err(status)
-        })
-        .await?;
-        Ok(Response::new(proto::UpsertResponse {}))
+        let result = async {
+            let r = request.into_inner();
+            let id = required("customer_id", &r.customer_id)?.to_string();
+            let catalog = self.node.db().catalog();
+            let values = convert::values("customer", &catalog.schema.customer, &r.attributes)?;
+            let node = Arc::clone(&self.node);
+            let started = std::time::Instant::now();
+            blocking(move || {
+                node.db()
+                    .upsert(&id, values, now_ms(), true)
+                    .map_err(status)
+            })
+            .await?;
+            self.metrics.durable_write(started.elapsed().as_secs_f64());
+            Ok(Response::new(proto::UpsertResponse {}))
+        }
+        .await;
+        self.counted("Upsert", result)
     }
 
     async fn get(
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::Customer>, Status> {
-        let r = request.into_inner();
-        let id = required("customer_id", &r.customer_id)?;
-        let catalog = self.node.db().catalog();
-        self.node
-            .db()
-            .store()
-            .with(id, |s| {
-                s.map(|s| convert::customer(&catalog, s, r.history_limit as usize))
-            })
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("no customer `{id}`")))
+        let result = async {
+            let r = request.into_inner();
+            let id = required("customer_id", &r.customer_id)?;
+            let catalog = self.node.db().catalog();
+            self.node
+                .db()
+                .store()
+                .with(id, |s| {
+                    s.map(|s| convert::customer(&catalog, s, r.history_limit as usize))
+                })
+                .map(Response::new)
+                .ok_or_else(|| Status::not_found(format!("no customer `{id}`")))
+        }
+        .await;
+        self.counted("Get", result)
     }
 
     async fn forget(
         &self,
         request: Request<proto::ForgetRequest>,
     ) -> Result<Response<proto::ForgetResponse>, Status> {
-        let id = required("customer_id", &request.into_inner().customer_id)?.to_string();
-        let node = Arc::clone(&self.node);
-        let existed = blocking(move || node.db().forget(&id, now_ms()).map_err(status)).await?;
-        Ok(Response::new(proto::ForgetResponse { existed }))
+        let result = async {
+            let id = required("customer_id", &request.into_inner().customer_id)?.to_string();
+            let node = Arc::clone(&self.node);
+            let started = std::time::Instant::now();
+            let existed = blocking(move || node.db().forget(&id, now_ms()).map_err(status)).await?;
+            self.metrics.durable_write(started.elapsed().as_secs_f64());
+            Ok(Response::new(proto::ForgetResponse { existed }))
+        }
+        .await;
+        self.counted("Forget", result)
     }
 }
 
@@ -466,51 +524,60 @@ impl AdminService for Service {
         &self,
         _: Request<proto::ReloadRequest>,
     ) -> Result<Response<proto::ReloadResponse>, Status> {
-        let node = Arc::clone(&self.node);
-        let result = tokio::task::spawn_blocking(move || node.reload())
-            .await
-            .map_err(|e| Status::internal(format!("the reload task failed: {e}")))?;
-        let version = self.node.db().catalog().version.to_string();
-        Ok(Response::new(match result {
-            Ok(_) => proto::ReloadResponse {
-                version,
-                reloaded: true,
-                errors: Vec::new(),
-            },
-            Err(NodeError::Catalog { errors, .. }) => proto::ReloadResponse {
-                version,
-                reloaded: false,
-                errors: errors
-                    .render()
-                    .lines()
-                    .filter(|l| l.contains(": error: "))
-                    .map(str::to_string)
-                    .collect(),
-            },
-            Err(e) => proto::ReloadResponse {
-                version,
-                reloaded: false,
-                errors: vec![e.to_string()],
-            },
-        }))
+        let result = async {
+            let node = Arc::clone(&self.node);
+            let result = tokio::task::spawn_blocking(move || node.reload())
+                .await
+                .map_err(|e| Status::internal(format!("the reload task failed: {e}")))?;
+            let version = self.node.db().catalog().version.to_string();
+            self.metrics.reload(result.is_ok(), &version);
+            Ok(Response::new(match result {
+                Ok(_) => proto::ReloadResponse {
+                    version,
+                    reloaded: true,
+                    errors: Vec::new(),
+                },
+                Err(NodeError::Catalog { errors, .. }) => proto::ReloadResponse {
+                    version,
+                    reloaded: false,
+                    errors: errors
+                        .render()
+                        .lines()
+                        .filter(|l| l.contains(": error: "))
+                        .map(str::to_string)
+                        .collect(),
+                },
+                Err(e) => proto::ReloadResponse {
+                    version,
+                    reloaded: false,
+                    errors: vec![e.to_string()],
+                },
+            }))
+        }
+        .await;
+        self.counted("Reload", result)
     }
 
     async fn get_catalog(
         &self,
         _: Request<proto::GetCatalogRequest>,
     ) -> Result<Response<proto::CatalogInfo>, Status> {
-        let catalog = self.node.db().catalog();
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Ok(Response::new(proto::CatalogInfo {
-            version: catalog.version.to_string(),
-            loaded_at: Some(timestamp(self.node.loaded_at.load(Ordering::Relaxed))),
-            offers: count(catalog.offers.len()),
-            placements: count(catalog.placements.len()),
-            experiments: count(catalog.experiments.len()),
-            customer_attributes: count(catalog.schema.customer.len()),
-            context_attributes: count(catalog.schema.context.len()),
-            customers: self.node.db().store().len() as u64,
-        }))
+        let result = async {
+            let catalog = self.node.db().catalog();
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            Ok(Response::new(proto::CatalogInfo {
+                version: catalog.version.to_string(),
+                loaded_at: Some(timestamp(self.node.loaded_at.load(Ordering::Relaxed))),
+                offers: count(catalog.offers.len()),
+                placements: count(catalog.placements.len()),
+                experiments: count(catalog.experiments.len()),
+                customer_attributes: count(catalog.schema.customer.len()),
+                context_attributes: count(catalog.schema.context.len()),
+                customers: self.node.db().store().len() as u64,
+            }))
+        }
+        .await;
+        self.counted("GetCatalog", result)
     }
 }
 
@@ -520,6 +587,7 @@ impl AdminService for Service {
 pub async fn run(
     listener: TcpListener,
     node: Arc<Node>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -531,7 +599,8 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the descriptor sets built with the crate are valid");
-    let service = Service { node };
+    metrics.reload(true, &node.db().catalog().version);
+    let service = Service { node, metrics };
     let draining = async move {
         shutdown.await;
         health
