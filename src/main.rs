@@ -50,6 +50,12 @@ enum Command {
             default_value = "127.0.0.1:9464"
         )]
         metrics_listen: std::net::SocketAddr,
+        /// How often to look for changed rule files (`0s` to not watch).
+        #[arg(long, env = "NEXTBEST_WATCH_INTERVAL", default_value = "1s")]
+        watch_interval: String,
+        /// How often to snapshot the state and erase forgotten customers (`0s`: never).
+        #[arg(long, env = "NEXTBEST_COMPACT_INTERVAL", default_value = "1h")]
+        compact_interval: String,
     },
     /// Load and validate a catalog; print a summary, or every error with its location.
     Check {
@@ -163,7 +169,10 @@ fn main() -> ExitCode {
             data,
             listen,
             metrics_listen,
-        } => run_serve(&rules, &data, listen, metrics_listen)
+            watch_interval,
+            compact_interval,
+        } => intervals(&watch_interval, &compact_interval)
+            .and_then(|i| run_serve(&rules, &data, listen, metrics_listen, i))
             .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
         Command::Check { rules, format } => check(&rules, format),
         Command::Decide {
@@ -243,6 +252,7 @@ fn run_serve(
     data: &std::path::Path,
     listen: std::net::SocketAddr,
     metrics_listen: std::net::SocketAddr,
+    intervals: Intervals,
 ) -> anyhow::Result<()> {
     if !listen.ip().is_loopback() {
         bail!(
@@ -287,6 +297,17 @@ fn run_serve(
             let _ = stop.send(true);
         });
         tokio::spawn(reload_on_sighup(Arc::clone(&node), Arc::clone(&metrics)));
+        if let Some(interval) = intervals.watch {
+            tokio::spawn(nextbest::server::watch::watch(
+                Arc::clone(&node),
+                Arc::clone(&metrics),
+                interval,
+                until_stopped(),
+            ));
+        }
+        if let Some(interval) = intervals.compact {
+            tokio::spawn(compact_every(Arc::clone(&node), interval, until_stopped()));
+        }
         let scrapes = tokio::spawn(nextbest::server::metrics::serve(
             metrics_listener,
             registry,
@@ -305,6 +326,56 @@ fn run_serve(
     node.close().context("flushing the journal")?;
     eprintln!("journal flushed; stopped");
     Ok(())
+}
+
+/// Background periods of `serve`.
+#[derive(Debug, Clone, Copy)]
+struct Intervals {
+    watch: Option<std::time::Duration>,
+    compact: Option<std::time::Duration>,
+}
+
+fn intervals(watch: &str, compact: &str) -> anyhow::Result<Intervals> {
+    let every = |flag: &str, text: &str| -> anyhow::Result<Option<std::time::Duration>> {
+        if matches!(text.trim(), "0" | "0s") {
+            return Ok(None);
+        }
+        let ms = nextbest::catalog::parse_duration(text)
+            .ok_or_else(|| anyhow!("{flag}: `{text}` is not a duration such as 1s or 1h"))?;
+        Ok(Some(std::time::Duration::from_millis(ms.unsigned_abs())))
+    };
+    Ok(Intervals {
+        watch: every("--watch-interval", watch)?,
+        compact: every("--compact-interval", compact)?,
+    })
+}
+
+/// Compacts every `interval`: a snapshot for fast restarts, and erasure of forgotten
+/// customers from the journal.
+async fn compact_every(
+    node: Arc<nextbest::server::Node>,
+    interval: std::time::Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let node = Arc::clone(&node);
+        match tokio::task::spawn_blocking(move || node.db().compact(now_ms())).await {
+            Ok(Ok(done)) => eprintln!(
+                "compacted: {} customers in `{}`, {} records of {} forgotten customers erased",
+                done.customers,
+                done.snapshot.display(),
+                done.records_erased,
+                done.forgotten
+            ),
+            Ok(Err(e)) => eprintln!("compaction failed (the journal is intact): {e}"),
+            Err(e) => eprintln!("the compaction task failed: {e}"),
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

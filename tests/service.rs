@@ -531,3 +531,40 @@ async fn health_and_reflection_answer() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_rule_file_is_reloaded_once_it_holds_still() {
+    let server = start().await;
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(Metrics::new(&registry).expect("metrics"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(nextbest::server::watch::watch(
+        Arc::clone(&server.node),
+        metrics,
+        std::time::Duration::from_millis(50),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let before = server.node.db().catalog().version.to_string();
+    let offers = server.rules.path().join("offers/upsell.yaml");
+    let text = std::fs::read_to_string(&offers).expect("read");
+    std::fs::write(&offers, format!("{text}\n# edited\n")).expect("write");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.node.db().catalog().version.to_string() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload after the edit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let after = server.node.db().catalog().version.to_string();
+
+    // A broken edit is refused; the catalog in force stays.
+    std::fs::write(&offers, "offers: [").expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(server.node.db().catalog().version.to_string(), after);
+    let _ = stop.send(());
+    watcher.await.expect("watcher stopped");
+    server.stop().await;
+}

@@ -6,6 +6,7 @@
 
 mod convert;
 pub mod metrics;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,6 +98,11 @@ impl Node {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The directory the catalog is loaded from.
+    pub fn rules(&self) -> &Path {
+        &self.rules
     }
 
     /// Loads the rules directory again and swaps the catalog if it has no error at all;
