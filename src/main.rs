@@ -40,7 +40,7 @@ enum Command {
         rules: PathBuf,
         #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
         data: PathBuf,
-        /// The gRPC address. Loopback only for now: the service has no authentication yet.
+        /// The gRPC address; anything but loopback needs --admin-token.
         #[arg(long, env = "NEXTBEST_LISTEN", default_value = "127.0.0.1:50051")]
         listen: std::net::SocketAddr,
         /// Where Prometheus scrapes `/metrics`.
@@ -56,6 +56,10 @@ enum Command {
         /// How often to snapshot the state and erase forgotten customers (`0s`: never).
         #[arg(long, env = "NEXTBEST_COMPACT_INTERVAL", default_value = "1h")]
         compact_interval: String,
+        /// Customer and admin calls must carry `authorization: Bearer <token>`. Required
+        /// to listen on anything but loopback.
+        #[arg(long, env = "NEXTBEST_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
     /// Load and validate a catalog; print a summary, or every error with its location.
     Check {
@@ -171,8 +175,9 @@ fn main() -> ExitCode {
             metrics_listen,
             watch_interval,
             compact_interval,
+            admin_token,
         } => intervals(&watch_interval, &compact_interval)
-            .and_then(|i| run_serve(&rules, &data, listen, metrics_listen, i))
+            .and_then(|i| run_serve(&rules, &data, listen, metrics_listen, i, admin_token))
             .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
         Command::Check { rules, format } => check(&rules, format),
         Command::Decide {
@@ -253,13 +258,21 @@ fn run_serve(
     listen: std::net::SocketAddr,
     metrics_listen: std::net::SocketAddr,
     intervals: Intervals,
+    admin_token: Option<String>,
 ) -> anyhow::Result<()> {
+    let admin_token = admin_token.filter(|t| !t.is_empty());
     if !listen.ip().is_loopback() {
-        bail!(
-            "--listen {listen}: only loopback addresses for now; the service has no authentication or TLS yet"
+        if admin_token.is_none() {
+            bail!(
+                "--listen {listen} is not a loopback address: set --admin-token (or NEXTBEST_ADMIN_TOKEN) so that customer data and administration need it"
+            );
+        }
+        eprintln!(
+            "warning: serving {listen} without TLS; terminate TLS in front of nextbest, the admin token travels in clear otherwise"
         );
     }
     let (node, recovery) = nextbest::server::Node::open(rules, data)?;
+    let node = node.with_admin_token(admin_token);
     eprintln!("{}: {recovery}", data.display());
     let node = Arc::new(node);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -83,13 +83,17 @@ fn serve_answers_then_drains_on_sigterm_and_keeps_acknowledged_writes() {
 }
 
 #[test]
-fn serve_refuses_to_listen_off_loopback() {
+fn serve_refuses_to_listen_off_loopback_without_a_token() {
     let out = Command::new(env!("CARGO_BIN_EXE_nextbest"))
         .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+        .env_remove("NEXTBEST_ADMIN_TOKEN")
         .arg(tempfile::tempdir().expect("tempdir").path())
         .output()
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("only loopback addresses"), "{err}");
+    assert!(
+        err.contains("is not a loopback address: set --admin-token"),
+        "{err}"
+    );
 }

@@ -568,3 +568,60 @@ async fn a_changed_rule_file_is_reloaded_once_it_holds_still() {
     watcher.await.expect("watcher stopped");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_customer_and_admin_calls_need_it() {
+    let rules = tempfile::tempdir().expect("tempdir");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+        rules.path(),
+    );
+    let data = tempfile::tempdir().expect("tempdir");
+    let (node, _) = Node::open(rules.path(), data.path()).expect("node");
+    let node = Arc::new(node.with_admin_token(Some("s3cret".into())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let metrics = Arc::new(Metrics::new(&prometheus::Registry::new()).expect("metrics"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, node, metrics, async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let upsert = || proto::UpsertRequest {
+        customer_id: "ada".into(),
+        attributes: ada(),
+    };
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    let e = customers.upsert(upsert()).await.expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(upsert());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cre7".parse().expect("header"));
+    assert_eq!(
+        customers.upsert(wrong).await.expect_err("wrong").code(),
+        Code::Unauthenticated
+    );
+    let mut right = tonic::Request::new(upsert());
+    right
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().expect("header"));
+    customers.upsert(right).await.expect("with the token");
+    let e = AdminServiceClient::new(channel.clone())
+        .reload(proto::ReloadRequest {})
+        .await
+        .expect_err("admin needs it too");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    DecisionServiceClient::new(channel)
+        .decide(decide_request("ada", "app.card"))
+        .await
+        .expect("decisions need no token");
+    let _ = stop.send(());
+    task.await.expect("task").expect("server");
+}

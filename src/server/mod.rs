@@ -75,6 +75,8 @@ pub struct Node {
     rules: PathBuf,
     loaded_at: AtomicI64,
     reloading: std::sync::Mutex<()>,
+    /// Required as `authorization: Bearer <token>` on customer and admin calls, when set.
+    admin_token: Option<Box<str>>,
 }
 
 impl Node {
@@ -91,6 +93,7 @@ impl Node {
                 rules: rules.to_path_buf(),
                 loaded_at: AtomicI64::new(now_ms()),
                 reloading: std::sync::Mutex::new(()),
+                admin_token: None,
             },
             recovery,
         ))
@@ -98,6 +101,12 @@ impl Node {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Requires `authorization: Bearer <token>` on every customer and admin call.
+    pub fn with_admin_token(mut self, token: Option<String>) -> Node {
+        self.admin_token = token.filter(|t| !t.is_empty()).map(Into::into);
+        self
     }
 
     /// The directory the catalog is loaded from.
@@ -134,6 +143,33 @@ struct Service {
 }
 
 impl Service {
+    /// Customer data and administration need the admin token, when the node has one.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.node.admin_token else {
+            return Ok(());
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compare in time independent of where the strings differ.
+        let same = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "customer and admin calls need `authorization: Bearer <admin token>`",
+            ))
+        }
+    }
+
     /// Counts an error reply by method and code.
     fn counted<T>(&self, method: &str, result: Result<T, Status>) -> Result<T, Status> {
         if let Err(status) = &result {
@@ -467,6 +503,7 @@ impl CustomerService for Service {
         request: Request<proto::UpsertRequest>,
     ) -> Result<Response<proto::UpsertResponse>, Status> {
         let result = async {
+            self.authorize(&request)?;
             let r = request.into_inner();
             let id = required("customer_id", &r.customer_id)?.to_string();
             let catalog = self.node.db().catalog();
@@ -491,6 +528,7 @@ impl CustomerService for Service {
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::Customer>, Status> {
         let result = async {
+            self.authorize(&request)?;
             let r = request.into_inner();
             let id = required("customer_id", &r.customer_id)?;
             let catalog = self.node.db().catalog();
@@ -512,6 +550,7 @@ impl CustomerService for Service {
         request: Request<proto::ForgetRequest>,
     ) -> Result<Response<proto::ForgetResponse>, Status> {
         let result = async {
+            self.authorize(&request)?;
             let id = required("customer_id", &request.into_inner().customer_id)?.to_string();
             let node = Arc::clone(&self.node);
             let started = std::time::Instant::now();
@@ -528,9 +567,10 @@ impl CustomerService for Service {
 impl AdminService for Service {
     async fn reload(
         &self,
-        _: Request<proto::ReloadRequest>,
+        request: Request<proto::ReloadRequest>,
     ) -> Result<Response<proto::ReloadResponse>, Status> {
         let result = async {
+            self.authorize(&request)?;
             let node = Arc::clone(&self.node);
             let result = tokio::task::spawn_blocking(move || node.reload())
                 .await
@@ -566,9 +606,10 @@ impl AdminService for Service {
 
     async fn get_catalog(
         &self,
-        _: Request<proto::GetCatalogRequest>,
+        request: Request<proto::GetCatalogRequest>,
     ) -> Result<Response<proto::CatalogInfo>, Status> {
         let result = async {
+            self.authorize(&request)?;
             let catalog = self.node.db().catalog();
             let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
             Ok(Response::new(proto::CatalogInfo {
@@ -620,6 +661,7 @@ pub async fn run(
             .await;
     };
     tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(1024)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(DecisionServiceServer::new(service.clone()))
