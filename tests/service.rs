@@ -625,3 +625,29 @@ async fn with_an_admin_token_customer_and_admin_calls_need_it() {
     let _ = stop.send(());
     task.await.expect("task").expect("server");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_reports_not_serving_and_cuts_off_endless_streams() {
+    let server = start().await;
+    let channel = server.channel().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "nextbest.v1.DecisionService".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let first = watch.message().await.expect("status").expect("one");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let Server { stop, task, .. } = server;
+    let _ = stop.expect("running").send(());
+    let next = watch.message().await.expect("status").expect("one more");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // The watch never ends by itself: the drain cuts it off after its grace period
+    // instead of waiting forever.
+    let grace = nextbest::server::DRAIN_GRACE + std::time::Duration::from_secs(20);
+    let stopped = tokio::time::timeout(grace, task.expect("task"));
+    stopped.await.expect("the server drained").expect("cleanly");
+}

@@ -648,6 +648,7 @@ pub async fn run(
         .expect("the descriptor sets built with the crate are valid");
     metrics.reload(true, &node.db().catalog().version);
     let service = Service { node, metrics };
+    let (draining_started, drain_started) = tokio::sync::oneshot::channel::<()>();
     let draining = async move {
         shutdown.await;
         health
@@ -659,8 +660,9 @@ pub async fn run(
         health
             .set_not_serving::<AdminServiceServer<Service>>()
             .await;
+        let _ = draining_started.send(());
     };
-    tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(1024)
         .add_service(health_service)
         .add_service(reflection)
@@ -671,6 +673,24 @@ pub async fn run(
             // Without TCP_NODELAY, small replies wait for delayed ACKs: ~40 ms a call.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             draining,
-        )
-        .await
+        );
+    // Streams that never end (a client watching health) would hold the drain forever:
+    // calls still open `DRAIN_GRACE` after the shutdown signal are cut off.
+    let given_up = async {
+        if drain_started.await.is_ok() {
+            tokio::time::sleep(DRAIN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serving => served,
+        () = given_up => {
+            eprintln!("drain: calls still open after {DRAIN_GRACE:?} were cut off");
+            Ok(())
+        }
+    }
 }
+
+/// How long a shutdown waits for calls in flight.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
