@@ -97,3 +97,94 @@ fn serve_refuses_to_listen_off_loopback_without_a_token() {
         "{err}"
     );
 }
+
+#[test]
+fn sighup_reloads_the_catalog() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let rules = tempfile::tempdir().expect("tempdir");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    for dir in ["", "offers"] {
+        std::fs::create_dir_all(rules.path().join(dir)).expect("mkdir");
+        for entry in std::fs::read_dir(source.join(dir)).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                std::fs::copy(
+                    &path,
+                    rules.path().join(dir).join(path.file_name().expect("name")),
+                )
+                .expect("copy");
+            }
+        }
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nextbest"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--watch-interval", "0s", "--rules"])
+        .arg(rules.path())
+        .arg("--data")
+        .arg(data.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run nextbest serve");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let mut next_line = |line: &mut String| {
+        line.clear();
+        assert!(
+            stderr.read_line(line).expect("read") > 0,
+            "serve exited early"
+        );
+    };
+    let addr = loop {
+        next_line(&mut line);
+        if line.starts_with("serving") {
+            break line
+                .trim()
+                .rsplit(" on ")
+                .next()
+                .expect("address")
+                .to_string();
+        }
+    };
+    let version = || {
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                use nextbest::server::proto::admin_service_client::AdminServiceClient;
+                AdminServiceClient::connect(format!("http://{addr}"))
+                    .await
+                    .expect("connect")
+                    .get_catalog(proto::GetCatalogRequest {})
+                    .await
+                    .expect("catalog")
+                    .into_inner()
+                    .version
+            })
+    };
+    let before = version();
+    let offers = rules.path().join("offers/upsell.yaml");
+    let text = std::fs::read_to_string(&offers).expect("read");
+    std::fs::write(&offers, format!("{text}\n# edited\n")).expect("write");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    loop {
+        next_line(&mut line);
+        if line.starts_with("SIGHUP") {
+            break;
+        }
+    }
+    assert!(line.contains("in force"), "{line}");
+    assert_ne!(version(), before);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().expect("wait").success());
+}
