@@ -14,6 +14,7 @@
 //! Layout under the data directory: `journal/*.log` (segments) and
 //! `state/snapshot-<segment>.bin`.
 
+pub mod budget;
 mod generations;
 pub mod import;
 mod recovery;
@@ -138,6 +139,7 @@ pub struct Db {
     /// journal until the next one.
     forgotten: Mutex<Vec<String>>,
     compaction: Mutex<()>,
+    spending: budget::Spending,
     options: DbOptions,
 }
 
@@ -187,6 +189,7 @@ impl Db {
             decisions: Generations::new(options.remembered_decisions),
             forgotten: Mutex::new(Vec::new()),
             compaction: Mutex::new(()),
+            spending: budget::Spending::default(),
             options,
         };
         let mut recovery = recovery::restore(&mut db)?;
@@ -208,6 +211,11 @@ impl Db {
         }
         self.catalog.store(catalog);
         true
+    }
+
+    /// The budget counters as a decision at `now` reads them.
+    pub fn budgets(&self, now: i64) -> budget::SpentAt<'_> {
+        self.spending.at(now)
     }
 
     /// The store decide reads.
@@ -316,6 +324,22 @@ impl Db {
             channel: channel.clone(),
             group: offer.group.clone(),
         });
+        // An impression counts against budgets, in journal order (see `budget`).
+        let impression = (input.kind == EventKind::Impression).then(|| {
+            budget::scopes(
+                offer.key,
+                offer.group_key,
+                channel.as_deref().map_or(0, key),
+            )
+        });
+        let append = |record: Record| -> Result<u64, DbError> {
+            let mut counters = impression.as_ref().map(|_| self.spending.lock());
+            let seq = self.journal.append(Entry::Record(record), true)?;
+            if let (Some(counters), Some(scopes)) = (counters.as_deref_mut(), &impression) {
+                budget::count(counters, scopes, input.at);
+            }
+            Ok(seq)
+        };
         let result = match (&customer, &channel) {
             (Some(c), Some(ch)) => {
                 let event = Event {
@@ -327,13 +351,13 @@ impl Db {
                 };
                 let limits = self.store.limits();
                 self.store.update(c, |state| {
-                    let seq = self.journal.append(Entry::Record(record), true)?;
+                    let seq = append(record)?;
                     state.history.record(event, limits);
                     state.seq = seq;
                     Ok::<_, DbError>(seq)
                 })
             }
-            _ => Ok(self.journal.append(Entry::Record(record), true)?),
+            _ => append(record),
         };
         let waited = result.and_then(|seq| Ok(self.journal.wait(seq)?));
         if let Err(e) = waited {
@@ -460,8 +484,13 @@ impl Db {
             .retain(|(d, _, _), _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
         self.decisions
             .retain(|d, _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
-        let position = self.journal.rotate()?;
-        let (snapshot, customers) = recovery::write_snapshot(self, position, now)?;
+        // Budget counters exactly as of the rotation: no impression is counted while it
+        // happens (see `budget`).
+        let (position, spending) = {
+            let counters = self.spending.lock();
+            (self.journal.rotate()?, counters.clone())
+        };
+        let (snapshot, customers) = recovery::write_snapshot(self, position, &spending, now)?;
         let erase: HashSet<&str> = forgotten.iter().map(String::as_str).collect();
         let (segments_rewritten, records_erased) = if erase.is_empty() {
             (0, 0)

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::budget::{self, Counter, Counters};
 use super::{Db, DbError, Recent, io};
+use crate::decide::BudgetScope;
 use crate::journal::{Reader, Record};
 use crate::schema::{AttrType, EntitySchema, EnumDef};
 use crate::schema::{Event, EventKind, key};
@@ -39,6 +41,10 @@ enum Item {
     End {
         customers: u64,
     },
+    // Added after `End`: variants are numbered in order.
+    /// Budget counters as of the snapshot's position: scope (0 offer, 1 group, 2
+    /// channel), key, day, today, total.
+    Spending(Vec<(u8, u32, i64, u64, u64)>),
 }
 
 fn encode(item: &Item, payload: &mut Vec<u8>) {
@@ -155,6 +161,7 @@ fn snapshots(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 pub(super) fn write_snapshot(
     db: &Db,
     position: Position,
+    spending: &Counters,
     now: i64,
 ) -> Result<(PathBuf, usize), DbError> {
     let catalog = db.catalog();
@@ -212,6 +219,18 @@ pub(super) fn write_snapshot(
         for chunk in recent.chunks(CHUNK) {
             put(w, &Item::Decisions(chunk.to_vec()))?;
         }
+        let counters: Vec<_> = spending
+            .iter()
+            .map(|(scope, c)| {
+                let (kind, key) = match *scope {
+                    BudgetScope::Offer(k) => (0u8, k),
+                    BudgetScope::Group(k) => (1, k),
+                    BudgetScope::Channel(k) => (2, k),
+                };
+                (kind, key, c.day, c.today, c.total)
+            })
+            .collect();
+        put(w, &Item::Spending(counters))?;
         put(
             w,
             &Item::End {
@@ -247,6 +266,7 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
                     crate::state::Store::new(db.store.limits(), db.catalog().schema.customer.len());
                 db.outcomes.clear();
                 db.decisions.clear();
+                db.spending.lock().clear();
                 recovery.customers_loaded = 0;
             }
         }
@@ -331,6 +351,18 @@ fn load_snapshot(
                     db.outcomes.insert(k, ());
                 }
             }
+            Item::Spending(counters) => {
+                let mut spending = db.spending.lock();
+                for (kind, key, day, today, total) in counters {
+                    let scope = match kind {
+                        0 => BudgetScope::Offer(key),
+                        1 => BudgetScope::Group(key),
+                        2 => BudgetScope::Channel(key),
+                        _ => return Err(bad(format!("unknown budget scope {kind}"))),
+                    };
+                    spending.insert(scope, Counter { day, today, total });
+                }
+            }
             Item::Decisions(recent) => {
                 for (id, customer, channel) in recent {
                     db.decisions.insert(
@@ -403,6 +435,15 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
         }
         Record::Outcome(r) => {
             let offer = key(&r.offer);
+            if r.kind == EventKind::Impression {
+                let group = r.group.as_deref().map_or(0, key);
+                let channel = r.channel.as_deref().map_or(0, key);
+                budget::count(
+                    &mut db.spending.lock(),
+                    &budget::scopes(offer, group, channel),
+                    r.at,
+                );
+            }
             db.outcomes
                 .insert((Uuid::from_bytes(r.decision).as_u128(), offer, r.kind), ());
             if let (Some(customer), Some(channel)) = (&r.customer, &r.channel) {

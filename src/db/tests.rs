@@ -472,3 +472,77 @@ fn deciding_through_the_store_logs_the_same_record_as_by_hand() {
             .all(|(name, _)| name.starts_with("context."))
     );
 }
+
+/// The sample's save-desk offer may be shown 300 times a day: impressions count against
+/// it, the count survives a restart (snapshot and replay), and a new day starts afresh.
+#[test]
+fn budgets_count_impressions_and_survive_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = open(dir.path());
+    db.upsert_json("ada", &ada(), NOW).expect("upsert");
+    let catalog = db.catalog();
+    let p = catalog
+        .placement("call_center.next_best")
+        .expect("placement");
+    let intent = catalog.schema.context.slot("intent").expect("intent") as usize;
+    let mut context_values = vec![Value::Missing; catalog.schema.context.len()];
+    if let crate::schema::AttrType::Enum(def) =
+        &catalog.schema.context.get(intent as u32).expect("attr").ty
+    {
+        context_values[intent] = Value::Enum(def.index_of("cancel").expect("cancel"));
+    }
+    let context = Context::for_placement(&catalog, p, context_values);
+    let save = "cancel_save_free_month";
+    let outcome_of = |db: &Db, at: i64| -> String {
+        let state = state_of(db, "ada").expect("ada");
+        let budgets = db.budgets(at);
+        let options = Options {
+            explain: true,
+            budgets: &budgets,
+            ..Options::new(decision_id(9))
+        };
+        let d = decide::decide(&catalog, &state, &context, p, at, &options);
+        let offer = catalog.offer(save).expect("offer");
+        d.explanation
+            .expect("explained")
+            .iter()
+            .find(|e| e.offer == offer)
+            .map(|e| e.outcome.to_string())
+            .expect("the offer is explained")
+    };
+    assert!(
+        !outcome_of(&db, NOW).contains("budget"),
+        "{}",
+        outcome_of(&db, NOW)
+    );
+    for i in 0..300u64 {
+        db.record_outcome(&OutcomeInput {
+            customer: None,
+            channel: Some("call_center".into()),
+            ..outcome(decision_id(1000 + i), save, EventKind::Impression)
+        })
+        .expect("impression");
+    }
+    let spent = outcome_of(&db, NOW);
+    assert!(spent.contains("spent its daily budget of 300"), "{spent}");
+    db.compact(NOW).expect("compact");
+    db.record_outcome(&OutcomeInput {
+        customer: None,
+        channel: Some("call_center".into()),
+        ..outcome(decision_id(5000), save, EventKind::Impression)
+    })
+    .expect("one more, after the snapshot");
+    db.close().expect("close");
+
+    let (db, _) = open(dir.path());
+    assert_eq!(
+        outcome_of(&db, NOW),
+        spent,
+        "counted in the snapshot and the replay"
+    );
+    let spent = decide::Budgets::spent(&db.budgets(NOW), decide::BudgetScope::Offer(key(save)));
+    assert_eq!(spent.today, 301);
+    assert_eq!(spent.total, 301);
+    let tomorrow = NOW + 86_400_000;
+    assert!(!outcome_of(&db, tomorrow).contains("budget"), "a new day");
+}

@@ -203,13 +203,15 @@ impl Service {
         exclude: &[crate::catalog::OfferIdx],
     ) -> Result<(proto::Decision, Vec<crate::catalog::OfferIdx>), Status> {
         let context = Context::for_placement(catalog, placement, context);
+        let db = self.node.db();
+        let budgets = db.budgets(at);
         let options = Options {
             explain,
             slots,
             exclude,
+            budgets: &budgets,
             ..Options::new(decision_id(at))
         };
-        let db = self.node.db();
         let reply = |_: &CustomerState, d: &Decision| {
             (
                 decision_reply(catalog, d),
