@@ -643,10 +643,18 @@ pub async fn run(
     health.set_serving::<DecisionServiceServer<Service>>().await;
     health.set_serving::<CustomerServiceServer<Service>>().await;
     health.set_serving::<AdminServiceServer<Service>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::DESCRIPTOR)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl speaks v1, many other clients (Python's
+    // grpcio-reflection, older grpcurl, GUI tools) still only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::DESCRIPTOR)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .expect("the descriptor sets built with the crate are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .expect("the descriptor sets built with the crate are valid");
     metrics.reload(true, &node.db().catalog().version);
     let service = Service { node, metrics };
@@ -667,7 +675,8 @@ pub async fn run(
     let serving = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(1024)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(DecisionServiceServer::new(service.clone()))
         .add_service(CustomerServiceServer::new(service.clone()))
         .add_service(AdminServiceServer::new(service))
