@@ -289,6 +289,17 @@ fn decision_reply(catalog: &Catalog, d: &Decision) -> proto::Decision {
     }
 }
 
+/// Request attributes over the stored ones, if the request has any.
+fn inline_attributes(
+    catalog: &Catalog,
+    attributes: &std::collections::HashMap<String, proto::Value>,
+) -> Result<Option<Vec<crate::schema::Value>>, Status> {
+    if attributes.is_empty() {
+        return Ok(None);
+    }
+    convert::values("customer", &catalog.schema.customer, attributes).map(Some)
+}
+
 fn customer_id(id: &str) -> Option<&str> {
     Some(id).filter(|s| !s.is_empty())
 }
@@ -321,15 +332,7 @@ impl DecisionService for Service {
             let catalog = self.node.db().catalog();
             let placement = Self::placement(&catalog, &r.placement)?;
             let context = convert::values("context", &catalog.schema.context, &r.context)?;
-            let inline = if r.attributes.is_empty() {
-                None
-            } else {
-                Some(convert::values(
-                    "customer",
-                    &catalog.schema.customer,
-                    &r.attributes,
-                )?)
-            };
+            let inline = inline_attributes(&catalog, &r.attributes)?;
             let at = r.at.as_ref().map_or_else(now_ms, millis);
             let started = std::time::Instant::now();
             let (reply, _) = self.decide_one(
@@ -359,15 +362,7 @@ impl DecisionService for Service {
             let r = request.into_inner();
             let catalog = self.node.db().catalog();
             let shared = convert::values("context", &catalog.schema.context, &r.context)?;
-            let inline = if r.attributes.is_empty() {
-                None
-            } else {
-                Some(convert::values(
-                    "customer",
-                    &catalog.schema.customer,
-                    &r.attributes,
-                )?)
-            };
+            let inline = inline_attributes(&catalog, &r.attributes)?;
             let at = r.at.as_ref().map_or_else(now_ms, millis);
             // Check every placement before deciding any.
             let mut requests = Vec::with_capacity(r.placements.len());
@@ -390,6 +385,7 @@ impl DecisionService for Service {
                 } else {
                     shown.clone()
                 };
+                let started = std::time::Instant::now();
                 let (reply, offers) = self.decide_one(
                     &catalog,
                     customer_id(&r.customer_id),
@@ -402,7 +398,8 @@ impl DecisionService for Service {
                     &exclude,
                 )?;
                 shown.extend(offers);
-                self.metrics.decision(&reply, 0.0);
+                self.metrics
+                    .decision(&reply, started.elapsed().as_secs_f64());
                 decisions.push(reply);
             }
             Ok(Response::new(proto::DecideBatchResponse { decisions }))
