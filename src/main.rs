@@ -35,32 +35,7 @@ struct Cli {
 enum Command {
     /// Serve decisions, outcomes and customers over gRPC until Ctrl-C or SIGTERM;
     /// SIGHUP reloads the catalog.
-    Serve {
-        #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
-        rules: PathBuf,
-        #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
-        data: PathBuf,
-        /// The gRPC address; anything but loopback needs --admin-token.
-        #[arg(long, env = "NEXTBEST_LISTEN", default_value = "127.0.0.1:50051")]
-        listen: std::net::SocketAddr,
-        /// Where Prometheus scrapes `/metrics`.
-        #[arg(
-            long,
-            env = "NEXTBEST_METRICS_LISTEN",
-            default_value = "127.0.0.1:9464"
-        )]
-        metrics_listen: std::net::SocketAddr,
-        /// How often to look for changed rule files (`0s` to not watch).
-        #[arg(long, env = "NEXTBEST_WATCH_INTERVAL", default_value = "1s")]
-        watch_interval: String,
-        /// How often to snapshot the state and erase forgotten customers (`0s`: never).
-        #[arg(long, env = "NEXTBEST_COMPACT_INTERVAL", default_value = "1h")]
-        compact_interval: String,
-        /// Customer and admin calls must carry `authorization: Bearer <token>`. Required
-        /// to listen on anything but loopback.
-        #[arg(long, env = "NEXTBEST_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Load and validate a catalog; print a summary, or every error with its location.
     Check {
         /// The catalog directory (schema.yaml, placements.yaml, experiments.yaml, offers/).
@@ -165,20 +140,50 @@ enum Format {
     Json,
 }
 
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
+    rules: PathBuf,
+    #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
+    data: PathBuf,
+    /// The gRPC address; anything but loopback needs --admin-token.
+    #[arg(long, env = "NEXTBEST_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: std::net::SocketAddr,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP; no customer data).
+    #[arg(
+        long,
+        env = "NEXTBEST_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_listen: std::net::SocketAddr,
+    /// How often to look for changed rule files (`0s` to not watch).
+    #[arg(long, env = "NEXTBEST_WATCH_INTERVAL", default_value = "1s")]
+    watch_interval: String,
+    /// How often to snapshot the state and erase forgotten customers (`0s`: never).
+    #[arg(long, env = "NEXTBEST_COMPACT_INTERVAL", default_value = "1h")]
+    compact_interval: String,
+    /// Customer and admin calls must carry `authorization: Bearer <token>`. Required
+    /// to listen on anything but loopback.
+    #[arg(long, env = "NEXTBEST_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Serve TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "NEXTBEST_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "NEXTBEST_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Larger request messages are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "NEXTBEST_MAX_MESSAGE_BYTES", default_value_t = nextbest::server::MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// Calls running longer are cancelled (a client's shorter deadline wins).
+    #[arg(long, env = "NEXTBEST_REQUEST_TIMEOUT", default_value = "10s")]
+    request_timeout: String,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            rules,
-            data,
-            listen,
-            metrics_listen,
-            watch_interval,
-            compact_interval,
-            admin_token,
-        } => intervals(&watch_interval, &compact_interval)
-            .and_then(|i| run_serve(&rules, &data, listen, metrics_listen, i, admin_token))
-            .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
+        Command::Serve(args) => run_serve(args).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
         Command::Check { rules, format } => check(&rules, format),
         Command::Decide {
             rules,
@@ -252,24 +257,47 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_serve(
-    rules: &std::path::Path,
-    data: &std::path::Path,
-    listen: std::net::SocketAddr,
-    metrics_listen: std::net::SocketAddr,
-    intervals: Intervals,
-    admin_token: Option<String>,
-) -> anyhow::Result<()> {
-    let admin_token = admin_token.filter(|t| !t.is_empty());
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        rules,
+        data,
+        listen,
+        metrics_listen,
+        ..
+    } = &args;
+    let (rules, data, listen, metrics_listen) =
+        (rules.as_path(), data.as_path(), *listen, *metrics_listen);
+    let every = |flag: &str, text: &str| -> anyhow::Result<Option<std::time::Duration>> {
+        if matches!(text.trim(), "0" | "0s") {
+            return Ok(None);
+        }
+        let ms = nextbest::catalog::parse_duration(text)
+            .ok_or_else(|| anyhow!("{flag}: `{text}` is not a duration such as 1s or 1h"))?;
+        Ok(Some(std::time::Duration::from_millis(ms.unsigned_abs())))
+    };
+    let intervals = Intervals {
+        watch: every("--watch-interval", &args.watch_interval)?,
+        compact: every("--compact-interval", &args.compact_interval)?,
+    };
+    let mut transport = nextbest::server::Transport::default();
+    transport.max_message_bytes = args.max_message_bytes;
+    transport.request_timeout = every("--request-timeout", &args.request_timeout)?
+        .ok_or_else(|| anyhow!("--request-timeout: must be more than 0s"))?;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        transport = transport.with_tls(cert, key)?;
+    }
+    let admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
     if !listen.ip().is_loopback() {
         if admin_token.is_none() {
             bail!(
                 "--listen {listen} is not a loopback address: set --admin-token (or NEXTBEST_ADMIN_TOKEN) so that customer data and administration need it"
             );
         }
-        eprintln!(
-            "warning: serving {listen} without TLS; terminate TLS in front of nextbest, the admin token travels in clear otherwise"
-        );
+        if !transport.tls() {
+            eprintln!(
+                "warning: serving {listen} without TLS; set --tls-cert and --tls-key or terminate TLS in front of nextbest, the admin token travels in clear otherwise"
+            );
+        }
     }
     let (node, recovery) = nextbest::server::Node::open(rules, data)?;
     let node = node.with_admin_token(admin_token);
@@ -284,9 +312,10 @@ fn run_serve(
             .await
             .with_context(|| format!("listening on {listen}"))?;
         eprintln!(
-            "serving catalog {} from `{}` on {}",
+            "serving catalog {} from `{}`{} on {}",
             node.db().catalog().version,
             rules.display(),
+            if transport.tls() { " over TLS" } else { "" },
             listener.local_addr().unwrap_or(listen)
         );
         let registry = prometheus::Registry::new();
@@ -328,7 +357,14 @@ fn run_serve(
             Arc::clone(&node),
             until_stopped(),
         ));
-        nextbest::server::run(listener, Arc::clone(&node), metrics, until_stopped()).await?;
+        nextbest::server::run(
+            listener,
+            Arc::clone(&node),
+            metrics,
+            &transport,
+            until_stopped(),
+        )
+        .await?;
         scrapes.await.context("the metrics server")??;
         eprintln!("draining: no new calls, the ones in flight finished");
         Ok::<_, anyhow::Error>(())
@@ -346,21 +382,6 @@ fn run_serve(
 struct Intervals {
     watch: Option<std::time::Duration>,
     compact: Option<std::time::Duration>,
-}
-
-fn intervals(watch: &str, compact: &str) -> anyhow::Result<Intervals> {
-    let every = |flag: &str, text: &str| -> anyhow::Result<Option<std::time::Duration>> {
-        if matches!(text.trim(), "0" | "0s") {
-            return Ok(None);
-        }
-        let ms = nextbest::catalog::parse_duration(text)
-            .ok_or_else(|| anyhow!("{flag}: `{text}` is not a duration such as 1s or 1h"))?;
-        Ok(Some(std::time::Duration::from_millis(ms.unsigned_abs())))
-    };
-    Ok(Intervals {
-        watch: every("--watch-interval", watch)?,
-        compact: every("--compact-interval", compact)?,
-    })
 }
 
 /// Compacts every `interval`: a snapshot for fast restarts, and erasure of forgotten

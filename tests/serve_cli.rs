@@ -99,6 +99,34 @@ fn serve_refuses_to_listen_off_loopback_without_a_token() {
 }
 
 #[test]
+fn serve_refuses_to_start_with_a_tls_key_that_is_missing_or_alone() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let serve = |extra: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nextbest"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(tempfile::tempdir().expect("tempdir").path())
+            .args(extra)
+            .env_remove("NEXTBEST_TLS_CERT")
+            .env_remove("NEXTBEST_TLS_KEY")
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let cert = fixtures.join("server.pem");
+    let err = serve(&["--tls-cert".as_ref(), cert.as_os_str()]);
+    assert!(err.contains("--tls-key"), "{err}");
+    let missing = fixtures.join("missing.key");
+    let err = serve(&[
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        missing.as_os_str(),
+    ]);
+    assert!(err.contains("missing.key"), "{err}");
+}
+
+#[test]
 fn sighup_reloads_the_catalog() {
     let data = tempfile::tempdir().expect("tempdir");
     let rules = tempfile::tempdir().expect("tempdir");

@@ -9,18 +9,18 @@ use nextbest::server::proto::admin_service_client::AdminServiceClient;
 use nextbest::server::proto::customer_service_client::CustomerServiceClient;
 use nextbest::server::proto::decision_service_client::DecisionServiceClient;
 use nextbest::server::proto::{self, value::Kind};
-use nextbest::server::{Metrics, Node, run};
+use nextbest::server::{Metrics, Node, Transport, run};
 use tonic::Code;
 use tonic::transport::Channel;
 
 struct Server {
     addr: std::net::SocketAddr,
     metrics_addr: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<()>>,
     node: Arc<Node>,
     rules: tempfile::TempDir,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -36,46 +36,68 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-async fn start() -> Server {
+fn sample_rules() -> tempfile::TempDir {
     let rules = tempfile::tempdir().expect("tempdir");
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
         rules.path(),
     );
+    rules
+}
+
+/// A server on the sample rules and a new data directory.
+async fn start() -> Server {
     let data = tempfile::tempdir().expect("tempdir");
+    start_on(sample_rules(), data, Transport::default()).await
+}
+
+async fn start_on(
+    rules: tempfile::TempDir,
+    data: tempfile::TempDir,
+    transport: Transport,
+) -> Server {
     let (node, _) = Node::open(rules.path(), data.path()).expect("node");
     let node = Arc::new(node);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
     let registry = prometheus::Registry::new();
     let metrics = Arc::new(Metrics::new(&registry).expect("metrics"));
     let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let metrics_addr = metrics_listener.local_addr().expect("addr");
-    tokio::spawn(nextbest::server::metrics::serve(
+    let scrapes = tokio::spawn(nextbest::server::metrics::serve(
         metrics_listener,
         registry,
         Arc::clone(&metrics),
         Arc::clone(&node),
-        std::future::pending(),
+        until_stopped(),
     ));
-    let task = tokio::spawn(run(listener, Arc::clone(&node), metrics, async {
-        let _ = stopped.await;
-    }));
+    let serving = {
+        let node = Arc::clone(&node);
+        async move { run(listener, node, metrics, &transport, until_stopped()).await }
+    };
+    let task = tokio::spawn(serving);
     Server {
         addr,
         metrics_addr,
         stop: Some(stop),
         task: Some(tokio::spawn(async move {
             task.await.expect("server task").expect("server");
+            scrapes.await.expect("metrics task").expect("metrics");
         })),
         node,
         rules,
-        _data: data,
+        data,
     }
 }
 
@@ -106,11 +128,24 @@ impl Server {
 
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if let Some(task) = self.task.take() {
             task.await.expect("server stopped cleanly");
         }
+    }
+
+    /// Stops, closes the node (flushing the journal) and hands back its directories.
+    async fn shut_down(mut self) -> (tempfile::TempDir, tempfile::TempDir) {
+        let _ = self.stop.take().expect("running").send(true);
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("stopped cleanly");
+        let node = Arc::try_unwrap(self.node).expect("the server let go of the node");
+        node.close().expect("close");
+        (self.rules, self.data)
     }
 }
 
@@ -615,9 +650,12 @@ async fn with_an_admin_token_customer_and_admin_calls_need_it() {
     let addr = listener.local_addr().expect("addr");
     let metrics = Arc::new(Metrics::new(&prometheus::Registry::new()).expect("metrics"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, node, metrics, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(async move {
+        run(listener, node, metrics, &Transport::default(), async {
+            let _ = stopped.await;
+        })
+        .await
+    });
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()
@@ -672,7 +710,7 @@ async fn draining_reports_not_serving_and_cuts_off_endless_streams() {
     let first = watch.message().await.expect("status").expect("one");
     assert_eq!(first.status, ServingStatus::Serving as i32);
     let Server { stop, task, .. } = server;
-    let _ = stop.expect("running").send(());
+    let _ = stop.expect("running").send(true);
     let next = watch.message().await.expect("status").expect("one more");
     assert_eq!(next.status, ServingStatus::NotServing as i32);
     // The watch never ends by itself: the drain cuts it off after its grace period
@@ -680,4 +718,289 @@ async fn draining_reports_not_serving_and_cuts_off_endless_streams() {
     let grace = nextbest::server::DRAIN_GRACE + std::time::Duration::from_secs(20);
     let stopped = tokio::time::timeout(grace, task.expect("task"));
     stopped.await.expect("the server drained").expect("cleanly");
+}
+
+fn outcome(decision: &proto::Decision, kind: proto::OutcomeKind) -> proto::Outcome {
+    proto::Outcome {
+        decision_id: decision.decision_id.clone(),
+        offer_id: decision.offers[0].offer_id.clone(),
+        kind: kind as i32,
+        ..Default::default()
+    }
+}
+
+/// What a restart must keep: attributes, history and the budget counters.
+async fn observed(server: &Server, channel: Channel) -> (proto::Customer, Vec<(u32, u64, u64)>) {
+    let customer = CustomerServiceClient::new(channel)
+        .get(proto::GetRequest {
+            customer_id: "ada".into(),
+            history_limit: 0,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let db = server.node.db();
+    let catalog = db.catalog();
+    let budgets = db.budgets(jiff::Timestamp::now().as_millisecond());
+    use nextbest::decide::{BudgetScope, Budgets};
+    let spent = catalog
+        .offers
+        .iter()
+        .map(|o| {
+            let s = budgets.spent(BudgetScope::Offer(o.key));
+            (o.key, s.today, s.total)
+        })
+        .collect();
+    (customer, spent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_customers_history_budgets_and_retries() {
+    let server = start().await;
+    let channel = server.channel().await;
+    CustomerServiceClient::new(channel.clone())
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes: ada(),
+        })
+        .await
+        .expect("upsert");
+    let mut decisions = DecisionServiceClient::new(channel.clone());
+    let email = decisions
+        .decide(decide_request("ada", "email.hero"))
+        .await
+        .expect("decide")
+        .into_inner();
+    let impression = outcome(&email, proto::OutcomeKind::Impression);
+    decisions
+        .record_outcome(impression.clone())
+        .await
+        .expect("impression");
+    let call = decisions
+        .decide(decide_request("ada", "call_center.next_best"))
+        .await
+        .expect("decide")
+        .into_inner();
+    let accept = outcome(&call, proto::OutcomeKind::Accept);
+    decisions
+        .record_outcome(accept.clone())
+        .await
+        .expect("accept");
+    let before = observed(&server, channel).await;
+    assert_eq!(before.0.history.len(), 2, "{:?}", before.0);
+    assert!(
+        before
+            .1
+            .iter()
+            .any(|&(_, today, total)| today == 1 && total == 1),
+        "the impression counts against its offer's budget: {:?}",
+        before.1
+    );
+
+    let (rules, data) = server.shut_down().await;
+    let server = start_on(rules, data, Transport::default()).await;
+    let channel = server.channel().await;
+    let after = observed(&server, channel.clone()).await;
+    assert_eq!(after, before);
+    let mut decisions = DecisionServiceClient::new(channel);
+    for retry in [impression, accept] {
+        let ack = decisions.record_outcome(retry).await.expect("retry");
+        assert!(
+            ack.into_inner().duplicate,
+            "a retry after a restart counts once"
+        );
+    }
+    assert_eq!(observed(&server, server.channel().await).await, before);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_under_outcome_load_keeps_every_acknowledged_outcome() {
+    const CUSTOMERS: usize = 24;
+    const CALLERS: usize = 16;
+    let server = start().await;
+    let channel = server.channel().await;
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    let mut decisions = DecisionServiceClient::new(channel.clone());
+    let mut pending = Vec::new();
+    for i in 0..CUSTOMERS {
+        let id = format!("c{i}");
+        customers
+            .upsert(proto::UpsertRequest {
+                customer_id: id.clone(),
+                attributes: ada(),
+            })
+            .await
+            .expect("upsert");
+        for placement in ["call_center.next_best", "app.card"] {
+            let d = decisions
+                .decide(decide_request(&id, placement))
+                .await
+                .expect("decide")
+                .into_inner();
+            if d.offers.is_empty() {
+                continue;
+            }
+            for kind in [
+                proto::OutcomeKind::Impression,
+                proto::OutcomeKind::Click,
+                proto::OutcomeKind::Accept,
+                proto::OutcomeKind::Convert,
+            ] {
+                pending.push(outcome(&d, kind));
+            }
+        }
+    }
+    let total = pending.len();
+    let pending = Arc::new(std::sync::Mutex::new(pending));
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut callers = Vec::new();
+    for _ in 0..CALLERS {
+        let (pending, acknowledged) = (Arc::clone(&pending), Arc::clone(&acknowledged));
+        let mut client = DecisionServiceClient::new(channel.clone());
+        callers.push(tokio::spawn(async move {
+            loop {
+                let Some(next) = pending.lock().expect("lock").pop() else {
+                    return;
+                };
+                match client.record_outcome(next.clone()).await {
+                    Ok(_) => acknowledged.lock().expect("lock").push(next),
+                    // Refused once draining: not acknowledged, so the client may retry.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Shut down while the callers are in full swing.
+    while acknowledged.lock().expect("lock").len() < total / 4 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let (rules, data) = server.shut_down().await;
+    for caller in callers {
+        caller.await.expect("caller");
+    }
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().expect("lock"));
+    assert!(
+        acknowledged.len() >= total / 4,
+        "{} of {total}",
+        acknowledged.len()
+    );
+    eprintln!(
+        "{} of {total} outcomes acknowledged before the shutdown",
+        acknowledged.len()
+    );
+
+    let server = start_on(rules, data, Transport::default()).await;
+    let mut decisions = DecisionServiceClient::new(server.channel().await);
+    for outcome in &acknowledged {
+        let ack = decisions
+            .record_outcome(outcome.clone())
+            .await
+            .expect("retry");
+        assert!(
+            ack.into_inner().duplicate,
+            "an acknowledged outcome was lost: {outcome:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_limit_is_resource_exhausted_and_changes_nothing() {
+    let mut transport = Transport::default();
+    transport.max_message_bytes = 1024;
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start_on(sample_rules(), data, transport).await;
+    let mut customers = CustomerServiceClient::new(server.channel().await);
+    let mut attributes = ada();
+    attributes.insert("segment".into(), string(&"x".repeat(4096)));
+    let e = customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes,
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("1024"),
+        "names the limit: {}",
+        e.message()
+    );
+    assert_eq!(server.node.db().store().len(), 0);
+    customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes: ada(),
+        })
+        .await
+        .expect("a message under the limit");
+    server.stop().await;
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let transport = Transport::default()
+        .with_tls(&fixture("server.pem"), &fixture("server.key"))
+        .expect("tls");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start_on(sample_rules(), data, transport).await;
+    let ca = std::fs::read(fixture("ca.pem")).expect("ca");
+    let channel = Channel::from_shared(format!("https://{}", server.addr))
+        .expect("uri")
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .domain_name("localhost"),
+        )
+        .expect("client tls")
+        .connect()
+        .await
+        .expect("a TLS handshake");
+    let d = DecisionServiceClient::new(channel)
+        .decide(decide_request("nobody", "web.home_banner"))
+        .await
+        .expect("decide over TLS");
+    assert!(!d.into_inner().decision_id.is_empty());
+
+    // Plain HTTP/2 to the TLS port gets no answer (the handshake fails; how the client
+    // words that depends on when it notices).
+    let plain = Channel::from_shared(format!("http://{}", server.addr))
+        .expect("uri")
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        DecisionServiceClient::new(plain)
+            .decide(decide_request("nobody", "web.home_banner"))
+            .await
+            .expect_err("plain text to a TLS port");
+    }
+    // A client that does not trust the issuer refuses the server.
+    let untrusting = Channel::from_shared(format!("https://{}", server.addr))
+        .expect("uri")
+        .tls_config(ClientTlsConfig::new().domain_name("localhost"))
+        .expect("client tls")
+        .connect()
+        .await;
+    assert!(untrusting.is_err(), "the certificate was not verified");
+    server.stop().await;
+}
+
+#[test]
+fn tls_files_that_are_missing_or_not_a_key_pair_are_refused_by_name() {
+    let missing = Transport::default()
+        .with_tls(&fixture("nope.pem"), &fixture("server.key"))
+        .expect_err("missing");
+    assert!(missing.to_string().contains("nope.pem"), "{missing}");
+    let swapped = Transport::default()
+        .with_tls(&fixture("server.key"), &fixture("server.pem"))
+        .expect_err("cert and key swapped");
+    assert!(swapped.to_string().contains("server.key"), "{swapped}");
 }

@@ -6,6 +6,7 @@
 
 mod convert;
 pub mod metrics;
+mod transport;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use crate::decide::{self, Context, Decision, Options};
 use crate::state::CustomerState;
 use convert::{millis, status, timestamp};
 pub use metrics::Metrics;
+pub use transport::{MAX_MESSAGE_BYTES, TlsError, Transport};
 
 /// The generated code of `proto/nextbest/v1`.
 #[allow(
@@ -40,6 +42,11 @@ pub mod proto {
 use proto::admin_service_server::{AdminService, AdminServiceServer};
 use proto::customer_service_server::{CustomerService, CustomerServiceServer};
 use proto::decision_service_server::{DecisionService, DecisionServiceServer};
+
+fn sha256(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
 
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -75,8 +82,9 @@ pub struct Node {
     rules: PathBuf,
     loaded_at: AtomicI64,
     reloading: std::sync::Mutex<()>,
-    /// Required as `authorization: Bearer <token>` on customer and admin calls, when set.
-    admin_token: Option<Box<str>>,
+    /// The SHA-256 of the token required as `authorization: Bearer <token>` on customer
+    /// and admin calls, when set.
+    admin_token: Option<[u8; 32]>,
 }
 
 impl Node {
@@ -105,7 +113,7 @@ impl Node {
 
     /// Requires `authorization: Bearer <token>` on every customer and admin call.
     pub fn with_admin_token(mut self, token: Option<String>) -> Node {
-        self.admin_token = token.filter(|t| !t.is_empty()).map(Into::into);
+        self.admin_token = token.filter(|t| !t.is_empty()).map(|t| sha256(&t));
         self
     }
 
@@ -154,13 +162,13 @@ impl Service {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        // Compare in time independent of where the strings differ.
-        let same = given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        // Digests of equal length, compared in time independent of where they differ:
+        // neither the token's content nor its length shows in the timing.
+        let same = sha256(given)
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
         if same {
             Ok(())
         } else {
@@ -634,6 +642,7 @@ pub async fn run(
     listener: TcpListener,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
+    transport: &Transport,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -669,14 +678,18 @@ pub async fn run(
             .await;
         let _ = draining_started.send(());
     };
-    let serving = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(1024)
+    let limit = transport.max_message_bytes;
+    let serving = transport
+        .builder()?
+        .layer(tower::util::MapResponseLayer::new(
+            transport::oversize_is_resource_exhausted,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(DecisionServiceServer::new(service.clone()))
-        .add_service(CustomerServiceServer::new(service.clone()))
-        .add_service(AdminServiceServer::new(service))
+        .add_service(DecisionServiceServer::new(service.clone()).max_decoding_message_size(limit))
+        .add_service(CustomerServiceServer::new(service.clone()).max_decoding_message_size(limit))
+        .add_service(AdminServiceServer::new(service).max_decoding_message_size(limit))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, small replies wait for delayed ACKs: ~40 ms a call.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -1,0 +1,124 @@
+//! How [`run`](super::run) serves: TLS, and the limits every call is held to.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::codegen::http;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+/// The largest request message accepted, unless configured otherwise (gRPC's usual).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// TLS and limits for [`run`](super::run).
+#[derive(Clone)]
+pub struct Transport {
+    tls: Option<Identity>,
+    /// Larger request messages are refused with RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+    /// A call still running after this long is answered CANCELLED (a client's shorter
+    /// `grpc-timeout` wins).
+    pub request_timeout: Duration,
+    /// Calls one connection may have in flight; HTTP/2 streams beyond wait.
+    pub concurrency_per_connection: usize,
+}
+
+impl Default for Transport {
+    fn default() -> Transport {
+        Transport {
+            tls: None,
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            request_timeout: Duration::from_secs(10),
+            concurrency_per_connection: 1024,
+        }
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    // By hand: the derived one would print the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("tls", &self.tls.is_some())
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .field(
+                "concurrency_per_connection",
+                &self.concurrency_per_connection,
+            )
+            .finish()
+    }
+}
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading `{path}`: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "`{cert}` and `{key}` are not a usable PEM certificate chain and private key: {reason}"
+    )]
+    Invalid {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+impl Transport {
+    /// Serves TLS with the PEM certificate chain and private key in these files, checked
+    /// here so that a bad pair stops the start, not the first handshake.
+    pub fn with_tls(mut self, cert: &Path, key: &Path) -> Result<Transport, TlsError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let identity = Identity::from_pem(read(cert)?, read(key)?);
+        Server::builder()
+            .tls_config(ServerTlsConfig::new().identity(identity.clone()))
+            .map_err(|e| TlsError::Invalid {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                reason: std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), ToString::to_string),
+            })?;
+        self.tls = Some(identity);
+        Ok(self)
+    }
+
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A server builder with these settings.
+    pub(super) fn builder(&self) -> Result<Server, tonic::transport::Error> {
+        let builder = Server::builder()
+            .concurrency_limit_per_connection(self.concurrency_per_connection)
+            .max_concurrent_streams(u32::try_from(self.concurrency_per_connection).ok())
+            .timeout(self.request_timeout);
+        match &self.tls {
+            Some(identity) => builder.tls_config(ServerTlsConfig::new().identity(identity.clone())),
+            None => Ok(builder),
+        }
+    }
+}
+
+/// tonic answers a request over the size limit with OUT_OF_RANGE; gRPC's status code
+/// table says RESOURCE_EXHAUSTED, which is also what clients retrying on size expect.
+/// No handler of ours answers OUT_OF_RANGE, so the code alone tells the case.
+pub(super) fn oversize_is_resource_exhausted<B>(
+    mut response: http::Response<B>,
+) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = http::HeaderValue::from(tonic::Code::OutOfRange as i32);
+    if headers.get("grpc-status") == Some(&out_of_range) {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+        );
+    }
+    response
+}
