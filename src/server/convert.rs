@@ -172,3 +172,20 @@ pub fn customer(catalog: &Catalog, state: &CustomerState, limit: usize) -> proto
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_or_closed_journal_is_unavailable_and_says_nothing_was_acknowledged() {
+        for e in [
+            WriteError::Failed("No space left on device (os error 28)".into()),
+            WriteError::Closed,
+        ] {
+            let s = status(DbError::Write(e));
+            assert_eq!(s.code(), tonic::Code::Unavailable);
+            assert!(s.message().ends_with("nothing was acknowledged"), "{s:?}");
+        }
+    }
+}
