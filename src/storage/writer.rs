@@ -116,6 +116,10 @@ struct Queue<R> {
     closing: bool,
     /// Someone waits for an item in the queue (durable record, sync, rotation).
     urgent: bool,
+    /// The highest sequence number someone waits to see durable: a record appended
+    /// without `durable` and waited for later gets its fsync now, not at the next
+    /// `flush_interval`.
+    wanted: Seq,
     /// The writer thread is waiting for work (and needs a wake-up).
     idle: bool,
     /// The last rotation: its sequence number and the first position of the new segment.
@@ -181,6 +185,7 @@ impl<R: Encode> Writer<R> {
                 failed: None,
                 closing: false,
                 urgent: false,
+                wanted: last,
                 idle: false,
                 rotated: (0, start),
             }),
@@ -263,6 +268,14 @@ impl<R: Encode> Writer<R> {
             if let Some(e) = &q.failed {
                 return Err(WriteError::Failed(e.clone()));
             }
+            if q.wanted < seq {
+                q.wanted = seq;
+                q.urgent = true;
+                if q.idle {
+                    q.idle = false;
+                    shared.work.notify_one();
+                }
+            }
             q = shared.done.wait(q).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -320,7 +333,7 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
     let mut dirty = false;
     let mut synced_at = Instant::now();
     loop {
-        let (last, closing) = {
+        let (last, closing, waited_for) = {
             let mut q = shared.lock();
             while !q.closing && !q.urgent && q.items.len() < options.wake_at {
                 let wait = match (q.items.is_empty(), dirty) {
@@ -341,7 +354,7 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
             }
             q.urgent = false;
             std::mem::swap(&mut batch, &mut q.items);
-            (q.queued, q.closing)
+            (q.queued, q.closing, q.wanted > q.durable)
         };
         shared.space.notify_all();
         // Records nobody waits for are synced at least every `flush_interval`.
@@ -354,7 +367,7 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
             &mut buf,
             &mut payload,
             last,
-            closing || overdue,
+            closing || overdue || waited_for,
         );
         match result {
             Ok(synced) => {
@@ -506,17 +519,36 @@ mod tests {
                 ..WriterOptions::default()
             },
         );
-        let seq = w
-            .append(Bytes(b"decision".to_vec()), false)
+        w.append(Bytes(b"decision".to_vec()), false)
             .expect("append");
+        // Nobody waits: only the flush interval can bring the fsync.
+        let given_up = Instant::now() + Duration::from_secs(10);
+        while w.stats().fsyncs.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < given_up, "no fsync came for a lingering record");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn waiting_for_a_record_appended_without_durable_syncs_it_now() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The interval would leave the record unsynced for an hour.
+        let w = writer(
+            dir.path(),
+            WriterOptions {
+                flush_interval: Duration::from_secs(3600),
+                ..WriterOptions::default()
+            },
+        );
+        let seq = w.append(Bytes(b"upsert".to_vec()), false).expect("append");
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = Arc::clone(&w);
         std::thread::spawn(move || {
             let _ = tx.send(waiter.wait(seq));
         });
-        let synced = rx.recv_timeout(Duration::from_secs(10));
-        assert_eq!(synced, Ok(Ok(())), "no fsync came for a lingering record");
-        assert!(w.stats().fsyncs.load(Ordering::Relaxed) >= 1);
+        let synced = rx.recv_timeout(Duration::from_secs(30));
+        assert_eq!(synced, Ok(Ok(())), "the waiter was left for the flush interval");
+        assert_eq!(w.stats().fsyncs.load(Ordering::Relaxed), 1);
     }
 
     #[test]
