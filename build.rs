@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/nextbest/v1/decision.proto",
         "proto/nextbest/v1/customer.proto",
         "proto/nextbest/v1/admin.proto",
+        "proto/nextbest/v1/probe.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;

@@ -126,6 +126,61 @@ enum Command {
         #[arg(required = true)]
         customers: Vec<String>,
     },
+    /// Load a running server and measure it with HDR histograms: closed loop (callers as
+    /// fast as answers come) or open loop (--rate, latency from when each request was due).
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadgenArgs {
+    /// The server.
+    #[arg(
+        long,
+        env = "NEXTBEST_TARGET",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    target: String,
+    /// The catalog the server runs: requests use its placements and attributes.
+    #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
+    rules: PathBuf,
+    /// Sent with upserts, when the server needs it.
+    #[arg(long, env = "NEXTBEST_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Request kinds and their weights: decide, batch (DecideBatch of two placements),
+    /// outcome (for a recent decision), upsert, ping (an empty call).
+    #[arg(long, default_value = "decide=70,batch=10,outcome=15,upsert=5")]
+    mix: String,
+    /// Closed loop: this many callers.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Open loop instead: this many requests a second.
+    #[arg(long, conflicts_with_all = ["concurrency", "ceiling"])]
+    rate: Option<f64>,
+    /// How long to measure, after the warm-up.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Sent first, not measured.
+    #[arg(long, default_value = "2s")]
+    warmup: String,
+    /// HTTP/2 connections to spread the requests over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests name customers c0..cN.
+    #[arg(long, default_value_t = 10_000)]
+    customers: u64,
+    /// Upsert those customers (every attribute) before the run.
+    #[arg(long)]
+    populate: bool,
+    /// Run pings with the same load first, and give the mix's throughput as a share of
+    /// that ceiling.
+    #[arg(long)]
+    ceiling: bool,
+    /// Also write the figures here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The same seed sends the same requests.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -254,7 +309,115 @@ fn main() -> ExitCode {
         } => {
             run_compact(&rules, &data, &customers).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
         }
+        Command::Loadgen(args) => {
+            run_loadgen(args).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
+        }
     }
+}
+
+fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
+    use nextbest::loadgen::{self, Config, Load, Mix, Target};
+    let duration = |flag: &str, text: &str| {
+        if matches!(text.trim(), "0" | "0s") {
+            return Ok(std::time::Duration::ZERO);
+        }
+        nextbest::catalog::parse_duration(text)
+            .filter(|ms| *ms >= 0)
+            .map(|ms| std::time::Duration::from_millis(ms.unsigned_abs()))
+            .ok_or_else(|| anyhow!("{flag}: `{text}` is not a duration such as 10s"))
+    };
+    let config = Config {
+        mix: Mix::parse(&args.mix).map_err(|e| anyhow!("--mix: {e}"))?,
+        load: match args.rate {
+            Some(rate) if rate > 0.0 && rate.is_finite() => Load::Open { rate },
+            Some(rate) => bail!("--rate: {rate} is not a positive number of requests a second"),
+            None => Load::Closed {
+                concurrency: args.concurrency.max(1),
+            },
+        },
+        duration: duration("--duration", &args.duration)?,
+        warmup: duration("--warmup", &args.warmup)?,
+        customers: args.customers.max(1),
+        seed: args.seed,
+    };
+    let catalog = Catalog::load(&args.rules).map_err(|errors| {
+        anyhow!(
+            "the catalog in `{}` has errors:\n{}",
+            args.rules.display(),
+            errors.render()
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let (ceiling, report) = runtime.block_on(async {
+        let target = Arc::new(
+            Target::connect(
+                &args.target,
+                args.connections,
+                args.admin_token.as_deref(),
+                &catalog,
+            )
+            .await?,
+        );
+        if args.populate {
+            let started = std::time::Instant::now();
+            target.populate(config.customers, 64, config.seed).await?;
+            eprintln!(
+                "populated {} customers in {:.1?}",
+                config.customers,
+                started.elapsed()
+            );
+        }
+        let ceiling = if args.ceiling {
+            let pings = Config {
+                mix: Mix::ping(),
+                ..config.clone()
+            };
+            let report = loadgen::run(Arc::clone(&target), &pings).await;
+            println!("ceiling (ping)\n{}", report.table());
+            Some(report)
+        } else {
+            None
+        };
+        let report = loadgen::run(target, &config).await;
+        Ok::<_, anyhow::Error>((ceiling, report))
+    })?;
+    println!("{}", report.table());
+    let share = ceiling
+        .as_ref()
+        .map(|c| report.per_second / c.per_second.max(f64::MIN_POSITIVE));
+    if let Some(share) = share {
+        println!("throughput: {:.1}% of the ping ceiling", share * 100.0);
+    }
+    if let Some(path) = &args.json {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("model name")
+                        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+                })
+            })
+            .unwrap_or_default();
+        let json = serde_json::json!({
+            "date": jiff::Timestamp::now().to_string(),
+            "machine": {
+                "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+                "cpu": cpu,
+            },
+            "target": args.target,
+            "mix": args.mix,
+            "customers": config.customers,
+            "ceiling": ceiling,
+            "run": report,
+            "share_of_ceiling": share,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {

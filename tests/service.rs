@@ -1004,3 +1004,48 @@ fn tls_files_that_are_missing_or_not_a_key_pair_are_refused_by_name() {
         .expect_err("cert and key swapped");
     assert!(swapped.to_string().contains("server.key"), "{swapped}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_drives_every_request_kind_without_errors() {
+    use nextbest::loadgen::{self, Config, Load, Mix, Target};
+    let server = start().await;
+    let catalog = server.node.db().catalog();
+    let target = Arc::new(
+        Target::connect(&format!("http://{}", server.addr), 2, None, &catalog)
+            .await
+            .expect("connect"),
+    );
+    target.populate(50, 8, 7).await.expect("populate");
+    assert_eq!(server.node.db().store().len(), 50);
+    let mix = Mix::parse("decide=4,batch=2,outcome=2,upsert=1,ping=1").expect("mix");
+    for load in [Load::Closed { concurrency: 4 }, Load::Open { rate: 400.0 }] {
+        let config = Config {
+            mix: mix.clone(),
+            load,
+            duration: std::time::Duration::from_millis(500),
+            warmup: std::time::Duration::from_millis(100),
+            customers: 50,
+            seed: 7,
+        };
+        let report = loadgen::run(Arc::clone(&target), &config).await;
+        assert_eq!(report.errors, 0, "{}", report.table());
+        let ops: Vec<&str> = report.ops.iter().map(|o| o.op).collect();
+        assert_eq!(
+            ops,
+            ["decide", "batch", "outcome", "upsert", "ping"],
+            "{}",
+            report.table()
+        );
+        assert!(report.latency.p50_us > 0.0 && report.latency.p50_us <= report.latency.max_us);
+        if let Load::Open { .. } = load {
+            // 400/s for 0.5 s, give or take the requests due at the edges.
+            assert!((150..=250).contains(&report.requests), "{}", report.table());
+        }
+    }
+    assert_eq!(
+        server.node.db().store().len(),
+        50,
+        "upserts name known customers"
+    );
+    server.stop().await;
+}

@@ -42,6 +42,7 @@ pub mod proto {
 use proto::admin_service_server::{AdminService, AdminServiceServer};
 use proto::customer_service_server::{CustomerService, CustomerServiceServer};
 use proto::decision_service_server::{DecisionService, DecisionServiceServer};
+use proto::probe_service_server::{ProbeService, ProbeServiceServer};
 
 fn sha256(text: &str) -> [u8; 32] {
     use sha2::Digest;
@@ -635,6 +636,20 @@ impl AdminService for Service {
     }
 }
 
+/// Answers `Ping` with nothing: the cost of the stack alone.
+#[derive(Debug, Clone, Copy)]
+struct Probe;
+
+#[tonic::async_trait]
+impl ProbeService for Probe {
+    async fn ping(
+        &self,
+        _: Request<proto::PingRequest>,
+    ) -> Result<Response<proto::PingReply>, Status> {
+        Ok(Response::new(proto::PingReply {}))
+    }
+}
+
 /// Serves the node on `listener` until `shutdown` resolves, then stops accepting,
 /// finishes the calls in flight and returns. Health reports SERVING from the start (the
 /// node is loaded and recovered before this is called) and NOT_SERVING while draining.
@@ -690,6 +705,7 @@ pub async fn run(
         .add_service(DecisionServiceServer::new(service.clone()).max_decoding_message_size(limit))
         .add_service(CustomerServiceServer::new(service.clone()).max_decoding_message_size(limit))
         .add_service(AdminServiceServer::new(service).max_decoding_message_size(limit))
+        .add_service(ProbeServiceServer::new(Probe))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, small replies wait for delayed ACKs: ~40 ms a call.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

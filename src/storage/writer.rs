@@ -524,7 +524,10 @@ mod tests {
         // Nobody waits: only the flush interval can bring the fsync.
         let given_up = Instant::now() + Duration::from_secs(10);
         while w.stats().fsyncs.load(Ordering::Relaxed) == 0 {
-            assert!(Instant::now() < given_up, "no fsync came for a lingering record");
+            assert!(
+                Instant::now() < given_up,
+                "no fsync came for a lingering record"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -547,7 +550,11 @@ mod tests {
             let _ = tx.send(waiter.wait(seq));
         });
         let synced = rx.recv_timeout(Duration::from_secs(30));
-        assert_eq!(synced, Ok(Ok(())), "the waiter was left for the flush interval");
+        assert_eq!(
+            synced,
+            Ok(Ok(())),
+            "the waiter was left for the flush interval"
+        );
         assert_eq!(w.stats().fsyncs.load(Ordering::Relaxed), 1);
     }
 
