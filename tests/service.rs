@@ -1049,3 +1049,117 @@ async fn the_load_generator_drives_every_request_kind_without_errors() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_reloads_good_and_bad_under_full_decide_load_fail_no_decide() {
+    const RELOADS: usize = 100;
+    const CALLERS: usize = 8;
+    let server = start().await;
+    let channel = server.channel().await;
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes: ada(),
+        })
+        .await
+        .expect("upsert");
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let first = server.node.db().catalog().version.to_string();
+    let good_versions = Arc::new(std::sync::Mutex::new(vec![first]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let mut client = DecisionServiceClient::new(channel.clone());
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let placements = [
+                    "call_center.next_best",
+                    "email.hero",
+                    "web.home_banner",
+                    "app.card",
+                ];
+                let (mut answered, mut versions) = (0u64, std::collections::HashSet::new());
+                let mut n = i;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let customer = if n % 2 == 0 { "ada" } else { "" };
+                    let d = client
+                        .decide(decide_request(customer, placements[n % placements.len()]))
+                        .await
+                        .expect("no decide fails during reloads")
+                        .into_inner();
+                    versions.insert(d.catalog_version);
+                    answered += 1;
+                    n += 1;
+                }
+                (answered, versions)
+            })
+        })
+        .collect();
+
+    let offers = server.rules.path().join("offers/service.yaml");
+    let text = std::fs::read_to_string(&offers).expect("read");
+    let mut refused = 0;
+    for k in 0..RELOADS {
+        let good = k % 2 == 0;
+        let content = if good {
+            // A new version each time: every good reload changes the catalog.
+            format!("{text}\n# reload {k}\n")
+        } else {
+            text.replacen(
+                "id: ",
+                "id: x\n    eligibility: customer.agee > 1\n    # ",
+                1,
+            )
+        };
+        std::fs::write(&offers, content).expect("write");
+        let reply = admin
+            .reload(proto::ReloadRequest {})
+            .await
+            .expect("reload")
+            .into_inner();
+        assert_eq!(reply.reloaded, good, "{:?}", reply.errors);
+        if good {
+            good_versions.lock().expect("lock").push(reply.version);
+        } else {
+            refused += 1;
+            assert!(!reply.errors.is_empty());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let good_versions = good_versions.lock().expect("lock").clone();
+    let mut answered = 0;
+    let mut seen = std::collections::HashSet::new();
+    for caller in callers {
+        let (n, versions) = caller.await.expect("caller");
+        answered += n;
+        seen.extend(versions);
+    }
+    assert!(
+        answered > RELOADS as u64,
+        "decides ran throughout: {answered}"
+    );
+    for version in &seen {
+        assert!(
+            good_versions.contains(version),
+            "{version} is not a good catalog's"
+        );
+    }
+    assert!(seen.len() > 1, "decides saw the catalogs change: {seen:?}");
+    assert_eq!(
+        server.node.db().catalog().version.to_string(),
+        *good_versions.last().expect("one"),
+        "the last good catalog is in force"
+    );
+    let scraped = server.scrape().await;
+    let failures = format!("nextbest_reloads_total{{result=\"refused\"}} {refused}");
+    assert!(
+        scraped.contains(&failures),
+        "{failures} missing:\n{scraped}"
+    );
+    eprintln!(
+        "{answered} decides during {RELOADS} reloads ({refused} refused), {} catalogs seen",
+        seen.len()
+    );
+    server.stop().await;
+}
