@@ -605,10 +605,15 @@ async fn reload_on_sighup(
     while hup.recv().await.is_some() {
         let node = Arc::clone(&node);
         let reloading = Arc::clone(&node);
+        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || reloading.reload()).await {
             Ok(Ok(catalog)) => {
                 metrics.reload(true, &catalog.version);
-                eprintln!("SIGHUP: catalog {} in force", catalog.version);
+                eprintln!(
+                    "SIGHUP: catalog {} in force, loaded and swapped in {:.1?}",
+                    catalog.version,
+                    started.elapsed()
+                );
             }
             Ok(Err(e)) => {
                 metrics.reload(false, &node.db().catalog().version);

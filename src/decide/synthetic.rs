@@ -40,6 +40,23 @@ context:
 /// four-predicate eligibility rule, a propensity expression, a value, an impression cap and
 /// one of ten groups.
 pub fn catalog(n: usize) -> Catalog {
+    let [schema, placements, experiments, offers] = files(n);
+    Catalog::from_yaml(&schema, &placements, &experiments, &[&offers])
+        .unwrap_or_else(|e| panic!("the synthetic catalog loads: {}", e.render()))
+}
+
+/// The files of [`catalog`]`(n)` written as a rules directory (`offers/synthetic.yaml`).
+pub fn write_rules(n: usize, dir: &std::path::Path) -> std::io::Result<()> {
+    let [schema, placements, experiments, offers] = files(n);
+    std::fs::create_dir_all(dir.join("offers"))?;
+    std::fs::write(dir.join("schema.yaml"), schema)?;
+    std::fs::write(dir.join("placements.yaml"), placements)?;
+    std::fs::write(dir.join("experiments.yaml"), experiments)?;
+    std::fs::write(dir.join("offers/synthetic.yaml"), offers)
+}
+
+/// schema.yaml, placements.yaml, experiments.yaml and the offers of [`catalog`]`(n)`.
+fn files(n: usize) -> [String; 4] {
     let placements = "placements:\n  - { id: web, channel: web, slots: 3, one_per_group: true, experiment: x }\n";
     let experiments = "experiments:\n  - { id: x, epsilon: 0.1, window: 1d, arms: [{ id: champion, share: 1.0 }] }\n";
     let mut offers = String::from("offers:\n");
@@ -56,8 +73,12 @@ pub fn catalog(n: usize) -> Catalog {
             10 + i % 90
         ));
     }
-    Catalog::from_yaml(SCHEMA, placements, experiments, &[&offers])
-        .unwrap_or_else(|e| panic!("the synthetic catalog loads: {}", e.render()))
+    [
+        SCHEMA.to_string(),
+        placements.to_string(),
+        experiments.to_string(),
+        offers,
+    ]
 }
 
 /// A customer with all 20 attributes set who passes every synthetic rule, and 50 history
@@ -105,5 +126,17 @@ pub fn customer(n_offers: usize) -> CustomerState {
         attributes,
         history,
         seq: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_written_rules_load_as_the_same_catalog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        super::write_rules(12, dir.path()).expect("write");
+        let loaded = crate::catalog::Catalog::load(dir.path()).expect("loads");
+        assert_eq!(loaded.offers.len(), 12);
+        assert_eq!(loaded.placements.len(), 1);
     }
 }
