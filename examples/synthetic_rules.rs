@@ -12,7 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (Some(n), Some(dir)) = (args.next(), args.next()) else {
         return Err("usage: synthetic_rules OFFERS DIR".into());
     };
-    let n: usize = n.parse().map_err(|_| format!("`{n}` is not a number of offers"))?;
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("`{n}` is not a number of offers"))?;
     let dir = std::path::PathBuf::from(dir);
     nextbest::decide::synthetic::write_rules(n, &dir)?;
     println!("{n} offers in {}", dir.display());
