@@ -1163,3 +1163,586 @@ async fn a_hundred_reloads_good_and_bad_under_full_decide_load_fail_no_decide() 
     );
     server.stop().await;
 }
+
+type Call = Box<
+    dyn Fn(Channel) -> std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>,
+>;
+
+/// One row of the bad-input matrix: a call, the status it must get and a text the
+/// message must hold (the field it names).
+struct Case {
+    rpc: &'static str,
+    input: &'static str,
+    call: Call,
+    code: Code,
+    names: &'static str,
+}
+
+fn case<F, Fut>(
+    rpc: &'static str,
+    input: &'static str,
+    code: Code,
+    names: &'static str,
+    call: F,
+) -> Case
+where
+    F: Fn(Channel) -> Fut + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
+    Case {
+        rpc,
+        input,
+        call: Box::new(move |channel| Box::pin(call(channel))),
+        code,
+        names,
+    }
+}
+
+fn with(attributes: &[(&str, proto::Value)]) -> HashMap<String, proto::Value> {
+    attributes
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+/// The counters a refused request must not move.
+fn counted_series(scrape: &str) -> Vec<String> {
+    let mut lines: Vec<String> = scrape
+        .lines()
+        .filter(|l| {
+            [
+                "nextbest_decisions_total",
+                "nextbest_offers_shown_total",
+                "nextbest_offers_explored_total",
+                "nextbest_outcomes_total",
+                "nextbest_customers",
+                "nextbest_journal_records_total",
+                "nextbest_journal_bytes_total",
+                "nextbest_decide_seconds_count",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bad_input_matrix_gets_the_right_status_naming_the_field_and_changes_nothing() {
+    use proto::OutcomeKind as K;
+    let server = start().await;
+    let channel = server.channel().await;
+    CustomerServiceClient::new(channel.clone())
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes: ada(),
+        })
+        .await
+        .expect("upsert");
+    let d = DecisionServiceClient::new(channel.clone())
+        .decide(decide_request("ada", "email.hero"))
+        .await
+        .expect("decide")
+        .into_inner();
+    let decision_id = d.decision_id.clone();
+    let offer_id = d.offers[0].offer_id.clone();
+
+    let huge = "x".repeat(100_000);
+    let too_big = "x".repeat(5 * 1024 * 1024);
+    let nan = double(f64::NAN);
+    let inf = double(f64::INFINITY);
+    let decide = |r: proto::DecideRequest| {
+        move |ch: Channel| {
+            let r = r.clone();
+            async move { DecisionServiceClient::new(ch).decide(r).await.map(drop) }
+        }
+    };
+    let batch = |r: proto::DecideBatchRequest| {
+        move |ch: Channel| {
+            let r = r.clone();
+            async move {
+                DecisionServiceClient::new(ch)
+                    .decide_batch(r)
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+    let outcome = |o: proto::Outcome| {
+        move |ch: Channel| {
+            let o = o.clone();
+            async move {
+                DecisionServiceClient::new(ch)
+                    .record_outcome(o)
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+    let upsert = |id: &str, attributes: HashMap<String, proto::Value>| {
+        let r = proto::UpsertRequest {
+            customer_id: id.into(),
+            attributes,
+        };
+        move |ch: Channel| {
+            let r = r.clone();
+            async move { CustomerServiceClient::new(ch).upsert(r).await.map(drop) }
+        }
+    };
+    let good_outcome = proto::Outcome {
+        decision_id: decision_id.clone(),
+        offer_id: offer_id.clone(),
+        kind: K::Click as i32,
+        ..Default::default()
+    };
+    let page = |placements: Vec<&str>| proto::DecideBatchRequest {
+        customer_id: "ada".into(),
+        placements: placements
+            .into_iter()
+            .map(|p| proto::PlacementRequest {
+                placement: p.into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let inline = |attributes| proto::DecideRequest {
+        attributes,
+        ..decide_request("ada", "app.card")
+    };
+    let invalid = Code::InvalidArgument;
+    let many: HashMap<String, proto::Value> =
+        (0..10_000).map(|i| (format!("x{i}"), int(i))).collect();
+    let products = proto::Value {
+        kind: Some(Kind::StringList(proto::StringList {
+            values: (0..2000).map(|i| format!("p{i}")).collect(),
+        })),
+    };
+    let cases = vec![
+        case(
+            "Decide",
+            "no placement",
+            invalid,
+            "`placement`",
+            decide(decide_request("ada", "")),
+        ),
+        case(
+            "Decide",
+            "unknown placement",
+            Code::NotFound,
+            "`web.nope`",
+            decide(decide_request("ada", "web.nope")),
+        ),
+        case(
+            "Decide",
+            "huge customer id",
+            invalid,
+            "`customer_id`",
+            decide(decide_request(&huge, "app.card")),
+        ),
+        case(
+            "Decide",
+            "unknown context attribute",
+            invalid,
+            "`context.devise`",
+            decide(proto::DecideRequest {
+                context: with(&[("devise", string("mobile"))]),
+                ..decide_request("ada", "app.card")
+            }),
+        ),
+        case(
+            "Decide",
+            "wrong context type",
+            invalid,
+            "`context.device`",
+            decide(proto::DecideRequest {
+                context: with(&[("device", int(3))]),
+                ..decide_request("ada", "app.card")
+            }),
+        ),
+        case(
+            "Decide",
+            "unknown enum value",
+            invalid,
+            "`context.device`",
+            decide(proto::DecideRequest {
+                context: with(&[("device", string("fridge"))]),
+                ..decide_request("ada", "app.card")
+            }),
+        ),
+        case(
+            "Decide",
+            "NaN attribute",
+            invalid,
+            "`customer.monthly_spend`",
+            decide(inline(with(&[("monthly_spend", nan.clone())]))),
+        ),
+        case(
+            "Decide",
+            "infinite attribute",
+            invalid,
+            "`customer.monthly_spend`",
+            decide(inline(with(&[("monthly_spend", inf.clone())]))),
+        ),
+        case(
+            "Decide",
+            "huge string attribute",
+            invalid,
+            "`customer.language`",
+            decide(inline(with(&[("language", string(&huge))]))),
+        ),
+        case(
+            "Decide",
+            "too many attributes",
+            invalid,
+            "unknown attribute `customer.x",
+            decide(inline(many.clone())),
+        ),
+        case(
+            "Decide",
+            "oversize message",
+            Code::ResourceExhausted,
+            "4194304",
+            decide(inline(with(&[("language", string(&too_big))]))),
+        ),
+        case(
+            "DecideBatch",
+            "no placements",
+            invalid,
+            "`placements`",
+            batch(page(vec![])),
+        ),
+        case(
+            "DecideBatch",
+            "65 placements",
+            invalid,
+            "`placements`",
+            batch(page(vec!["app.card"; 65])),
+        ),
+        case(
+            "DecideBatch",
+            "empty placement",
+            invalid,
+            "`placements[0].placement`",
+            batch(page(vec!["", "app.card"])),
+        ),
+        case(
+            "DecideBatch",
+            "unknown second placement",
+            Code::NotFound,
+            "`web.nope`",
+            batch(page(vec!["app.card", "web.nope"])),
+        ),
+        case(
+            "DecideBatch",
+            "huge customer id",
+            invalid,
+            "`customer_id`",
+            batch(proto::DecideBatchRequest {
+                customer_id: huge.clone(),
+                ..page(vec!["app.card"])
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "no decision id",
+            invalid,
+            "`decision_id`",
+            outcome(proto::Outcome {
+                decision_id: String::new(),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "decision id not a UUID",
+            invalid,
+            "`decision_id`",
+            outcome(proto::Outcome {
+                decision_id: "d-1".into(),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "no offer id",
+            invalid,
+            "`offer_id`",
+            outcome(proto::Outcome {
+                offer_id: String::new(),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "unknown offer",
+            Code::NotFound,
+            "`fiber_broadbnd`",
+            outcome(proto::Outcome {
+                offer_id: "fiber_broadbnd".into(),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "no kind",
+            invalid,
+            "`kind`",
+            outcome(proto::Outcome {
+                kind: K::Unspecified as i32,
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "kind out of range",
+            invalid,
+            "`kind`",
+            outcome(proto::Outcome {
+                kind: 99,
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "NaN value",
+            invalid,
+            "`value`",
+            outcome(proto::Outcome {
+                value: Some(f64::NAN),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "infinite value",
+            invalid,
+            "`value`",
+            outcome(proto::Outcome {
+                value: Some(f64::NEG_INFINITY),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "huge channel",
+            invalid,
+            "`channel`",
+            outcome(proto::Outcome {
+                channel: huge.clone(),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcomes",
+            "second of two bad",
+            invalid,
+            "outcomes[1]: `value`",
+            {
+                let r = proto::RecordOutcomesRequest {
+                    outcomes: vec![
+                        good_outcome.clone(),
+                        proto::Outcome {
+                            value: Some(f64::NAN),
+                            ..good_outcome.clone()
+                        },
+                    ],
+                };
+                move |ch: Channel| {
+                    let r = r.clone();
+                    async move {
+                        DecisionServiceClient::new(ch)
+                            .record_outcomes(r)
+                            .await
+                            .map(drop)
+                    }
+                }
+            },
+        ),
+        case(
+            "Upsert",
+            "no customer id",
+            invalid,
+            "`customer_id`",
+            upsert("", ada()),
+        ),
+        case(
+            "Upsert",
+            "huge customer id",
+            invalid,
+            "`customer_id`",
+            upsert(&huge, ada()),
+        ),
+        case(
+            "Upsert",
+            "unknown attribute",
+            invalid,
+            "`customer.agee`",
+            upsert("ada", with(&[("agee", int(3))])),
+        ),
+        case(
+            "Upsert",
+            "wrong type",
+            invalid,
+            "`customer.age`",
+            upsert("ada", with(&[("age", string("old"))])),
+        ),
+        case(
+            "Upsert",
+            "NaN",
+            invalid,
+            "`customer.monthly_spend`",
+            upsert("ada", with(&[("monthly_spend", nan.clone())])),
+        ),
+        case(
+            "Upsert",
+            "infinity",
+            invalid,
+            "`customer.monthly_spend`",
+            upsert("ada", with(&[("monthly_spend", inf.clone())])),
+        ),
+        case(
+            "Upsert",
+            "huge string",
+            invalid,
+            "`customer.language`",
+            upsert("ada", with(&[("language", string(&huge))])),
+        ),
+        case(
+            "Upsert",
+            "set of 2,000 members",
+            invalid,
+            "`customer.products`",
+            upsert("ada", with(&[("products", products.clone())])),
+        ),
+        case(
+            "Upsert",
+            "too many attributes",
+            invalid,
+            "unknown attribute `customer.x",
+            upsert("ada", many.clone()),
+        ),
+        case(
+            "Upsert",
+            "a huge attribute name",
+            invalid,
+            "unknown attribute `customer.xxxx",
+            upsert("ada", with(&[(huge.as_str(), int(1))])),
+        ),
+        case(
+            "Upsert",
+            "oversize message",
+            Code::ResourceExhausted,
+            "4194304",
+            upsert("ada", with(&[("language", string(&too_big))])),
+        ),
+        case(
+            "Get",
+            "no customer id",
+            invalid,
+            "`customer_id`",
+            |ch: Channel| async move {
+                CustomerServiceClient::new(ch)
+                    .get(proto::GetRequest::default())
+                    .await
+                    .map(drop)
+            },
+        ),
+        case(
+            "Get",
+            "unknown customer",
+            Code::NotFound,
+            "`zed`",
+            |ch: Channel| async move {
+                CustomerServiceClient::new(ch)
+                    .get(proto::GetRequest {
+                        customer_id: "zed".into(),
+                        history_limit: 5,
+                    })
+                    .await
+                    .map(drop)
+            },
+        ),
+        case(
+            "Forget",
+            "no customer id",
+            invalid,
+            "`customer_id`",
+            |ch: Channel| async move {
+                CustomerServiceClient::new(ch)
+                    .forget(proto::ForgetRequest::default())
+                    .await
+                    .map(drop)
+            },
+        ),
+        case("Forget", "huge customer id", invalid, "`customer_id`", {
+            let huge = huge.clone();
+            move |ch: Channel| {
+                let customer_id = huge.clone();
+                async move {
+                    CustomerServiceClient::new(ch)
+                        .forget(proto::ForgetRequest { customer_id })
+                        .await
+                        .map(drop)
+                }
+            }
+        }),
+    ];
+
+    server.node.db().sync().expect("sync");
+    let get_ada = || async {
+        CustomerServiceClient::new(channel.clone())
+            .get(proto::GetRequest {
+                customer_id: "ada".into(),
+                history_limit: 0,
+            })
+            .await
+            .expect("get")
+            .into_inner()
+    };
+    let before = (
+        get_ada().await,
+        server.node.db().store().len(),
+        counted_series(&server.scrape().await),
+    );
+    let records = || {
+        server
+            .node
+            .db()
+            .journal_stats()
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let records_before = records();
+    let mut failures = Vec::new();
+    for c in &cases {
+        match (c.call)(channel.clone()).await {
+            Ok(()) => failures.push(format!("{} / {}: succeeded", c.rpc, c.input)),
+            Err(s) if s.code() != c.code || !s.message().contains(c.names) => {
+                failures.push(format!(
+                    "{} / {}: want {:?} naming {}, got {:?}: {}",
+                    c.rpc,
+                    c.input,
+                    c.code,
+                    c.names,
+                    s.code(),
+                    s.message().chars().take(200).collect::<String>()
+                ))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    server.node.db().sync().expect("sync");
+    assert_eq!(records(), records_before, "nothing reached the journal");
+    let after = (
+        get_ada().await,
+        server.node.db().store().len(),
+        counted_series(&server.scrape().await),
+    );
+    assert_eq!(after, before, "no change to state or counters");
+    eprintln!("{} bad inputs, each refused as expected", cases.len());
+    server.stop().await;
+}

@@ -309,16 +309,29 @@ fn inline_attributes(
     convert::values("customer", &catalog.schema.customer, attributes).map(Some)
 }
 
-fn customer_id(id: &str) -> Option<&str> {
-    Some(id).filter(|s| !s.is_empty())
+/// The longest id (customer, offer, placement, channel, decision) a request may carry.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The most placements one `DecideBatch` (a page) may ask for.
+pub const MAX_PAGE_PLACEMENTS: usize = 64;
+
+/// An id that may be left empty.
+fn optional<'a>(field: &str, value: &'a str) -> Result<Option<&'a str>, Status> {
+    if value.is_empty() {
+        Ok(None)
+    } else if value.len() > MAX_ID_BYTES {
+        Err(Status::invalid_argument(format!(
+            "`{field}` is {} bytes long; ids have at most {MAX_ID_BYTES}",
+            value.len()
+        )))
+    } else {
+        Ok(Some(value))
+    }
 }
 
 fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
-    if value.is_empty() {
-        Err(Status::invalid_argument(format!("`{field}` is required")))
-    } else {
-        Ok(value)
-    }
+    optional(field, value)?
+        .ok_or_else(|| Status::invalid_argument(format!("`{field}` is required")))
 }
 
 /// Runs blocking work (waiting for an fsync) off the request threads.
@@ -339,14 +352,15 @@ impl DecisionService for Service {
         let result = async {
             let r = request.into_inner();
             let catalog = self.node.db().catalog();
-            let placement = Self::placement(&catalog, &r.placement)?;
+            let placement = Self::placement(&catalog, required("placement", &r.placement)?)?;
+            let customer = optional("customer_id", &r.customer_id)?;
             let context = convert::values("context", &catalog.schema.context, &r.context)?;
             let inline = inline_attributes(&catalog, &r.attributes)?;
             let at = r.at.as_ref().map_or_else(now_ms, millis);
             let started = std::time::Instant::now();
             let (reply, _) = self.decide_one(
                 &catalog,
-                customer_id(&r.customer_id),
+                customer,
                 inline.as_deref(),
                 placement,
                 context,
@@ -370,13 +384,23 @@ impl DecisionService for Service {
         let result = async {
             let r = request.into_inner();
             let catalog = self.node.db().catalog();
+            let customer = optional("customer_id", &r.customer_id)?;
+            if r.placements.is_empty() || r.placements.len() > MAX_PAGE_PLACEMENTS {
+                return Err(Status::invalid_argument(format!(
+                    "`placements` has {} entries; a page has 1 to {MAX_PAGE_PLACEMENTS}",
+                    r.placements.len()
+                )));
+            }
             let shared = convert::values("context", &catalog.schema.context, &r.context)?;
             let inline = inline_attributes(&catalog, &r.attributes)?;
             let at = r.at.as_ref().map_or_else(now_ms, millis);
             // Check every placement before deciding any.
             let mut requests = Vec::with_capacity(r.placements.len());
-            for p in &r.placements {
-                let placement = Self::placement(&catalog, &p.placement)?;
+            for (i, p) in r.placements.iter().enumerate() {
+                let placement = Self::placement(
+                    &catalog,
+                    required(&format!("placements[{i}].placement"), &p.placement)?,
+                )?;
                 let mut context = shared.clone();
                 let own = convert::values("context", &catalog.schema.context, &p.context)?;
                 for (slot, v) in own.into_iter().enumerate() {
@@ -397,7 +421,7 @@ impl DecisionService for Service {
                 let started = std::time::Instant::now();
                 let (reply, offers) = self.decide_one(
                     &catalog,
-                    customer_id(&r.customer_id),
+                    customer,
                     inline.as_deref(),
                     placement,
                     context,
@@ -497,10 +521,17 @@ fn outcome_input(o: proto::Outcome) -> Result<OutcomeInput, Status> {
         decision,
         offer: required("offer_id", &o.offer_id)?.to_string(),
         kind: convert::kind(o.kind)?,
-        value: o.value,
+        value: match o.value {
+            Some(v) if !v.is_finite() => {
+                return Err(Status::invalid_argument(format!(
+                    "`value` must be a finite number, found {v}"
+                )));
+            }
+            v => v,
+        },
         at: o.at.as_ref().map_or_else(now_ms, millis),
-        customer: customer_id(&o.customer_id).map(str::to_string),
-        channel: Some(o.channel).filter(|c| !c.is_empty()),
+        customer: optional("customer_id", &o.customer_id)?.map(str::to_string),
+        channel: optional("channel", &o.channel)?.map(str::to_string),
     })
 }
 

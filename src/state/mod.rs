@@ -131,6 +131,59 @@ pub enum StateError {
     },
     #[error("history event {index}: {message}")]
     BadEvent { index: usize, message: String },
+    #[error(
+        "attribute `{entity}.{name}` is too large: {found}; the limit is {MAX_VALUE_BYTES} bytes of text and {MAX_SET_MEMBERS} set members"
+    )]
+    TooLarge {
+        entity: &'static str,
+        name: String,
+        found: String,
+    },
+}
+
+/// An unknown attribute, named (shortened if long: the name is the caller's input).
+fn unknown(entity: &'static str, schema: &EntitySchema, name: &str) -> StateError {
+    const SHOWN: usize = 64;
+    if name.chars().count() > SHOWN {
+        return StateError::UnknownAttribute {
+            entity,
+            name: format!("{}…", name.chars().take(SHOWN).collect::<String>()),
+            suggestion: None,
+        };
+    }
+    StateError::UnknownAttribute {
+        entity,
+        name: name.to_string(),
+        suggestion: crate::expr::did_you_mean(name, schema.names()),
+    }
+}
+
+/// The most text one attribute value may hold (a string, or a set's members together).
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// The most members one set value may hold.
+pub const MAX_SET_MEMBERS: usize = 1024;
+
+/// Refuses values that would make a customer record (and every decision logging it)
+/// grow without bound.
+fn within_limits(entity: &'static str, name: &str, value: Value) -> Result<Value, StateError> {
+    let found = match &value {
+        Value::Str(s) if s.len() > MAX_VALUE_BYTES => format!("{} bytes of text", s.len()),
+        Value::Set(members) if members.len() > MAX_SET_MEMBERS => {
+            format!("{} members", members.len())
+        }
+        Value::Set(members) if members.iter().map(|m| m.len()).sum::<usize>() > MAX_VALUE_BYTES => {
+            format!(
+                "{} bytes of text",
+                members.iter().map(|m| m.len()).sum::<usize>()
+            )
+        }
+        _ => return Ok(value),
+    };
+    Err(StateError::TooLarge {
+        entity,
+        name: name.to_string(),
+        found,
+    })
 }
 
 /// Parses JSON attribute values against one entity's schema into slot order.
@@ -143,19 +196,16 @@ pub fn parse_attributes(
     let mut values = vec![Value::Missing; schema.len()];
     for (name, v) in json {
         let Some(slot) = schema.slot(name) else {
-            return Err(StateError::UnknownAttribute {
-                entity,
-                name: name.clone(),
-                suggestion: crate::expr::did_you_mean(name, schema.names()),
-            });
+            return Err(unknown(entity, schema, name));
         };
         let attr = schema.get(slot).expect("a slot found by name exists");
-        values[slot as usize] = json_value(v, &attr.ty).ok_or_else(|| StateError::WrongType {
+        let value = json_value(v, &attr.ty).ok_or_else(|| StateError::WrongType {
             entity,
             name: name.clone(),
             expected: expected(&attr.ty),
             found: describe(v),
         })?;
+        values[slot as usize] = within_limits(entity, name, value)?;
     }
     Ok(values)
 }
@@ -169,11 +219,7 @@ pub fn parse_text_attribute(
 ) -> Result<(u32, Value), StateError> {
     let slot = schema
         .slot(name)
-        .ok_or_else(|| StateError::UnknownAttribute {
-            entity,
-            name: name.to_string(),
-            suggestion: crate::expr::did_you_mean(name, schema.names()),
-        })?;
+        .ok_or_else(|| unknown(entity, schema, name))?;
     let attr = schema.get(slot).expect("a slot found by name exists");
     let json = match &attr.ty {
         AttrType::String | AttrType::Enum(_) | AttrType::Timestamp => {
@@ -193,7 +239,7 @@ pub fn parse_text_attribute(
         expected: expected(&attr.ty),
         found: format!("`{text}`"),
     })?;
-    Ok((slot, value))
+    Ok((slot, within_limits(entity, name, value)?))
 }
 
 fn json_value(v: &serde_json::Value, ty: &AttrType) -> Option<Value> {
