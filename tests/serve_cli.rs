@@ -1,9 +1,10 @@
 //! `nextbest serve` as a process: it serves on the address it prints, and SIGTERM drains
 //! it, flushes the journal and exits 0 without losing an acknowledged write.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use nextbest::server::proto::customer_service_client::CustomerServiceClient;
 use nextbest::server::proto::{self, value::Kind};
@@ -12,38 +13,8 @@ use nextbest::server::proto::{self, value::Kind};
 fn serve_answers_then_drains_on_sigterm_and_keeps_acknowledged_writes() {
     let data = tempfile::tempdir().expect("tempdir");
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nextbest"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--rules",
-        ])
-        .arg(&rules)
-        .arg("--data")
-        .arg(data.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run nextbest serve");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("read") > 0,
-            "serve exited early"
-        );
-        if let Some(addr) = line
-            .trim()
-            .rsplit(" on ")
-            .next()
-            .filter(|_| line.starts_with("serving"))
-        {
-            break addr.to_string();
-        }
-    };
+    let mut serve = common::Serve::start(&rules, data.path());
+    let addr = serve.addr.clone();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let mut customers = CustomerServiceClient::connect(format!("http://{addr}"))
@@ -63,14 +34,9 @@ fn serve_answers_then_drains_on_sigterm_and_keeps_acknowledged_writes() {
             .await
             .expect("upsert");
     });
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = child.wait().expect("wait");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read");
+    serve.signal("TERM");
+    let status = serve.child.wait().expect("wait");
+    let rest = serve.rest();
     assert!(status.success(), "exit {status:?}: {rest}");
     assert!(rest.contains("journal flushed"), "{rest}");
 
@@ -144,41 +110,8 @@ fn sighup_reloads_the_catalog() {
             }
         }
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nextbest"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--watch-interval", "0s", "--rules"])
-        .arg(rules.path())
-        .arg("--data")
-        .arg(data.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run nextbest serve");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let mut next_line = |line: &mut String| {
-        line.clear();
-        assert!(
-            stderr.read_line(line).expect("read") > 0,
-            "serve exited early"
-        );
-    };
-    let addr = loop {
-        next_line(&mut line);
-        if line.starts_with("serving") {
-            break line
-                .trim()
-                .rsplit(" on ")
-                .next()
-                .expect("address")
-                .to_string();
-        }
-    };
+    let mut serve = common::Serve::start(rules.path(), data.path());
+    let addr = serve.addr.clone();
     let version = || {
         tokio::runtime::Runtime::new()
             .expect("runtime")
@@ -198,21 +131,15 @@ fn sighup_reloads_the_catalog() {
     let offers = rules.path().join("offers/upsell.yaml");
     let text = std::fs::read_to_string(&offers).expect("read");
     std::fs::write(&offers, format!("{text}\n# edited\n")).expect("write");
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(hup.success());
-    loop {
-        next_line(&mut line);
+    serve.signal("HUP");
+    let line = loop {
+        let line = serve.next_line();
         if line.starts_with("SIGHUP") {
-            break;
+            break line;
         }
-    }
+    };
     assert!(line.contains("in force"), "{line}");
     assert_ne!(version(), before);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().expect("wait").success());
+    serve.signal("TERM");
+    assert!(serve.child.wait().expect("wait").success());
 }

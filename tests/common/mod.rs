@@ -1,0 +1,91 @@
+//! `nextbest serve` as a child process, for the tests that signal or kill it.
+
+// Each test binary uses a part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStderr, Command, Stdio};
+
+/// A running `nextbest serve` on 127.0.0.1:0; killed when dropped.
+pub struct Serve {
+    pub child: Child,
+    /// `127.0.0.1:PORT`, as the server printed it.
+    pub addr: String,
+    stderr: BufReader<ChildStderr>,
+}
+
+impl Serve {
+    /// Starts `nextbest serve` with these directories (no file watching) and waits
+    /// until it says where it serves.
+    pub fn start(rules: &Path, data: &Path) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nextbest"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--watch-interval", "0s", "--rules"])
+            .arg(rules)
+            .arg("--data")
+            .arg(data)
+            .env_remove("NEXTBEST_ADMIN_TOKEN")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nextbest serve");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut serve = Serve {
+            child,
+            addr: String::new(),
+            stderr,
+        };
+        serve.addr = loop {
+            let line = serve.next_line();
+            if line.starts_with("serving") {
+                break line
+                    .trim()
+                    .rsplit(" on ")
+                    .next()
+                    .expect("address")
+                    .to_string();
+            }
+        };
+        serve
+    }
+
+    /// The next line the server prints; panics if it exited.
+    pub fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        assert!(
+            self.stderr.read_line(&mut line).expect("read") > 0,
+            "serve exited"
+        );
+        line
+    }
+
+    /// Everything the server prints until it exits.
+    pub fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stderr, &mut rest).expect("read");
+        rest
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{name}");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
