@@ -1746,3 +1746,152 @@ async fn the_bad_input_matrix_gets_the_right_status_naming_the_field_and_changes
     eprintln!("{} bad inputs, each refused as expected", cases.len());
     server.stop().await;
 }
+
+/// A small tmpfs at a temporary directory, unmounted when dropped.
+struct SmallDisk {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl SmallDisk {
+    /// `None` where this user may not mount (the test then says it did not run).
+    fn mount(megabytes: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { dir: Some(dir) })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = std::process::Command::new("umount")
+                .arg(dir.path())
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_deciding_and_heals() {
+    // A read-only disk takes the same path (any failed write stops the journal until a
+    // probe write succeeds), but cannot be staged here: Linux refuses to remount a
+    // filesystem read-only while the journal holds a file open for writing.
+    let Some(disk) = SmallDisk::mount(16) else {
+        eprintln!("NOT RUN: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let mount = disk.dir.as_ref().expect("mounted").path().to_path_buf();
+    // The server's data directory lives on the small disk; the harness owns a TempDir
+    // inside it.
+    let data = tempfile::tempdir_in(&mount).expect("tempdir");
+    let server = start_on(sample_rules(), data, Transport::default()).await;
+    let channel = server.channel().await;
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    let mut decisions = DecisionServiceClient::new(channel.clone());
+    let upsert = |language: String| proto::UpsertRequest {
+        customer_id: "ada".into(),
+        attributes: [
+            ("age".to_string(), int(38)),
+            ("language".to_string(), string(&language)),
+        ]
+        .into(),
+    };
+    let language = |customers: &mut CustomerServiceClient<Channel>| {
+        let mut customers = customers.clone();
+        async move {
+            let got = customers
+                .get(proto::GetRequest {
+                    customer_id: "ada".into(),
+                    history_limit: 0,
+                })
+                .await
+                .expect("get")
+                .into_inner();
+            match got.attributes.get("language").and_then(|v| v.kind.clone()) {
+                Some(Kind::StringValue(s)) => s,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    customers.upsert(upsert("en".into())).await.expect("upsert");
+
+    for round in 0..2 {
+        let trouble = format!("full disk {round}");
+        let filler = mount.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).expect("filler");
+            while f.write_all(&[7u8; 1 << 20]).is_ok() {}
+        }
+        // Writes of 10 KB each reach the disk within a few tries and are refused.
+        let mut refused = None;
+        let mut last_acknowledged = language(&mut customers).await;
+        for k in 0..40 {
+            let value = format!("{k}{}", "x".repeat(10_000));
+            match customers.upsert(upsert(value.clone())).await {
+                Ok(_) => last_acknowledged = value,
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let refused = refused.unwrap_or_else(|| panic!("{trouble}: no write was refused"));
+        assert_eq!(refused.code(), Code::Unavailable, "{trouble}: {refused:?}");
+        assert!(
+            refused.message().contains("nothing was acknowledged"),
+            "{refused:?}"
+        );
+        let e = customers
+            .upsert(upsert("de".into()))
+            .await
+            .expect_err("still refused");
+        assert_eq!(e.code(), Code::Unavailable);
+        // Decisions are still answered, from memory, and counted as not logged.
+        let d = decisions
+            .decide(decide_request("ada", "call_center.next_best"))
+            .await
+            .expect("decide while the disk is in trouble");
+        assert!(!d.into_inner().offers.is_empty());
+        let scraped = server.scrape().await;
+        assert!(scraped.contains("nextbest_journal_failed 1"), "{scraped}");
+        assert!(
+            !scraped.contains("nextbest_decisions_unlogged_total 0"),
+            "{scraped}"
+        );
+
+        // The disk recovers; within a few heal intervals writes are taken again.
+        std::fs::remove_file(&filler).expect("free the disk");
+        let given_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !server.scrape().await.contains("nextbest_journal_failed 0") {
+            assert!(
+                std::time::Instant::now() < given_up,
+                "{trouble}: never healed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Healed from what is durable: the refused writes left no trace.
+        assert!(
+            language(&mut customers).await == last_acknowledged,
+            "{trouble}: a refused write is visible after healing"
+        );
+        customers
+            .upsert(upsert("fr".into()))
+            .await
+            .expect("writes are taken again");
+        assert_eq!(language(&mut customers).await, "fr");
+        eprintln!("{trouble}: refused, decided from memory, healed");
+    }
+    // Everything acknowledged is durable: a restart sees the last value.
+    let (rules, data) = server.shut_down().await;
+    let server = start_on(rules, data, Transport::default()).await;
+    let mut customers = CustomerServiceClient::new(server.channel().await);
+    assert_eq!(language(&mut customers).await, "fr");
+    let (_rules, data) = server.shut_down().await;
+    drop(data);
+    drop(disk);
+}

@@ -140,6 +140,8 @@ pub struct Db {
     forgotten: Mutex<Vec<String>>,
     compaction: Mutex<()>,
     spending: budget::Spending,
+    /// Decisions answered but not logged: the journal had failed.
+    unlogged: std::sync::atomic::AtomicU64,
     options: DbOptions,
 }
 
@@ -190,6 +192,7 @@ impl Db {
             forgotten: Mutex::new(Vec::new()),
             compaction: Mutex::new(()),
             spending: budget::Spending::default(),
+            unlogged: std::sync::atomic::AtomicU64::new(0),
             options,
         };
         let mut recovery = recovery::restore(&mut db)?;
@@ -446,10 +449,11 @@ impl Db {
                 let queued = self
                     .journal
                     .append(Entry::Decision(Box::new(pending)), false);
-                Some(queued.map(|_| reply))
+                self.count_unlogged(queued.err().map(DbError::from));
+                Some(reply)
             });
-            if let Some(done) = done {
-                return Ok(done?);
+            if let Some(reply) = done {
+                return Ok(reply);
             }
         }
         // Anonymous, or not in the store.
@@ -462,8 +466,29 @@ impl Db {
             .take()
             .expect("not called: the customer was not found");
         let reply = respond(&state, &decision);
-        self.log_decision(catalog, &state, context, decision)?;
+        let logged = self.log_decision(catalog, &state, context, decision);
+        self.count_unlogged(logged.err());
         Ok(reply)
+    }
+
+    /// A decision the journal refused (it failed: disk full or read-only) is answered
+    /// all the same, from memory, and counted here: deciding must not stop because
+    /// logging did.
+    pub fn count_unlogged(&self, error: Option<DbError>) {
+        if error.is_some() {
+            self.unlogged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Decisions answered but not logged since the node opened.
+    pub fn unlogged_decisions(&self) -> u64 {
+        self.unlogged.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the journal takes no more writes, once it has failed.
+    pub fn failed(&self) -> Option<String> {
+        self.journal.failed()
     }
 
     fn remember(&self, decision: u128, customer: Arc<str>, channel: u32) {

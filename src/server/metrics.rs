@@ -28,6 +28,11 @@ pub struct Metrics {
     journal_records: IntCounter,
     journal_fsyncs: IntCounter,
     journal_waits: IntCounter,
+    journal_failed: IntGauge,
+    unlogged: IntCounter,
+    /// The node's journal counters as last seen, and which `Db` they were read from:
+    /// a healed node starts its counters again from zero.
+    seen: Arc<std::sync::Mutex<(usize, [u64; 5])>>,
     write_seconds: Histogram,
     grpc_errors: IntCounterVec,
 }
@@ -76,6 +81,11 @@ impl Metrics {
         registry.register(Box::new(catalog.clone()))?;
         let customers = IntGauge::new("nextbest_customers", "Customers in the store.")?;
         registry.register(Box::new(customers.clone()))?;
+        let journal_failed = IntGauge::new(
+            "nextbest_journal_failed",
+            "1 while the journal refuses writes (disk full or read-only): writes answer UNAVAILABLE, decisions are answered but not logged.",
+        )?;
+        registry.register(Box::new(journal_failed.clone()))?;
         Ok(Metrics {
             decide_seconds,
             decisions: counter(
@@ -118,6 +128,12 @@ impl Metrics {
                 "nextbest_journal_queue_full_total",
                 "Appends that waited for room in the journal's queue (backpressure).",
             )?,
+            journal_failed,
+            unlogged: plain(
+                "nextbest_decisions_unlogged_total",
+                "Decisions answered while the journal had failed, so not logged.",
+            )?,
+            seen: Arc::default(),
             write_seconds,
             grpc_errors: counter(
                 "nextbest_grpc_errors_total",
@@ -175,15 +191,32 @@ impl Metrics {
         let db = node.db();
         self.customers
             .set(i64::try_from(db.store().len()).unwrap_or(i64::MAX));
+        self.journal_failed.set(i64::from(db.failed().is_some()));
         let stats = db.journal_stats();
-        let sync = |counter: &IntCounter, value: &std::sync::atomic::AtomicU64| {
-            let value = value.load(std::sync::atomic::Ordering::Relaxed);
-            counter.inc_by(value.saturating_sub(counter.get()));
-        };
-        sync(&self.journal_bytes, &stats.bytes);
-        sync(&self.journal_records, &stats.records);
-        sync(&self.journal_fsyncs, &stats.fsyncs);
-        sync(&self.journal_waits, &stats.waits);
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+        let now = [
+            load(&stats.bytes),
+            load(&stats.records),
+            load(&stats.fsyncs),
+            load(&stats.waits),
+            db.unlogged_decisions(),
+        ];
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let identity = Arc::as_ptr(&db) as usize;
+        if seen.0 != identity {
+            *seen = (identity, [0; 5]);
+        }
+        let counters = [
+            &self.journal_bytes,
+            &self.journal_records,
+            &self.journal_fsyncs,
+            &self.journal_waits,
+            &self.unlogged,
+        ];
+        for ((counter, now), before) in counters.into_iter().zip(now).zip(&mut seen.1) {
+            counter.inc_by(now.saturating_sub(*before));
+            *before = now;
+        }
     }
 }
 

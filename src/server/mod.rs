@@ -79,7 +79,9 @@ pub enum NodeError {
 /// The running node: the durable state and where its rules come from.
 #[derive(Debug)]
 pub struct Node {
-    db: Db,
+    /// Replaced whole when the node heals after its journal failed.
+    db: arc_swap::ArcSwap<Db>,
+    data: PathBuf,
     rules: PathBuf,
     loaded_at: AtomicI64,
     reloading: std::sync::Mutex<()>,
@@ -98,7 +100,8 @@ impl Node {
         let (db, recovery) = Db::open(data, Arc::new(catalog), DbOptions::default())?;
         Ok((
             Node {
-                db,
+                db: arc_swap::ArcSwap::from_pointee(db),
+                data: data.to_path_buf(),
                 rules: rules.to_path_buf(),
                 loaded_at: AtomicI64::new(now_ms()),
                 reloading: std::sync::Mutex::new(()),
@@ -108,8 +111,30 @@ impl Node {
         ))
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
+    /// The durable state: hold it for one request, not longer (a heal replaces it).
+    pub fn db(&self) -> Arc<Db> {
+        self.db.load_full()
+    }
+
+    /// After the journal failed (a full or read-only disk), checks that the data
+    /// directory takes a synced write again and, if so, opens it afresh: the memory is
+    /// rebuilt from what is durable, so writes that failed leave no trace in it.
+    /// Returns whether it healed; an error says why not yet.
+    pub fn heal(&self) -> Result<bool, NodeError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let db = self.db();
+        if db.failed().is_none() {
+            return Ok(false);
+        }
+        probe(&self.data).map_err(|source| {
+            NodeError::Db(DbError::Io {
+                context: format!("writing a probe file in `{}`", self.data.display()),
+                source,
+            })
+        })?;
+        let (fresh, _) = Db::open(&self.data, db.catalog(), DbOptions::default())?;
+        self.db.store(Arc::new(fresh));
+        Ok(true)
     }
 
     /// Requires `authorization: Bearer <token>` on every customer and admin call.
@@ -132,7 +157,7 @@ impl Node {
             errors,
         })?;
         let catalog = Arc::new(catalog);
-        if !self.db.set_catalog(Arc::clone(&catalog)) {
+        if !self.db().set_catalog(Arc::clone(&catalog)) {
             return Err(NodeError::SchemaChanged);
         }
         self.loaded_at.store(now_ms(), Ordering::Relaxed);
@@ -141,7 +166,11 @@ impl Node {
 
     /// Makes everything durable and stops the journal.
     pub fn close(self) -> Result<(), DbError> {
-        self.db.close()
+        match Arc::try_unwrap(self.db.into_inner()) {
+            Ok(db) => db.close(),
+            // Still held (a request finishing): sync now, the journal stops on drop.
+            Err(db) => db.sync(),
+        }
     }
 }
 
@@ -241,8 +270,8 @@ impl Service {
                 state.merge(&catalog.schema, values.to_vec());
                 let d = decide::decide(catalog, &state, &context, placement, at, &options);
                 let out = reply(&state, &d);
-                db.log_decision(catalog, &state, &context, d)
-                    .map_err(status)?;
+                let logged = db.log_decision(catalog, &state, &context, d);
+                db.count_unlogged(logged.err());
                 Ok(out)
             }
         }
@@ -709,6 +738,7 @@ pub async fn run(
         .build_v1alpha()
         .expect("the descriptor sets built with the crate are valid");
     metrics.reload(true, &node.db().catalog().version);
+    let healing = tokio::spawn(heal_when_failed(Arc::clone(&node), HEAL_INTERVAL));
     let service = Service { node, metrics };
     let (draining_started, drain_started) = tokio::sync::oneshot::channel::<()>();
     let draining = async move {
@@ -751,14 +781,57 @@ pub async fn run(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
+    let served = tokio::select! {
         served = serving => served,
         () = given_up => {
             eprintln!("drain: calls still open after {DRAIN_GRACE:?} were cut off");
             Ok(())
         }
-    }
+    };
+    // Let go of the node before returning: the caller closes it.
+    healing.abort();
+    let _ = healing.await;
+    served
 }
 
 /// How long a shutdown waits for calls in flight.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes, syncs and removes a file of 64 KiB in `dir`: whether the disk takes writes.
+fn probe(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".probe");
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&[0u8; 64 * 1024])?;
+        f.sync_all()
+    });
+    let removed = std::fs::remove_file(&path);
+    written.and(removed)
+}
+
+/// How often a node whose journal failed checks whether the disk takes writes again.
+pub const HEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Heals the node ([`Node::heal`]) whenever its journal has failed, every `interval`.
+async fn heal_when_failed(node: Arc<Node>, interval: std::time::Duration) {
+    let mut reported = false;
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(why) = node.db().failed() else {
+            continue;
+        };
+        if !reported {
+            eprintln!("journal failed, writes refused until the disk takes them: {why}");
+            reported = true;
+        }
+        let healing = Arc::clone(&node);
+        match tokio::task::spawn_blocking(move || healing.heal()).await {
+            Ok(Ok(true)) => {
+                eprintln!("journal healed: the data directory was reopened, writes resume");
+                reported = false;
+            }
+            Ok(Ok(false)) | Err(_) => {}
+            Ok(Err(e)) => eprintln!("journal still failing: {e}"),
+        }
+    }
+}

@@ -301,6 +301,11 @@ impl<R: Encode> Writer<R> {
         self.stop()
     }
 
+    /// Why the writer stopped taking writes, once it has failed.
+    pub fn failed(&self) -> Option<String> {
+        self.shared.lock().failed.clone()
+    }
+
     fn stop(&mut self) -> Result<(), WriteError> {
         {
             let mut q = self.shared.lock();
