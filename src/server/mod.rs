@@ -4,7 +4,7 @@
 //! `journal`. Writes that wait for an fsync run on tokio's blocking pool, so a slow disk
 //! never stalls the request threads.
 
-mod convert;
+pub mod convert;
 pub mod metrics;
 mod transport;
 pub mod watch;
