@@ -67,6 +67,11 @@ impl Default for DbOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    #[error(
+        "`{}` is in use by another nextbest process (it holds `LOCK` there); stop it first",
+        dir.display()
+    )]
+    Locked { dir: PathBuf },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -143,6 +148,9 @@ pub struct Db {
     /// Decisions answered but not logged: the journal had failed.
     unlogged: std::sync::atomic::AtomicU64,
     options: DbOptions,
+    /// `LOCK` in the data directory, locked while this `Db` (or one reopened from it)
+    /// lives: one process per data directory.
+    lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Db {
@@ -170,6 +178,51 @@ impl Db {
         catalog: Arc<Catalog>,
         options: DbOptions,
     ) -> Result<(Db, Recovery), DbError> {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating `{}`", dir.display())))?;
+        let path = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(format!("opening `{}`", path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DbError::Locked {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io(format!("locking `{}`", path.display()))(e));
+            }
+        }
+        Db::open_locked(dir, catalog, options, lock)
+    }
+
+    /// Opens this node's directory again, as [`Db::open`] does, once its journal has
+    /// failed (a node healing): the directory's lock passes to the new `Db`. Refused
+    /// while the journal works, whose files the new one would share.
+    pub fn reopen(&self) -> Result<(Db, Recovery), DbError> {
+        let dir = self.journal_dir.parent().unwrap_or(Path::new("."));
+        if self.failed().is_none() {
+            return Err(DbError::Locked {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let lock = self
+            .lock
+            .try_clone()
+            .map_err(io("sharing the data directory's lock"))?;
+        Db::open_locked(dir, self.catalog(), self.options.clone(), lock)
+    }
+
+    fn open_locked(
+        dir: &Path,
+        catalog: Arc<Catalog>,
+        options: DbOptions,
+        lock: std::fs::File,
+    ) -> Result<(Db, Recovery), DbError> {
         let journal_dir = dir.join("journal");
         let state_dir = dir.join("state");
         for d in [&journal_dir, &state_dir] {
@@ -194,6 +247,7 @@ impl Db {
             spending: budget::Spending::default(),
             unlogged: std::sync::atomic::AtomicU64::new(0),
             options,
+            lock,
         };
         let mut recovery = recovery::restore(&mut db)?;
         recovery.truncated = end.cut;

@@ -546,3 +546,21 @@ fn budgets_count_impressions_and_survive_restarts() {
     let tomorrow = NOW + 86_400_000;
     assert!(!outcome_of(&db, tomorrow).contains("budget"), "a new day");
 }
+
+#[test]
+fn a_data_directory_is_open_in_one_place_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = open(dir.path());
+    let second = Db::open(dir.path(), catalog(), DbOptions::default()).expect_err("locked");
+    assert!(matches!(second, DbError::Locked { .. }), "{second}");
+    assert!(
+        second
+            .to_string()
+            .contains("in use by another nextbest process")
+    );
+    // Reopening is for a failed journal only: a working one would share its files.
+    assert!(matches!(first.0.reopen(), Err(DbError::Locked { .. })));
+    first.0.close().expect("close");
+    let third = open(dir.path());
+    third.0.close().expect("close");
+}

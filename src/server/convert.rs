@@ -21,7 +21,9 @@ pub fn status(e: DbError) -> Status {
         DbError::Write(WriteError::Failed(_) | WriteError::Closed) => {
             Status::unavailable(format!("{e}; nothing was acknowledged"))
         }
-        DbError::Io { .. } | DbError::Snapshot { .. } => Status::unavailable(e.to_string()),
+        DbError::Io { .. } | DbError::Snapshot { .. } | DbError::Locked { .. } => {
+            Status::unavailable(e.to_string())
+        }
     }
 }
 

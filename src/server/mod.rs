@@ -132,7 +132,7 @@ impl Node {
                 source,
             })
         })?;
-        let (fresh, _) = Db::open(&self.data, db.catalog(), DbOptions::default())?;
+        let (fresh, _) = db.reopen()?;
         self.db.store(Arc::new(fresh));
         Ok(true)
     }
