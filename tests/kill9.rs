@@ -29,6 +29,22 @@ fn impression(d: &proto::Decision) -> proto::Outcome {
     }
 }
 
+/// A decision for the customer's email hero.
+async fn email(
+    decisions: &mut DecisionServiceClient<tonic::transport::Channel>,
+    customer: &str,
+) -> proto::Decision {
+    decisions
+        .decide(proto::DecideRequest {
+            customer_id: customer.into(),
+            placement: "email.hero".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("decide")
+        .into_inner()
+}
+
 async fn connect(addr: &str) -> tonic::transport::Channel {
     tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
@@ -60,15 +76,7 @@ fn sigkill_under_write_load_loses_no_acknowledged_write_and_retries_count_once()
                     .await
                     .expect("upsert");
                 for _ in 0..2 {
-                    let d = decisions
-                        .decide(proto::DecideRequest {
-                            customer_id: id.clone(),
-                            placement: "email.hero".into(),
-                            ..Default::default()
-                        })
-                        .await
-                        .expect("decide")
-                        .into_inner();
+                    let d = email(&mut decisions, &id).await;
                     impressions.push((id.clone(), impression(&d)));
                 }
             }
@@ -192,15 +200,7 @@ fn sigkill_under_write_load_loses_no_acknowledged_write_and_retries_count_once()
                     .filter(|e| e.kind == proto::OutcomeKind::Impression as i32)
                     .count();
                 assert_eq!(shown, 2, "{id}: {:?}", got.history);
-                let capped = decisions
-                    .decide(proto::DecideRequest {
-                        customer_id: id.clone(),
-                        placement: "email.hero".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("decide")
-                    .into_inner();
+                let capped = email(&mut decisions, &id).await;
                 assert!(capped.offers.is_empty(), "{id}: the email cap holds");
             }
         });

@@ -7,14 +7,24 @@ use nextbest::decide::synthetic;
 use nextbest::expr::{Env, Formula, Predicate};
 use std::sync::OnceLock;
 
+type World = (
+    nextbest::catalog::Catalog,
+    nextbest::state::CustomerState,
+    Vec<nextbest::schema::Value>,
+);
+
 fuzz_target!(|data: &[u8]| {
-    static CATALOG: OnceLock<nextbest::catalog::Catalog> = OnceLock::new();
-    let catalog = CATALOG.get_or_init(|| synthetic::catalog(3));
+    static WORLD: OnceLock<World> = OnceLock::new();
+    let (catalog, customer, context) = WORLD.get_or_init(|| {
+        (
+            synthetic::catalog(3),
+            synthetic::customer(3),
+            vec![nextbest::schema::Value::Enum(0)],
+        )
+    });
     let Ok(src) = std::str::from_utf8(data) else {
         return;
     };
-    let customer = synthetic::customer(3);
-    let context = vec![nextbest::schema::Value::Enum(0)];
     let env = Env::new(&customer.attributes, &context, &[], synthetic::NOW)
         .with_history(customer.history.events(), 1, 2, 3);
     if let Ok(rule) = Predicate::compile(src, &catalog.schema, "eligibility") {

@@ -229,7 +229,7 @@ impl Service {
     /// One decision, logged; `exclude` are offers already on the page.
     #[allow(clippy::too_many_arguments)]
     fn decide_one(
-        &self,
+        db: &Db,
         catalog: &Arc<Catalog>,
         customer: Option<&str>,
         inline: Option<&[crate::schema::Value]>,
@@ -241,7 +241,6 @@ impl Service {
         exclude: &[crate::catalog::OfferIdx],
     ) -> Result<(proto::Decision, Vec<crate::catalog::OfferIdx>), Status> {
         let context = Context::for_placement(catalog, placement, context);
-        let db = self.node.db();
         let budgets = db.budgets(at);
         let options = Options {
             explain,
@@ -380,14 +379,17 @@ impl DecisionService for Service {
     ) -> Result<Response<proto::Decision>, Status> {
         let result = async {
             let r = request.into_inner();
-            let catalog = self.node.db().catalog();
+            // One `Db` (and catalog) for the whole call: a heal may swap the node's.
+            let db = self.node.db();
+            let catalog = db.catalog();
             let placement = Self::placement(&catalog, required("placement", &r.placement)?)?;
             let customer = optional("customer_id", &r.customer_id)?;
             let context = convert::values("context", &catalog.schema.context, &r.context)?;
             let inline = inline_attributes(&catalog, &r.attributes)?;
             let at = r.at.as_ref().map_or_else(now_ms, millis);
             let started = std::time::Instant::now();
-            let (reply, _) = self.decide_one(
+            let (reply, _) = Self::decide_one(
+                &db,
                 &catalog,
                 customer,
                 inline.as_deref(),
@@ -412,7 +414,8 @@ impl DecisionService for Service {
     ) -> Result<Response<proto::DecideBatchResponse>, Status> {
         let result = async {
             let r = request.into_inner();
-            let catalog = self.node.db().catalog();
+            let db = self.node.db();
+            let catalog = db.catalog();
             let customer = optional("customer_id", &r.customer_id)?;
             if r.placements.is_empty() || r.placements.len() > MAX_PAGE_PLACEMENTS {
                 return Err(Status::invalid_argument(format!(
@@ -426,10 +429,15 @@ impl DecisionService for Service {
             // Check every placement before deciding any.
             let mut requests = Vec::with_capacity(r.placements.len());
             for (i, p) in r.placements.iter().enumerate() {
-                let placement = Self::placement(
-                    &catalog,
-                    required(&format!("placements[{i}].placement"), &p.placement)?,
-                )?;
+                // The field's full name is spelled out only for an error.
+                let id = required("placement", &p.placement).map_err(|e| {
+                    Status::invalid_argument(e.message().replacen(
+                        "`placement`",
+                        &format!("`placements[{i}].placement`"),
+                        1,
+                    ))
+                })?;
+                let placement = Self::placement(&catalog, id)?;
                 let mut context = shared.clone();
                 let own = convert::values("context", &catalog.schema.context, &p.context)?;
                 for (slot, v) in own.into_iter().enumerate() {
@@ -448,7 +456,8 @@ impl DecisionService for Service {
                     shown.clone()
                 };
                 let started = std::time::Instant::now();
-                let (reply, offers) = self.decide_one(
+                let (reply, offers) = Self::decide_one(
+                    &db,
                     &catalog,
                     customer,
                     inline.as_deref(),
@@ -599,10 +608,9 @@ impl CustomerService for Service {
             self.authorize(&request)?;
             let r = request.into_inner();
             let id = required("customer_id", &r.customer_id)?;
-            let catalog = self.node.db().catalog();
-            self.node
-                .db()
-                .store()
+            let db = self.node.db();
+            let catalog = db.catalog();
+            db.store()
                 .with(id, |s| {
                     s.map(|s| convert::customer(&catalog, s, r.history_limit as usize))
                 })
@@ -678,7 +686,8 @@ impl AdminService for Service {
     ) -> Result<Response<proto::CatalogInfo>, Status> {
         let result = async {
             self.authorize(&request)?;
-            let catalog = self.node.db().catalog();
+            let db = self.node.db();
+            let catalog = db.catalog();
             let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
             Ok(Response::new(proto::CatalogInfo {
                 version: catalog.version.to_string(),
@@ -688,7 +697,7 @@ impl AdminService for Service {
                 experiments: count(catalog.experiments.len()),
                 customer_attributes: count(catalog.schema.customer.len()),
                 context_attributes: count(catalog.schema.context.len()),
-                customers: self.node.db().store().len() as u64,
+                customers: db.store().len() as u64,
             }))
         }
         .await;
