@@ -40,6 +40,7 @@ pub mod decide;
 pub mod explore;
 pub mod expr;
 pub mod journal;
+pub mod learn;
 pub mod loadgen;
 pub mod schema;
 pub mod server;

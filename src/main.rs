@@ -109,6 +109,78 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Simulate a scenario's customers and traffic through the real decide pipeline,
+    /// journal and outcomes, into a fresh data directory.
+    Simulate {
+        /// The scenario: population, traffic and true response model (YAML).
+        #[arg(long)]
+        scenario: PathBuf,
+        #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
+        rules: PathBuf,
+        /// A new or empty directory.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Estimate off-policy what candidate catalogs would earn on the logged traffic:
+    /// IPS, SNIPS and doubly robust with 95% intervals, beside the logging policy, a
+    /// uniformly random one and the champion alone.
+    Evaluate {
+        #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
+        data: PathBuf,
+        /// A candidate catalog directory; repeatable.
+        #[arg(long = "rules", required = true)]
+        candidates: Vec<PathBuf>,
+        /// The catalog the journal was logged with (its champion alone is judged too).
+        #[arg(long, default_value = "rules")]
+        baseline: PathBuf,
+        /// The reward of a shown slot: an outcome kind (1 if it happened) or `value`.
+        #[arg(long, default_value = "accept")]
+        reward: String,
+        #[arg(long, default_value = "7d")]
+        window: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// The simulated data's scenario: also print each policy's true value.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Splits the decisions for cross-fitting the reward model.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write the evaluation as JSON here (`-` for stdout, instead of the table).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Fit per-offer response models from the journal and write a catalog whose
+    /// propensities carry them.
+    Train {
+        #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
+        data: PathBuf,
+        /// The catalog to start from (the one the journal was logged with).
+        #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
+        rules: PathBuf,
+        /// A new or empty directory for the trained catalog.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "7d")]
+        window: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// Splits the decisions into training and held-out rows.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Snapshot the state and erase forgotten customers from the journal.
     Compact {
         #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
@@ -299,6 +371,69 @@ fn main() -> ExitCode {
                 .and_then(|o| run_export(&rules, &data, &o, &out))
                 .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
         }
+        Command::Simulate {
+            scenario,
+            rules,
+            data,
+            seed,
+            json,
+        } => run_simulate(&scenario, &rules, &data, seed, json)
+            .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
+        Command::Evaluate {
+            data,
+            candidates,
+            baseline,
+            reward,
+            window,
+            from,
+            to,
+            scenario,
+            seed,
+            json,
+        } => (|| {
+            let options = nextbest::learn::evaluate::EvaluateOptions {
+                reward: reward
+                    .parse()
+                    .map_err(|e: String| anyhow!("--reward: {e}"))?,
+                window: window_flag(&window)?,
+                range: (
+                    from.as_deref().map(parse_time).transpose()?,
+                    to.as_deref().map(parse_time).transpose()?,
+                ),
+                seed,
+                ..Default::default()
+            };
+            run_evaluate(&data, &baseline, &candidates, scenario.as_deref(), &options, json.as_deref())
+        })()
+        .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
+        Command::Train {
+            data,
+            rules,
+            out,
+            window,
+            from,
+            to,
+            seed,
+            json,
+        } => (|| {
+            let options = nextbest::learn::train::TrainOptions {
+                window: window_flag(&window)?,
+                range: (
+                    from.as_deref().map(parse_time).transpose()?,
+                    to.as_deref().map(parse_time).transpose()?,
+                ),
+                seed,
+                ..Default::default()
+            };
+            let summary = nextbest::learn::train::train(&data, &rules, &out, &options)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", nextbest::learn::train::render(&summary));
+            }
+            Ok(())
+        })()
+        .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
         Command::Compact { rules, data } => {
             run_compact(&rules, &data, &[]).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
         }
@@ -796,6 +931,92 @@ struct HistoryEntry {
     offer: String,
     channel: String,
     kind: EventKind,
+}
+
+fn window_flag(text: &str) -> anyhow::Result<i64> {
+    nextbest::catalog::parse_duration(text)
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| anyhow!("--window: `{text}` is not a duration such as 7d or 12h"))
+}
+
+fn run_simulate(
+    scenario: &std::path::Path,
+    rules: &std::path::Path,
+    data: &std::path::Path,
+    seed: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    use nextbest::learn::{scenario::Scenario, simulate};
+    if data.exists() && std::fs::read_dir(data)?.next().is_some() {
+        anyhow::bail!(
+            "`{}` is not empty: simulate writes a fresh data directory",
+            data.display()
+        );
+    }
+    let catalog = load_catalog(rules)?;
+    let scenario = Scenario::load(scenario, &catalog)?;
+    // A simulation's journal needs no fsync: it is rebuilt from the seed if lost.
+    let mut options = DbOptions::default();
+    options.writer.sync = nextbest::storage::writer::SyncMode::Never;
+    let (db, _) = Db::open(data, Arc::clone(&catalog), options)
+        .with_context(|| format!("opening the data directory `{}`", data.display()))?;
+    let bar = progress_bar(scenario.days, "days");
+    let summary = simulate::run(&db, &catalog, &scenario, seed, &mut |day, _| {
+        bar.set_position(day);
+    })?;
+    bar.finish_and_clear();
+    db.close()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "seed {}: {} customers over {} days: {} decisions ({} showed nothing), {} impressions, \
+             {} accepts worth {:.1} (expected {:.1}); journal in `{}`",
+            summary.seed,
+            summary.customers,
+            summary.days,
+            summary.decisions,
+            summary.empty,
+            summary.impressions,
+            summary.accepts,
+            summary.value,
+            summary.expected_value,
+            data.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_evaluate(
+    data: &std::path::Path,
+    baseline: &std::path::Path,
+    candidates: &[PathBuf],
+    scenario: Option<&std::path::Path>,
+    options: &nextbest::learn::evaluate::EvaluateOptions,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use nextbest::learn::{evaluate, scenario::Scenario};
+    if !data.is_dir() {
+        anyhow::bail!("`{}` is not a data directory", data.display());
+    }
+    let scenario = match scenario {
+        Some(path) => Some(Scenario::load(path, &*load_catalog(baseline)?)?),
+        None => None,
+    };
+    let candidates: Vec<&std::path::Path> = candidates.iter().map(PathBuf::as_path).collect();
+    let evaluation = evaluate::evaluate(data, baseline, &candidates, scenario.as_ref(), options)?;
+    match json {
+        Some(path) if path.as_os_str() == "-" => {
+            println!("{}", serde_json::to_string_pretty(&evaluation)?);
+        }
+        Some(path) => {
+            std::fs::write(path, serde_json::to_string_pretty(&evaluation)?)
+                .with_context(|| format!("writing `{}`", path.display()))?;
+            print!("{}", evaluate::render(&evaluation));
+        }
+        None => print!("{}", evaluate::render(&evaluation)),
+    }
+    Ok(())
 }
 
 fn parse_time(text: &str) -> anyhow::Result<i64> {

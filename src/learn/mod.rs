@@ -1,0 +1,13 @@
+//! Closing the loop: a simulated world with a known truth (`scenario`, `simulate`),
+//! replaying the journal through catalogs (`replay`), off-policy estimates with
+//! confidence intervals (`estimate`, `evaluate`), and response models learned from the
+//! journal and written back as rules (`model`, `train`). docs/learning.md shows them at
+//! work.
+
+pub mod estimate;
+pub mod evaluate;
+pub mod model;
+pub mod replay;
+pub mod scenario;
+pub mod simulate;
+pub mod train;
