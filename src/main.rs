@@ -122,6 +122,12 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Override the scenario's number of customers.
+        #[arg(long)]
+        customers: Option<u64>,
+        /// Override the scenario's number of days.
+        #[arg(long)]
+        days: Option<u64>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -376,8 +382,10 @@ fn main() -> ExitCode {
             rules,
             data,
             seed,
+            customers,
+            days,
             json,
-        } => run_simulate(&scenario, &rules, &data, seed, json)
+        } => run_simulate(&scenario, &rules, &data, seed, (customers, days), json)
             .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
         Command::Evaluate {
             data,
@@ -403,7 +411,14 @@ fn main() -> ExitCode {
                 seed,
                 ..Default::default()
             };
-            run_evaluate(&data, &baseline, &candidates, scenario.as_deref(), &options, json.as_deref())
+            run_evaluate(
+                &data,
+                &baseline,
+                &candidates,
+                scenario.as_deref(),
+                &options,
+                json.as_deref(),
+            )
         })()
         .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
         Command::Train {
@@ -944,6 +959,7 @@ fn run_simulate(
     rules: &std::path::Path,
     data: &std::path::Path,
     seed: u64,
+    (customers, days): (Option<u64>, Option<u64>),
     json: bool,
 ) -> anyhow::Result<()> {
     use nextbest::learn::{scenario::Scenario, simulate};
@@ -954,7 +970,12 @@ fn run_simulate(
         );
     }
     let catalog = load_catalog(rules)?;
-    let scenario = Scenario::load(scenario, &catalog)?;
+    let mut scenario = Scenario::load(scenario, &catalog)?;
+    if customers == Some(0) || days == Some(0) {
+        anyhow::bail!("--customers and --days must be positive");
+    }
+    scenario.customers = customers.unwrap_or(scenario.customers);
+    scenario.days = days.unwrap_or(scenario.days);
     // A simulation's journal needs no fsync: it is rebuilt from the seed if lost.
     let mut options = DbOptions::default();
     options.writer.sync = nextbest::storage::writer::SyncMode::Never;

@@ -141,7 +141,11 @@ impl RewardModel {
         let f = fold(seed, slot.decision);
         self.offers
             .iter()
-            .map(|m| m.as_ref().map_or(0.0, |(models, scale)| models[f].predict_inputs(inputs) * scale))
+            .map(|m| {
+                m.as_ref().map_or(0.0, |(models, scale)| {
+                    models[f].predict_inputs(inputs) * scale
+                })
+            })
             .collect()
     }
 }
@@ -157,15 +161,28 @@ pub fn evaluate(
     scenario: Option<&Scenario>,
     options: &EvaluateOptions,
 ) -> anyhow::Result<Evaluation> {
-    let load = |dir: &Path| {
-        Catalog::load(dir).map_err(|e| anyhow::anyhow!("{}", e.render()))
-    };
+    let load = |dir: &Path| Catalog::load(dir).map_err(|e| anyhow::anyhow!("{}", e.render()));
     let reference = load(baseline)?;
-    let mut targets = vec![Target::new("champion alone", load(baseline)?, Mode::Champion)];
+    let mut targets = vec![Target::new(
+        "champion alone",
+        load(baseline)?,
+        Mode::Champion,
+    )];
     for dir in candidates {
-        targets.push(Target::new(dir.display().to_string(), load(dir)?, Mode::AsWritten));
+        targets.push(Target::new(
+            dir.display().to_string(),
+            load(dir)?,
+            Mode::AsWritten,
+        ));
     }
-    let log = read(data, &reference, &targets, options.reward, options.window, options.range)?;
+    let log = read(
+        data,
+        &reference,
+        &targets,
+        options.reward,
+        options.window,
+        options.range,
+    )?;
     let model = RewardModel::fit(&log, &reference, options.seed, options.lambda);
     let truth_value = match options.reward {
         Reward::Value => Some(true),
@@ -201,7 +218,9 @@ pub fn evaluate(
         unsupported: f64,
         truth: Option<f64>,
     }
-    let mut rows: Vec<Vec<Row>> = (0..names.len()).map(|_| Vec::with_capacity(log.slots.len())).collect();
+    let mut rows: Vec<Vec<Row>> = (0..names.len())
+        .map(|_| Vec::with_capacity(log.slots.len()))
+        .collect();
     let mut inputs = Vec::new();
     for slot in &log.slots {
         let predicted = model.predict(slot, options.seed, &mut inputs);
@@ -215,9 +234,21 @@ pub fn evaluate(
                     unsupported += p;
                 }
                 expected += p * predicted[offer as usize];
-                truth = match (truth, scenario, truth_value, reference_offers[offer as usize]) {
+                truth = match (
+                    truth,
+                    scenario,
+                    truth_value,
+                    reference_offers[offer as usize],
+                ) {
                     (Some(t), Some(s), Some(value), Some(o)) => Some(
-                        t + p * s.expected(o, &slot.customer_values, &slot.context_values, slot.at, slot.slot, value),
+                        t + p * s.expected(
+                            o,
+                            &slot.customer_values,
+                            &slot.context_values,
+                            slot.at,
+                            slot.slot,
+                            value,
+                        ),
                     ),
                     _ => None,
                 };
@@ -231,7 +262,11 @@ pub fn evaluate(
                     expected,
                 },
                 unsupported,
-                truth: if dist.is_empty() && scenario.is_some() { Some(0.0) } else { truth },
+                truth: if dist.is_empty() && scenario.is_some() {
+                    Some(0.0)
+                } else {
+                    truth
+                },
             });
         }
     }
@@ -245,7 +280,9 @@ pub fn evaluate(
             name,
             estimates: estimate(&samples),
             unsupported: idx.iter().map(|&i| rows[i].unsupported).sum::<f64>() / n,
-            truth: truths.filter(|t| !t.is_empty()).map(|t| t.iter().sum::<f64>() / t.len() as f64),
+            truth: truths
+                .filter(|t| !t.is_empty())
+                .map(|t| t.iter().sum::<f64>() / t.len() as f64),
         }
     };
     let all: Vec<usize> = (0..log.slots.len()).collect();
@@ -254,11 +291,19 @@ pub fn evaluate(
     for (policy, rows) in rows.iter().enumerate() {
         let mut groups = vec![group(rows, &all, "all", "all".into())];
         for (by, names, key) in [
-            ("placement", &log.placements, (|s: &Slot| s.placement) as fn(&Slot) -> u32),
+            (
+                "placement",
+                &log.placements,
+                (|s: &Slot| s.placement) as fn(&Slot) -> u32,
+            ),
             ("channel", &log.channels, |s: &Slot| s.channel),
         ] {
             for (k, name) in names.names.iter().enumerate() {
-                let idx: Vec<usize> = all.iter().copied().filter(|&i| key(&log.slots[i]) == k as u32).collect();
+                let idx: Vec<usize> = all
+                    .iter()
+                    .copied()
+                    .filter(|&i| key(&log.slots[i]) == k as u32)
+                    .collect();
                 if !idx.is_empty() {
                     groups.push(group(rows, &idx, by, name.clone()));
                 }
@@ -371,6 +416,13 @@ fn shorten(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         return s.to_string();
     }
-    let tail: String = s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = s
+        .chars()
+        .rev()
+        .take(n - 1)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("…{tail}")
 }

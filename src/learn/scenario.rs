@@ -120,10 +120,7 @@ pub struct ScenarioError {
 }
 
 fn at<T>(path: &Path, s: &Spanned<T>, message: String) -> ScenarioError {
-    let (line, column) = s
-        .span()
-        .start()
-        .map_or((1, 1), |m| (m.line(), m.column()));
+    let (line, column) = s.span().start().map_or((1, 1), |m| (m.line(), m.column()));
     ScenarioError {
         path: path.display().to_string(),
         line,
@@ -210,7 +207,9 @@ impl Scenario {
                         _ => None,
                     }
                 }
-                marked_yaml::FromYamlError::FromNode(n) => n.start_mark().map(|m| (m.line(), m.column())),
+                marked_yaml::FromYamlError::FromNode(n) => {
+                    n.start_mark().map(|m| (m.line(), m.column()))
+                }
             };
             let (line, column) = marker.unwrap_or((1, 1));
             ScenarioError {
@@ -223,10 +222,22 @@ impl Scenario {
         let start = file
             .start
             .parse::<jiff::Timestamp>()
-            .map_err(|e| at(path, &file.start, format!("`start` is not an RFC 3339 time: {e}")))?
+            .map_err(|e| {
+                at(
+                    path,
+                    &file.start,
+                    format!("`start` is not an RFC 3339 time: {e}"),
+                )
+            })?
             .as_millisecond();
-        if file.customers == 0 || file.days == 0 || file.visits_per_day.is_nan() || file.visits_per_day <= 0.0 {
-            return Err(whole("`customers`, `days` and `visits_per_day` must be positive".into()));
+        if file.customers == 0
+            || file.days == 0
+            || file.visits_per_day.is_nan()
+            || file.visits_per_day <= 0.0
+        {
+            return Err(whole(
+                "`customers`, `days` and `visits_per_day` must be positive".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&file.position_decay) {
             return Err(whole("`position_decay` must be within [0, 1]".into()));
@@ -234,10 +245,18 @@ impl Scenario {
         let mut placements = Vec::new();
         for (id, share) in &file.placements {
             let Some(p) = catalog.placement(id) else {
-                return Err(at(path, id, format!("the catalog has no placement `{}`", &**id)));
+                return Err(at(
+                    path,
+                    id,
+                    format!("the catalog has no placement `{}`", &**id),
+                ));
             };
             if share.is_nan() || *share <= 0.0 {
-                return Err(at(path, id, format!("the share of `{}` must be positive", &**id)));
+                return Err(at(
+                    path,
+                    id,
+                    format!("the share of `{}` must be positive", &**id),
+                ));
             }
             placements.push((p, *share));
         }
@@ -256,7 +275,11 @@ impl Scenario {
 
         for id in file.responses.keys() {
             if **id != "default" && catalog.offer(id).is_none() {
-                return Err(at(path, id, format!("the catalog has no offer `{}`", &**id)));
+                return Err(at(
+                    path,
+                    id,
+                    format!("the catalog has no offer `{}`", &**id),
+                ));
             }
         }
         let compile = |id: &Spanned<String>, response: &Response| {
@@ -267,7 +290,11 @@ impl Scenario {
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join("; ");
-                    at(path, &response.accept, format!("`accept` of `{}`: {message}", &**id))
+                    at(
+                        path,
+                        &response.accept,
+                        format!("`accept` of `{}`: {message}", &**id),
+                    )
                 })?;
             Ok::<_, ScenarioError>(Truth {
                 accept,
@@ -303,7 +330,14 @@ impl Scenario {
     }
 
     /// The true probability that `offer` is accepted in slot `slot`.
-    pub fn accept(&self, offer: usize, customer: &[Value], context: &[Value], now: i64, slot: u32) -> f64 {
+    pub fn accept(
+        &self,
+        offer: usize,
+        customer: &[Value],
+        context: &[Value],
+        now: i64,
+        slot: u32,
+    ) -> f64 {
         let env = Env::new(customer, context, &[], now);
         let p = self.truth[offer].accept.eval(&env).unwrap_or(0.0);
         (p * self.position_decay.powi(slot as i32)).clamp(0.0, 1.0)
@@ -311,9 +345,21 @@ impl Scenario {
 
     /// The true expected reward of showing `offer` in `slot`: the accept probability, times
     /// the accept's value when the reward is the value.
-    pub fn expected(&self, offer: usize, customer: &[Value], context: &[Value], now: i64, slot: u32, value: bool) -> f64 {
+    pub fn expected(
+        &self,
+        offer: usize,
+        customer: &[Value],
+        context: &[Value],
+        now: i64,
+        slot: u32,
+        value: bool,
+    ) -> f64 {
         let p = self.accept(offer, customer, context, now, slot);
-        if value { p * self.truth[offer].value } else { p }
+        if value {
+            p * self.truth[offer].value
+        } else {
+            p
+        }
     }
 }
 
@@ -370,6 +416,8 @@ pub fn draw(dist: &Dist, ty: &AttrType, seed: u64, what: &str, n: u64, start: i6
                     .map(|(m, _)| m.as_str()),
             )
         }
-        Dist::Days([a, b]) => Value::Timestamp(start + ((a + (b - a) * u("d")) * 86_400_000.0) as i64),
+        Dist::Days([a, b]) => {
+            Value::Timestamp(start + ((a + (b - a) * u("d")) * 86_400_000.0) as i64)
+        }
     }
 }

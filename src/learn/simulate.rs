@@ -52,10 +52,14 @@ pub fn run(
             .customer
             .iter()
             .enumerate()
-            .map(|(slot, dist)| match (dist, schema.customer.get(slot as u32)) {
-                (Some(dist), Some(attr)) => draw(dist, &attr.ty, seed, &attr.name, c, scenario.start),
-                _ => Value::Missing,
-            })
+            .map(
+                |(slot, dist)| match (dist, schema.customer.get(slot as u32)) {
+                    (Some(dist), Some(attr)) => {
+                        draw(dist, &attr.ty, seed, &attr.name, c, scenario.start)
+                    }
+                    _ => Value::Missing,
+                },
+            )
             .collect();
         db.upsert(&customer_id(c), values, scenario.start, false)?;
     }
@@ -81,7 +85,9 @@ pub fn run(
                     .placements
                     .iter()
                     .find(|(_, cumulative)| u < *cumulative)
-                    .map_or(scenario.placements[scenario.placements.len() - 1].0, |p| p.0);
+                    .map_or(scenario.placements[scenario.placements.len() - 1].0, |p| {
+                        p.0
+                    });
                 visits.push((at, c, placement));
             }
         }
@@ -92,30 +98,57 @@ pub fn run(
                 .context
                 .iter()
                 .enumerate()
-                .map(|(slot, dist)| match (dist, schema.context.get(slot as u32)) {
-                    (Some(dist), Some(attr)) => draw(dist, &attr.ty, seed, &attr.name, n, scenario.start),
-                    _ => Value::Missing,
-                })
+                .map(
+                    |(slot, dist)| match (dist, schema.context.get(slot as u32)) {
+                        (Some(dist), Some(attr)) => {
+                            draw(dist, &attr.ty, seed, &attr.name, n, scenario.start)
+                        }
+                        _ => Value::Missing,
+                    },
+                )
                 .collect();
             let context = Context::for_placement(catalog, placement, context);
             let mut random = [0u8; 10];
-            random.copy_from_slice(&xxhash_rust::xxh3::xxh3_128_with_seed(&n.to_le_bytes(), seed).to_le_bytes()[..10]);
+            random.copy_from_slice(
+                &xxhash_rust::xxh3::xxh3_128_with_seed(&n.to_le_bytes(), seed).to_le_bytes()[..10],
+            );
             let id = uuid::Builder::from_unix_timestamp_millis(at as u64, &random).into_uuid();
             let budgets = db.budgets(at);
             let options = Options {
                 budgets: &budgets,
                 ..Options::new(id)
             };
-            let shown = db.decide(catalog, Some(&customer_id(c)), &context, placement, at, &options, |state, d| {
-                d.offers
-                    .iter()
-                    .map(|s| {
-                        let expected = scenario.expected(s.offer, &state.attributes, &context.values, at, s.slot, true);
-                        let accept = scenario.accept(s.offer, &state.attributes, &context.values, at, s.slot);
-                        (s.offer, s.slot, accept, expected)
-                    })
-                    .collect::<Vec<_>>()
-            })?;
+            let shown = db.decide(
+                catalog,
+                Some(&customer_id(c)),
+                &context,
+                placement,
+                at,
+                &options,
+                |state, d| {
+                    d.offers
+                        .iter()
+                        .map(|s| {
+                            let expected = scenario.expected(
+                                s.offer,
+                                &state.attributes,
+                                &context.values,
+                                at,
+                                s.slot,
+                                true,
+                            );
+                            let accept = scenario.accept(
+                                s.offer,
+                                &state.attributes,
+                                &context.values,
+                                at,
+                                s.slot,
+                            );
+                            (s.offer, s.slot, accept, expected)
+                        })
+                        .collect::<Vec<_>>()
+                },
+            )?;
             summary.decisions += 1;
             summary.empty += u64::from(shown.is_empty());
             for (offer, slot, accept, expected) in shown {

@@ -75,14 +75,23 @@ pub struct Summary {
 }
 
 fn holdout(seed: u64, decision: u128) -> bool {
-    xxhash_rust::xxh3::xxh3_64_with_seed(&decision.to_le_bytes(), seed ^ 0x7261_696e).is_multiple_of(5)
+    xxhash_rust::xxh3::xxh3_64_with_seed(&decision.to_le_bytes(), seed ^ 0x7261_696e)
+        .is_multiple_of(5)
 }
 
 /// Trains from the journal in `data` on the catalog in `rules`, writing the new catalog
 /// to `out` (which must not exist or be empty).
-pub fn train(data: &Path, rules: &Path, out: &Path, options: &TrainOptions) -> anyhow::Result<Summary> {
+pub fn train(
+    data: &Path,
+    rules: &Path,
+    out: &Path,
+    options: &TrainOptions,
+) -> anyhow::Result<Summary> {
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
-        anyhow::bail!("`{}` is not empty: train writes a new catalog directory", out.display());
+        anyhow::bail!(
+            "`{}` is not empty: train writes a new catalog directory",
+            out.display()
+        );
     }
     let catalog = Catalog::load(rules).map_err(|e| anyhow::anyhow!("{}", e.render()))?;
     let log = read(
@@ -159,12 +168,24 @@ pub fn train(data: &Path, rules: &Path, out: &Path, options: &TrainOptions) -> a
             }
         }
         let (lambda, loss) = best.expect("LAMBDAS is not empty");
-        let base = Logistic::fit(&Rows { x: vec![0.0; fit.len() * fit.width], ..fit.clone() }, 1e9);
+        let base = Logistic::fit(
+            &Rows {
+                x: vec![0.0; fit.len() * fit.width],
+                ..fit.clone()
+            },
+            1e9,
+        );
         report.lambda = Some(lambda);
         report.holdout_loss = Some(loss);
         report.baseline_loss = Some(check.log_loss(&base));
         let model = Logistic::fit(&all, lambda);
-        formulas.push((offer.id.clone(), report.rows, report.accepts, lambda, expression(&encoder, &model)));
+        formulas.push((
+            offer.id.clone(),
+            report.rows,
+            report.accepts,
+            lambda,
+            expression(&encoder, &model),
+        ));
         offers.push(report);
     }
     copy_rules(rules, out)?;
@@ -175,7 +196,11 @@ pub fn train(data: &Path, rules: &Path, out: &Path, options: &TrainOptions) -> a
         replace_propensity(&out.join("offers"), id, formula, &note)?;
     }
     Catalog::load(out).map_err(|e| {
-        anyhow::anyhow!("the trained catalog in `{}` does not load:\n{}", out.display(), e.render())
+        anyhow::anyhow!(
+            "the trained catalog in `{}` does not load:\n{}",
+            out.display(),
+            e.render()
+        )
     })?;
     Ok(Summary {
         decisions: log.decisions,
@@ -191,7 +216,15 @@ pub fn render(s: &Summary) -> String {
     use std::fmt::Write;
     let mut out = format!(
         "{} decisions, {} shown slots, {} model inputs per offer\n\n{:<24} {:>7} {:>8} {:>7} {:>13} {:>13}\n",
-        s.decisions, s.slots, s.inputs, "offer", "slots", "accepts", "L2", "held-out loss", "base rate"
+        s.decisions,
+        s.slots,
+        s.inputs,
+        "offer",
+        "slots",
+        "accepts",
+        "L2",
+        "held-out loss",
+        "base rate"
     );
     for o in &s.offers {
         match (&o.skipped, o.lambda, o.holdout_loss, o.baseline_loss) {
@@ -214,7 +247,11 @@ pub fn render(s: &Summary) -> String {
             }
         }
     }
-    let _ = writeln!(out, "\nthe trained catalog is in `{}` (it loads and checks)", s.out);
+    let _ = writeln!(
+        out,
+        "\nthe trained catalog is in `{}` (it loads and checks)",
+        s.out
+    );
     out
 }
 
@@ -252,7 +289,10 @@ fn replace_propensity(dir: &Path, id: &str, formula: &str, note: &str) -> anyhow
             return Ok(());
         }
     }
-    anyhow::bail!("offer `{id}` is not in `{}`: cannot write its propensity", dir.display())
+    anyhow::bail!(
+        "offer `{id}` is not in `{}`: cannot write its propensity",
+        dir.display()
+    )
 }
 
 fn indent(line: &str) -> usize {
@@ -261,7 +301,14 @@ fn indent(line: &str) -> usize {
 
 /// `text` with offer `id`'s `key` replaced by `formula` (added after its `id` when
 /// `add` says so and it has none), or `None` if the offer is not in it.
-fn rewrite(text: &str, id: &str, key: &str, formula: &str, note: &str, add: bool) -> Option<String> {
+fn rewrite(
+    text: &str,
+    id: &str,
+    key: &str,
+    formula: &str,
+    note: &str,
+    add: bool,
+) -> Option<String> {
     let lines: Vec<&str> = text.lines().collect();
     // The offer starts at `- id: <id>`; its keys sit two columns right of the dash.
     let start = lines.iter().position(|l| {
@@ -286,7 +333,9 @@ fn rewrite(text: &str, id: &str, key: &str, formula: &str, note: &str, add: bool
         let l = lines[i];
         if !placed
             && indent(l) == key_indent
-            && l.trim_start().strip_prefix(key).is_some_and(|r| r.starts_with(':'))
+            && l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|r| r.starts_with(':'))
         {
             // Skip the key and its continuation lines (more indented, or blank).
             i += 1;
@@ -324,20 +373,43 @@ mod tests {
     #[test]
     fn rewrites_only_the_named_offers_propensity() {
         let text = "offers:\n  - id: a\n    # keep me\n    propensity: >\n      0.1 +\n      0.2\n    value: 3\n  - id: b\n    propensity: 0.5\n";
-        let out = rewrite(text, "a", "propensity", "sigmoid(1.0\n  + 2.0)", "Trained.", true)
-            .expect("found");
+        let out = rewrite(
+            text,
+            "a",
+            "propensity",
+            "sigmoid(1.0\n  + 2.0)",
+            "Trained.",
+            true,
+        )
+        .expect("found");
         assert_eq!(
             out,
             "offers:\n  - id: a\n    # keep me\n    # Trained.\n    propensity: |-\n      sigmoid(1.0\n        + 2.0)\n    value: 3\n  - id: b\n    propensity: 0.5\n"
         );
         let out = rewrite(text, "b", "propensity", "0.25", "T.", true).expect("found");
-        assert!(out.ends_with("  - id: b\n    # T.\n    propensity: |-\n      0.25\n"), "{out}");
+        assert!(
+            out.ends_with("  - id: b\n    # T.\n    propensity: |-\n      0.25\n"),
+            "{out}"
+        );
         assert!(rewrite(text, "c", "propensity", "1.0", "T.", true).is_none());
         // A key the offer does not have is left out unless asked to add it.
-        assert_eq!(rewrite(text, "b", "weight", "1.0", "T.", false).as_deref(), Some(text));
+        assert_eq!(
+            rewrite(text, "b", "weight", "1.0", "T.", false).as_deref(),
+            Some(text)
+        );
         // An offer without a propensity gets one after its id.
-        let out = rewrite("offers:\n- id: x\n  value: 1\n", "x", "propensity", "0.3", "T.", true)
-            .expect("found");
-        assert_eq!(out, "offers:\n- id: x\n  # T.\n  propensity: |-\n    0.3\n  value: 1\n");
+        let out = rewrite(
+            "offers:\n- id: x\n  value: 1\n",
+            "x",
+            "propensity",
+            "0.3",
+            "T.",
+            true,
+        )
+        .expect("found");
+        assert_eq!(
+            out,
+            "offers:\n- id: x\n  # T.\n  propensity: |-\n    0.3\n  value: 1\n"
+        );
     }
 }
