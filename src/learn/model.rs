@@ -433,7 +433,6 @@ mod tests {
     #[test]
     fn the_fit_recovers_a_known_model_and_its_formula_predicts_the_same() {
         let catalog = catalog();
-        let tiers = ["a", "b", "c"];
         let mut people = Vec::new();
         for n in 0..6000u64 {
             let u = |what: &str| uniform(7, what, n);

@@ -396,7 +396,7 @@ mod tests {
         assert!(log.slots.len() > 2000, "{} slots", log.slots.len());
         let sorted = |d: &[(u32, f64)]| {
             let mut d = d.to_vec();
-            d.sort_by(|a, b| a.0.cmp(&b.0));
+            d.sort_by_key(|a| a.0);
             d
         };
         for s in &log.slots {
