@@ -187,6 +187,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Key metrics across channels, offers and experiment arms with 95% intervals, and
+    /// whether each challenger beats its champion; a table, JSON, or an HTML page.
+    Report {
+        #[arg(long, env = "NEXTBEST_DATA", default_value = "data")]
+        data: PathBuf,
+        /// The catalog (which arm of each experiment is the champion: the first).
+        #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
+        rules: PathBuf,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// Also write the report as a self-contained HTML page with plots.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Print the report as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Snapshot the state and erase forgotten customers from the journal.
     Compact {
         #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
@@ -445,6 +464,36 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 print!("{}", nextbest::learn::train::render(&summary));
+            }
+            Ok(())
+        })()
+        .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS),
+        Command::Report {
+            data,
+            rules,
+            from,
+            to,
+            html,
+            json,
+        } => (|| {
+            use nextbest::learn::report;
+            let range = (
+                from.as_deref().map(parse_time).transpose()?,
+                to.as_deref().map(parse_time).transpose()?,
+            );
+            let catalog = load_catalog(&rules)?;
+            let r = report::report(&data, &catalog, range)?;
+            if let Some(path) = &html {
+                std::fs::write(path, report::html(&r))
+                    .with_context(|| format!("writing `{}`", path.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", report::render(&r));
+                if let Some(path) = &html {
+                    println!("\nHTML report: {}", path.display());
+                }
             }
             Ok(())
         })()

@@ -282,3 +282,92 @@ fn bad_inputs_are_refused_with_the_place_to_look() {
     let err = fails(&["evaluate", "--data", &full, "--rules", "rules"]);
     assert!(err.contains("has no journal"), "{err}");
 }
+
+/// The report's figures add up against the simulation that wrote the journal, the arms
+/// are compared customer by customer, and the HTML page carries its plots.
+#[test]
+fn report_counts_what_the_simulation_did() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data").display().to_string();
+    let sim: J = serde_json::from_str(&ok(&[
+        "simulate",
+        "--scenario",
+        "scenarios/telco.yaml",
+        "--data",
+        &data,
+        "--seed",
+        "2",
+        "--customers",
+        "400",
+        "--days",
+        "7",
+        "--json",
+    ]))
+    .expect("json");
+    let html = dir.path().join("report.html");
+    let r: J = serde_json::from_str(&ok(&[
+        "report",
+        "--data",
+        &data,
+        "--html",
+        html.to_str().expect("utf-8"),
+        "--json",
+    ]))
+    .expect("json");
+    let overall = &r["overall"];
+    for (kpi, want) in [
+        ("decisions", "decisions"),
+        ("impressions", "impressions"),
+        ("accepts", "accepts"),
+    ] {
+        assert_eq!(overall[kpi], sim[want], "{kpi}");
+    }
+    assert!(
+        (overall["value"].as_f64().expect("v") - sim["value"].as_f64().expect("v")).abs() < 1e-6
+    );
+    let sum = |by: &str, kpi: &str| -> u64 {
+        r[by]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .map(|g| g[kpi].as_u64().expect("n"))
+            .sum()
+    };
+    assert_eq!(
+        sum("by_channel", "impressions"),
+        sum("by_offer", "impressions")
+    );
+    assert_eq!(
+        sum("by_channel", "decisions"),
+        sim["decisions"].as_u64().expect("n")
+    );
+    assert_eq!(
+        sum("by_arm", "accepts"),
+        sim["accepts"].as_u64().expect("n")
+    );
+    let rate = &overall["accept_rate"];
+    assert!(
+        rate["low"].as_f64() < rate["value"].as_f64()
+            && rate["value"].as_f64() < rate["high"].as_f64()
+    );
+    let comparisons = r["comparisons"].as_array().expect("comparisons");
+    assert_eq!(
+        comparisons.len(),
+        2,
+        "value and accepts per customer, challenger vs champion"
+    );
+    assert_eq!(comparisons[0]["champion"], "champion");
+    assert!(
+        comparisons[0]["verdict"]
+            .as_str()
+            .expect("verdict")
+            .contains("p = ")
+    );
+    let page = std::fs::read_to_string(&html).expect("html");
+    assert_eq!(
+        page.matches("<svg").count(),
+        4,
+        "arms, channels, days, offers"
+    );
+    assert!(page.contains("Challenger vs champion") && page.contains("roaming_pass"));
+}
