@@ -371,3 +371,76 @@ fn report_counts_what_the_simulation_did() {
     );
     assert!(page.contains("Challenger vs champion") && page.contains("roaming_pass"));
 }
+
+/// A candidate that shows an offer the logging catalog never had cannot be judged on
+/// that share: evaluate says how much and warns, rather than printing a confident number.
+#[test]
+fn a_candidate_without_support_is_flagged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data").display().to_string();
+    ok(&[
+        "simulate",
+        "--scenario",
+        "scenarios/telco.yaml",
+        "--data",
+        &data,
+        "--customers",
+        "150",
+        "--days",
+        "3",
+    ]);
+    let candidate = dir.path().join("candidate");
+    std::fs::create_dir_all(candidate.join("offers")).expect("mkdir");
+    for entry in walk(&root().join("rules")) {
+        let to = candidate.join(entry.strip_prefix(root().join("rules")).expect("inside"));
+        std::fs::copy(&entry, to).expect("copy");
+    }
+    std::fs::write(
+        candidate.join("offers/brand_new.yaml"),
+        "offers:\n  - id: brand_new\n    propensity: 0.9\n    value: 1000\n    content:\n      email.hero: { title: New }\n",
+    )
+    .expect("write");
+    let e: J = serde_json::from_str(&ok(&[
+        "evaluate",
+        "--data",
+        &data,
+        "--rules",
+        candidate.to_str().expect("utf-8"),
+        "--json",
+        "-",
+    ]))
+    .expect("json");
+    let policies = e["policies"].as_array().expect("policies");
+    let new = policies.last().expect("the candidate");
+    let email = new["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["name"] == "email.hero")
+        .expect("email.hero");
+    assert!(
+        email["unsupported"].as_f64().expect("share") > 0.5,
+        "{email}"
+    );
+    assert_eq!(policies[0]["groups"][0]["unsupported"].as_f64(), Some(0.0));
+    let warnings = e["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.contains("could never have shown there (no support)"))),
+        "{warnings:?}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -209,6 +209,34 @@ mod tests {
         assert!((b.dr.value - b.ips.value).abs() < 1e-12);
     }
 
+    proptest::proptest! {
+        /// Whatever the data: SNIPS is a weighted mean of the rewards, so it lies within
+        /// their range; every interval contains its estimate; the effective sample size is
+        /// between 1 and n; and rescaling the target probabilities moves IPS in proportion
+        /// but not SNIPS.
+        #[test]
+        fn estimator_invariants(
+            rows in proptest::collection::vec((0.0f64..10.0, 0.01f64..1.0, 0.0f64..1.0), 1..60),
+            scale in 0.1f64..1.0,
+        ) {
+            let samples: Vec<Sample> = rows.iter().map(|&(r, p, q)| sample(r, p, q)).collect();
+            let e = estimate(&samples);
+            let (lo, hi) = rows.iter().fold((f64::MAX, f64::MIN), |(a, b), r| (a.min(r.0), b.max(r.0)));
+            if samples.iter().any(|s| s.target > 0.0) {
+                proptest::prop_assert!(e.snips.value >= lo - 1e-9 && e.snips.value <= hi + 1e-9);
+                proptest::prop_assert!(e.effective_samples >= 1.0 - 1e-9);
+            }
+            proptest::prop_assert!(e.effective_samples <= samples.len() as f64 + 1e-9);
+            for est in [e.ips, e.snips, e.dr] {
+                proptest::prop_assert!(est.low <= est.value && est.value <= est.high);
+            }
+            let scaled: Vec<Sample> = samples.iter().map(|s| Sample { target: s.target * scale, ..*s }).collect();
+            let f = estimate(&scaled);
+            proptest::prop_assert!((f.ips.value - scale * e.ips.value).abs() < 1e-9 * (1.0 + e.ips.value.abs()));
+            proptest::prop_assert!((f.snips.value - e.snips.value).abs() < 1e-9 * (1.0 + e.snips.value.abs()));
+        }
+    }
+
     #[test]
     fn no_samples_no_estimate() {
         assert_eq!(estimate(&[]), Estimates::default());
