@@ -136,7 +136,21 @@ impl Server {
     }
 
     /// Stops, closes the node (flushing the journal) and hands back its directories.
-    async fn shut_down(mut self) -> (tempfile::TempDir, tempfile::TempDir) {
+    async fn shut_down(self) -> (tempfile::TempDir, tempfile::TempDir) {
+        let (rules, data, closed) = self.shut_down_anyway().await;
+        closed.expect("close");
+        (rules, data)
+    }
+
+    /// As `shut_down`, handing back what closing the node said (its journal may have
+    /// failed).
+    async fn shut_down_anyway(
+        mut self,
+    ) -> (
+        tempfile::TempDir,
+        tempfile::TempDir,
+        Result<(), nextbest::db::DbError>,
+    ) {
         let _ = self.stop.take().expect("running").send(true);
         self.task
             .take()
@@ -144,8 +158,8 @@ impl Server {
             .await
             .expect("stopped cleanly");
         let node = Arc::try_unwrap(self.node).expect("the server let go of the node");
-        node.close().expect("close");
-        (self.rules, self.data)
+        let closed = node.close();
+        (self.rules, self.data, closed)
     }
 }
 
@@ -1198,6 +1212,24 @@ where
     }
 }
 
+/// A tonic client enforces its own deadline: when it gives up before the server's answer
+/// arrives, it says CANCELLED "Timeout expired". For an expired deadline that is as right
+/// as the server's DEADLINE_EXCEEDED.
+fn gave_up(s: tonic::Status) -> tonic::Status {
+    if s.code() == Code::Cancelled && s.message() == "Timeout expired" {
+        tonic::Status::deadline_exceeded("deadline passed (the client gave up first)")
+    } else {
+        s
+    }
+}
+
+/// `message` with a deadline that has passed by the time it arrives.
+fn late<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(std::time::Duration::from_nanos(1));
+    request
+}
+
 fn with(attributes: &[(&str, proto::Value)]) -> HashMap<String, proto::Value> {
     attributes
         .iter()
@@ -1689,6 +1721,97 @@ async fn the_bad_input_matrix_gets_the_right_status_naming_the_field_and_changes
                 }
             }
         }),
+        // A deadline that passes in flight (1 ns): the server, which still gets the call,
+        // refuses to act on it (DEADLINE_EXCEEDED, see
+        // `server::tests::a_call_whose_deadline_passed_does_nothing`), unless the tonic
+        // client gave up first (CANCELLED "Timeout expired", which `gave_up` reads as
+        // the same); either way the state, journal and counters below are unchanged.
+        case(
+            "Decide",
+            "expired deadline",
+            Code::DeadlineExceeded,
+            "deadline",
+            |ch: Channel| async move {
+                DecisionServiceClient::new(ch)
+                    .decide(late(decide_request("ada", "app.card")))
+                    .await
+                    .map(drop)
+                    .map_err(gave_up)
+            },
+        ),
+        case(
+            "DecideBatch",
+            "expired deadline",
+            Code::DeadlineExceeded,
+            "deadline",
+            move |ch: Channel| async move {
+                DecisionServiceClient::new(ch)
+                    .decide_batch(late(proto::DecideBatchRequest {
+                        customer_id: "ada".into(),
+                        placements: vec![proto::PlacementRequest {
+                            placement: "app.card".into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }))
+                    .await
+                    .map(drop)
+                    .map_err(gave_up)
+            },
+        ),
+        case(
+            "RecordOutcome",
+            "expired deadline",
+            Code::DeadlineExceeded,
+            "deadline",
+            {
+                let o = proto::Outcome {
+                    kind: K::Accept as i32,
+                    ..good_outcome.clone()
+                };
+                move |ch: Channel| {
+                    let o = o.clone();
+                    async move {
+                        DecisionServiceClient::new(ch)
+                            .record_outcome(late(o))
+                            .await
+                            .map(drop)
+                            .map_err(gave_up)
+                    }
+                }
+            },
+        ),
+        case(
+            "Upsert",
+            "expired deadline",
+            Code::DeadlineExceeded,
+            "deadline",
+            |ch: Channel| async move {
+                CustomerServiceClient::new(ch)
+                    .upsert(late(proto::UpsertRequest {
+                        customer_id: "ada".into(),
+                        attributes: with(&[("language", string("late"))]),
+                    }))
+                    .await
+                    .map(drop)
+                    .map_err(gave_up)
+            },
+        ),
+        case(
+            "Forget",
+            "expired deadline",
+            Code::DeadlineExceeded,
+            "deadline",
+            |ch: Channel| async move {
+                CustomerServiceClient::new(ch)
+                    .forget(late(proto::ForgetRequest {
+                        customer_id: "ada".into(),
+                    }))
+                    .await
+                    .map(drop)
+                    .map_err(gave_up)
+            },
+        ),
     ];
 
     server.node.db().sync().expect("sync");
@@ -1777,9 +1900,7 @@ impl Drop for SmallDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_keeps_deciding_and_heals() {
-    // A read-only disk takes the same path (any failed write stops the journal until a
-    // probe write succeeds), but cannot be staged here: Linux refuses to remount a
-    // filesystem read-only while the journal holds a file open for writing.
+    // A read-only disk: `a_read_only_disk_refuses_writes_keeps_deciding_and_recovers`.
     let Some(disk) = SmallDisk::mount(16) else {
         eprintln!("NOT RUN: mounting a tmpfs needs root (CI runs as root)");
         return;
@@ -1891,6 +2012,310 @@ async fn a_full_disk_refuses_writes_keeps_deciding_and_heals() {
     let server = start_on(rules, data, Transport::default()).await;
     let mut customers = CustomerServiceClient::new(server.channel().await);
     assert_eq!(language(&mut customers).await, "fr");
+    let (_rules, data) = server.shut_down().await;
+    drop(data);
+    drop(disk);
+}
+
+/// An ext4 filesystem in a file, on a loop device, mounted at a temporary directory with
+/// `errors=remount-ro`; unmounted and detached when dropped.
+struct ExtDisk {
+    mount: Option<tempfile::TempDir>,
+    _image: tempfile::TempDir,
+    device: String,
+}
+
+fn sh(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl ExtDisk {
+    /// `None` where this user may not make one (no root, no loop devices).
+    fn mount(megabytes: u32) -> Option<ExtDisk> {
+        let image = tempfile::tempdir().ok()?;
+        let file = image.path().join("disk.img");
+        std::fs::File::create(&file)
+            .ok()?
+            .set_len(u64::from(megabytes) << 20)
+            .ok()?;
+        let file = file.to_str()?;
+        sh("mkfs.ext4", &["-q", "-F", file])?;
+        let device = sh("losetup", &["-f", "--show", file])?;
+        let disk = ExtDisk {
+            mount: Some(tempfile::tempdir().ok()?),
+            _image: image,
+            device,
+        };
+        // A loop device may keep the read-only flag of an earlier user.
+        sh("blockdev", &["--setrw", &disk.device])?;
+        disk.attach().then_some(disk)
+    }
+
+    fn path(&self) -> &Path {
+        self.mount.as_ref().expect("mounted").path()
+    }
+
+    fn attach(&self) -> bool {
+        let path = self.path().to_str().expect("utf-8");
+        sh("mount", &["-o", "errors=remount-ro", &self.device, path]).is_some()
+    }
+
+    /// What the kernel does on a metadata error: the filesystem turns read-only under
+    /// the running server, open files and all.
+    fn fail(&self) {
+        let name = self.device.trim_start_matches("/dev/");
+        std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "1")
+            .expect("trigger an ext4 error");
+    }
+
+    /// What an operator does: unmount, check, mount again.
+    fn repair(&self) {
+        let path = self.path().to_str().expect("utf-8");
+        sh("umount", &[path]).expect("umount");
+        // e2fsck exits 1 when it corrected something.
+        let status = std::process::Command::new("e2fsck")
+            .args(["-fy", &self.device])
+            .output()
+            .expect("e2fsck")
+            .status
+            .code();
+        assert!(matches!(status, Some(0 | 1)), "e2fsck: {status:?}");
+        assert!(self.attach(), "mount again");
+    }
+}
+
+impl Drop for ExtDisk {
+    fn drop(&mut self) {
+        if let Some(mount) = self.mount.take() {
+            let _ = sh("umount", &[mount.path().to_str().unwrap_or("")]);
+        }
+        let _ = sh("losetup", &["-d", &self.device]);
+    }
+}
+
+/// Waits until the node says its journal works again.
+async fn healed(server: &Server, what: &str) {
+    let given_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !server.scrape().await.contains("nextbest_journal_failed 0") {
+        assert!(std::time::Instant::now() < given_up, "{what}: never healed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// On a read-only disk: a write is refused with UNAVAILABLE, saying nothing was
+/// acknowledged; a decision is still answered; the journal is reported failed.
+async fn refused_and_deciding(
+    server: &Server,
+    channel: Channel,
+    write: proto::UpsertRequest,
+    what: &str,
+) {
+    let e = CustomerServiceClient::new(channel.clone())
+        .upsert(write)
+        .await
+        .expect_err("a write to a read-only disk");
+    assert_eq!(e.code(), Code::Unavailable, "{what}: {e:?}");
+    assert!(e.message().contains("nothing was acknowledged"), "{e:?}");
+    let d = DecisionServiceClient::new(channel)
+        .decide(decide_request("ada", "call_center.next_best"))
+        .await
+        .expect("decide on a read-only disk");
+    assert!(!d.into_inner().offers.is_empty());
+    assert!(
+        server.scrape().await.contains("nextbest_journal_failed 1"),
+        "{what}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_disk_refuses_writes_keeps_deciding_and_recovers() {
+    let Some(disk) = ExtDisk::mount(64) else {
+        eprintln!("NOT RUN: a loop-mounted ext4 needs root and loop devices (CI runs as root)");
+        return;
+    };
+    let data = tempfile::tempdir_in(disk.path()).expect("tempdir");
+    let server = start_on(sample_rules(), data, Transport::default()).await;
+    let channel = server.channel().await;
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    let upsert = |language: &str| proto::UpsertRequest {
+        customer_id: "ada".into(),
+        attributes: [
+            ("age".to_string(), int(38)),
+            ("language".to_string(), string(language)),
+        ]
+        .into(),
+    };
+    let language = |channel: Channel| async move {
+        let got = CustomerServiceClient::new(channel)
+            .get(proto::GetRequest {
+                customer_id: "ada".into(),
+                history_limit: 0,
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        match got.attributes.get("language").and_then(|v| v.kind.clone()) {
+            Some(Kind::StringValue(s)) => s,
+            other => panic!("{other:?}"),
+        }
+    };
+    customers.upsert(upsert("en")).await.expect("upsert");
+    customers.upsert(upsert("de")).await.expect("upsert");
+
+    // 1. The kernel turns the filesystem read-only (as on a metadata error): writes are
+    // refused, nothing acknowledged is lost, decisions go on from memory. The operator
+    // stops the node, checks and mounts the disk again, and starts it.
+    disk.fail();
+    refused_and_deciding(
+        &server,
+        channel.clone(),
+        upsert("xx"),
+        "emergency read-only",
+    )
+    .await;
+    let (rules, data, _closed) = server.shut_down_anyway().await;
+    disk.repair();
+    let server = start_on(rules, data, Transport::default()).await;
+    let channel = server.channel().await;
+    assert_eq!(
+        language(channel.clone()).await,
+        "de",
+        "every acknowledged write, no refused one"
+    );
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    customers
+        .upsert(upsert("fr"))
+        .await
+        .expect("writes after the repair");
+
+    // 2. The data directory turns read-only under the running node (every file and
+    // directory made immutable) and then writable again: the node heals by itself.
+    let dir = server.data.path().to_str().expect("utf-8").to_string();
+    sh("chattr", &["-R", "+i", &dir]).expect("chattr +i");
+    refused_and_deciding(
+        &server,
+        channel.clone(),
+        upsert("xx"),
+        "immutable data directory",
+    )
+    .await;
+    sh("chattr", &["-R", "-i", &dir]).expect("chattr -i");
+    healed(&server, "immutable data directory").await;
+    assert_eq!(
+        language(channel.clone()).await,
+        "fr",
+        "the refused write left no trace"
+    );
+    customers
+        .upsert(upsert("it"))
+        .await
+        .expect("writes are taken again");
+    let (rules, data) = server.shut_down().await;
+    let server = start_on(rules, data, Transport::default()).await;
+    assert_eq!(language(server.channel().await).await, "it");
+    let (_rules, data) = server.shut_down().await;
+    drop(data);
+    drop(disk);
+}
+
+/// Thaws a frozen filesystem when dropped, so a failing test cannot leave it frozen.
+struct Frozen(String);
+
+impl Frozen {
+    fn freeze(path: &Path) -> Frozen {
+        let path = path.to_str().expect("utf-8").to_string();
+        sh("fsfreeze", &["-f", &path]).expect("fsfreeze -f");
+        Frozen(path)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = sh("fsfreeze", &["-u", &self.0]);
+    }
+}
+
+/// A write stuck on a frozen disk runs past `--request-timeout`: the caller gets
+/// CANCELLED while decisions go on; once the disk thaws, the write completes after all,
+/// and retrying it is safe (counted once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_request_timeout_is_cancelled_and_its_retry_counts_once() {
+    let Some(disk) = ExtDisk::mount(64) else {
+        eprintln!("NOT RUN: a loop-mounted ext4 needs root and loop devices (CI runs as root)");
+        return;
+    };
+    let data = tempfile::tempdir_in(disk.path()).expect("tempdir");
+    let mut transport = Transport::default();
+    transport.request_timeout = std::time::Duration::from_millis(300);
+    let server = start_on(sample_rules(), data, transport).await;
+    let channel = server.channel().await;
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    let mut decisions = DecisionServiceClient::new(channel.clone());
+    customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes: ada(),
+        })
+        .await
+        .expect("upsert");
+    let d = decisions
+        .decide(decide_request("ada", "email.hero"))
+        .await
+        .expect("decide")
+        .into_inner();
+    let outcome = proto::Outcome {
+        decision_id: d.decision_id.clone(),
+        offer_id: d.offers[0].offer_id.clone(),
+        kind: proto::OutcomeKind::Impression as i32,
+        ..Default::default()
+    };
+
+    let frozen = Frozen::freeze(disk.path());
+    let started = std::time::Instant::now();
+    let e = decisions
+        .record_outcome(outcome.clone())
+        .await
+        .expect_err("an fsync that cannot finish");
+    assert_eq!(e.code(), Code::Cancelled, "{e:?}");
+    assert!(e.message().contains("Timeout expired"), "{e:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    let answered = decisions
+        .decide(decide_request("ada", "app.card"))
+        .await
+        .expect("decide while the disk is frozen");
+    assert!(!answered.into_inner().offers.is_empty());
+    drop(frozen);
+
+    // The stuck write went through once the disk thawed: the retry is recognised.
+    let retry = decisions
+        .record_outcome(outcome)
+        .await
+        .expect("the retry")
+        .into_inner();
+    assert!(
+        retry.duplicate,
+        "the cancelled call's write was applied after all"
+    );
+    let history = customers
+        .get(proto::GetRequest {
+            customer_id: "ada".into(),
+            history_limit: 10,
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .history;
+    assert_eq!(
+        history.len(),
+        1,
+        "one impression, counted once: {history:?}"
+    );
     let (_rules, data) = server.shut_down().await;
     drop(data);
     drop(disk);

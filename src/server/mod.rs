@@ -362,6 +362,55 @@ fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
         .ok_or_else(|| Status::invalid_argument(format!("`{field}` is required")))
 }
 
+/// When the caller stops waiting: the call's arrival plus its `grpc-timeout`, if it sent
+/// one. tonic cancels a call whose deadline passes (CANCELLED), but only at its next
+/// await and at millisecond resolution, and a write handed to the blocking pool runs
+/// anyway; checked right before anything is applied or logged, this keeps a call whose
+/// caller has already given up from doing anything at all.
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Option<std::time::Instant>);
+
+impl Deadline {
+    fn of<T>(request: &Request<T>) -> Deadline {
+        Deadline(
+            request
+                .metadata()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(grpc_timeout)
+                .and_then(|d| std::time::Instant::now().checked_add(d)),
+        )
+    }
+
+    fn check(self) -> Result<(), Status> {
+        match self.0 {
+            Some(at) if std::time::Instant::now() >= at => Err(Status::deadline_exceeded(
+                "the call's deadline (its `grpc-timeout`) passed before it started: nothing was applied or logged",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A `grpc-timeout` header: at most 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(text: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Runs blocking work (waiting for an fsync) off the request threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Status> + Send + 'static,
@@ -378,6 +427,7 @@ impl DecisionService for Service {
         request: Request<proto::DecideRequest>,
     ) -> Result<Response<proto::Decision>, Status> {
         let result = async {
+            let deadline = Deadline::of(&request);
             let r = request.into_inner();
             // One `Db` (and catalog) for the whole call: a heal may swap the node's.
             let db = self.node.db();
@@ -387,6 +437,7 @@ impl DecisionService for Service {
             let context = convert::values("context", &catalog.schema.context, &r.context)?;
             let inline = inline_attributes(&catalog, &r.attributes)?;
             let at = r.at.as_ref().map_or_else(now_ms, millis);
+            deadline.check()?;
             let started = std::time::Instant::now();
             let (reply, _) = Self::decide_one(
                 &db,
@@ -413,6 +464,7 @@ impl DecisionService for Service {
         request: Request<proto::DecideBatchRequest>,
     ) -> Result<Response<proto::DecideBatchResponse>, Status> {
         let result = async {
+            let deadline = Deadline::of(&request);
             let r = request.into_inner();
             let db = self.node.db();
             let catalog = db.catalog();
@@ -447,6 +499,7 @@ impl DecisionService for Service {
                 }
                 requests.push((placement, context, p.slots));
             }
+            deadline.check()?;
             let mut shown = Vec::new();
             let mut decisions = Vec::with_capacity(requests.len());
             for (placement, context, slots) in requests {
@@ -484,11 +537,16 @@ impl DecisionService for Service {
         request: Request<proto::Outcome>,
     ) -> Result<Response<proto::OutcomeAck>, Status> {
         let result = async {
+            let deadline = Deadline::of(&request);
             let input = outcome_input(request.into_inner())?;
             let node = Arc::clone(&self.node);
             let kind = input.kind;
             let started = std::time::Instant::now();
-            let ack = blocking(move || node.db().record_outcome(&input).map_err(status)).await?;
+            let ack = blocking(move || {
+                deadline.check()?;
+                node.db().record_outcome(&input).map_err(status)
+            })
+            .await?;
             self.metrics.durable_write(started.elapsed().as_secs_f64());
             self.metrics.outcome(kind, ack.duplicate);
             Ok(Response::new(proto::OutcomeAck {
@@ -504,6 +562,7 @@ impl DecisionService for Service {
         request: Request<proto::RecordOutcomesRequest>,
     ) -> Result<Response<proto::RecordOutcomesResponse>, Status> {
         let result = async {
+            let deadline = Deadline::of(&request);
             let inputs = request
                 .into_inner()
                 .outcomes
@@ -519,6 +578,7 @@ impl DecisionService for Service {
             let metrics = Arc::clone(&self.metrics);
             let started = std::time::Instant::now();
             let acks = blocking(move || {
+                deadline.check()?;
                 inputs
                     .iter()
                     .enumerate()
@@ -581,6 +641,7 @@ impl CustomerService for Service {
     ) -> Result<Response<proto::UpsertResponse>, Status> {
         let result = async {
             self.authorize(&request)?;
+            let deadline = Deadline::of(&request);
             let r = request.into_inner();
             let id = required("customer_id", &r.customer_id)?.to_string();
             let catalog = self.node.db().catalog();
@@ -588,6 +649,7 @@ impl CustomerService for Service {
             let node = Arc::clone(&self.node);
             let started = std::time::Instant::now();
             blocking(move || {
+                deadline.check()?;
                 node.db()
                     .upsert(&id, values, now_ms(), true)
                     .map_err(status)
@@ -627,10 +689,15 @@ impl CustomerService for Service {
     ) -> Result<Response<proto::ForgetResponse>, Status> {
         let result = async {
             self.authorize(&request)?;
+            let deadline = Deadline::of(&request);
             let id = required("customer_id", &request.into_inner().customer_id)?.to_string();
             let node = Arc::clone(&self.node);
             let started = std::time::Instant::now();
-            let existed = blocking(move || node.db().forget(&id, now_ms()).map_err(status)).await?;
+            let existed = blocking(move || {
+                deadline.check()?;
+                node.db().forget(&id, now_ms()).map_err(status)
+            })
+            .await?;
             self.metrics.durable_write(started.elapsed().as_secs_f64());
             Ok(Response::new(proto::ForgetResponse { existed }))
         }
@@ -842,5 +909,113 @@ async fn heal_when_failed(node: Arc<Node>, interval: std::time::Duration) {
             Ok(Ok(false)) | Err(_) => {}
             Ok(Err(e)) => eprintln!("journal still failing: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit() {
+        use std::time::Duration;
+        assert_eq!(grpc_timeout("1n"), Some(Duration::from_nanos(1)));
+        assert_eq!(grpc_timeout("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            grpc_timeout("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        for bad in ["", "n", "123456789S", "10s", "-1S", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    fn with_timeout<T>(timeout: &str, request: &mut Request<T>) {
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", timeout.parse().expect("ascii"));
+    }
+
+    fn late<T>(message: T) -> Request<T> {
+        let mut r = Request::new(message);
+        with_timeout("1n", &mut r);
+        r
+    }
+
+    fn refused<T>(result: Result<T, Status>, what: &str) {
+        let e = result.map(drop).expect_err(what);
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{what}: {e:?}");
+        assert!(
+            e.message().contains("nothing was applied or logged"),
+            "{e:?}"
+        );
+    }
+
+    /// A call whose deadline has passed when the handler starts (as when the caller
+    /// gave up while it was in flight) is refused before anything is applied or logged;
+    /// with time left, the same call goes through. (A tonic client enforces its own
+    /// deadline and reports CANCELLED itself, so this is tested on the handlers.)
+    #[tokio::test]
+    async fn a_call_whose_deadline_passed_does_nothing() {
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let data = tempfile::tempdir().expect("tempdir");
+        let (node, _) = Node::open(&rules, data.path()).expect("node");
+        let registry = prometheus::Registry::new();
+        let service = Service {
+            node: Arc::new(node),
+            metrics: Arc::new(Metrics::new(&registry).expect("metrics")),
+        };
+        let upsert = || proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes: [(
+                "age".to_string(),
+                proto::Value {
+                    kind: Some(proto::value::Kind::IntValue(38)),
+                },
+            )]
+            .into(),
+        };
+        let records = |s: &Service| s.node.db().journal_stats().records.load(Ordering::Relaxed);
+        let before = records(&service);
+        refused(service.upsert(late(upsert())).await, "Upsert");
+        let decide = || proto::DecideRequest {
+            customer_id: "ada".into(),
+            placement: "app.card".into(),
+            ..Default::default()
+        };
+        refused(service.decide(late(decide())).await, "Decide");
+        let outcome = proto::Outcome {
+            decision_id: uuid::Uuid::now_v7().to_string(),
+            offer_id: "app_tips".into(),
+            kind: proto::OutcomeKind::Impression as i32,
+            ..Default::default()
+        };
+        refused(
+            service.record_outcome(late(outcome.clone())).await,
+            "RecordOutcome",
+        );
+        refused(
+            service
+                .forget(late(proto::ForgetRequest {
+                    customer_id: "ada".into(),
+                }))
+                .await,
+            "Forget",
+        );
+        service.node.db().sync().expect("sync");
+        assert_eq!(records(&service), before, "nothing reached the journal");
+        assert_eq!(service.node.db().store().len(), 0, "nothing was stored");
+
+        // Ten seconds left: the same calls go through.
+        let mut r = Request::new(upsert());
+        with_timeout("10S", &mut r);
+        service.upsert(r).await.expect("upsert in time");
+        let mut r = Request::new(decide());
+        with_timeout("10S", &mut r);
+        service.decide(r).await.expect("decide in time");
+        assert_eq!(service.node.db().store().len(), 1);
     }
 }
