@@ -135,13 +135,22 @@ impl Catalog {
                 files: l.files,
             });
         }
+        // Every rule compiled: split them into clauses shared across offers.
+        let mut clauses = expr::SharedClauses::default();
+        let mut offers: Vec<Offer> = offers.into_iter().map(|o| o.offer).collect();
+        for offer in &mut offers {
+            if let Some(src) = &offer.eligibility_src {
+                offer.clauses = clauses.split(src, &schema, Some(&ctx.vocabulary));
+            }
+        }
         Ok(Catalog {
             version: version.into(),
             schema,
-            offers: offers.into_iter().map(|o| o.offer).collect(),
+            offers,
             placements,
             experiments: experiments.into_iter().map(|(e, _)| e).collect(),
             policy,
+            clauses,
         })
     }
 
@@ -1312,6 +1321,7 @@ impl Loader {
                 content: self.content(&f, &owner, placements),
                 eligibility,
                 eligibility_src: eligibility_node.map(|s| s.to_string()),
+                clauses: None,
                 propensity: self.formula(ctx, &f, "propensity", &owner, false, 1.0),
                 value: self.formula(ctx, &f, "value", &owner, false, 1.0),
                 weight: self.formula(ctx, &f, "weight", &owner, false, 1.0),

@@ -42,6 +42,8 @@ pub struct Catalog {
     pub experiments: Vec<Experiment>,
     /// Contact policy and budgets beyond single offers: per channel, per group, fatigue.
     pub policy: Policy,
+    /// The eligibility clauses the offers share (see [`Offer::clauses`]).
+    pub clauses: crate::expr::SharedClauses,
 }
 
 impl Catalog {
@@ -125,6 +127,9 @@ pub struct Offer {
     pub eligibility: Predicate,
     /// The source of `eligibility`, for explanations.
     pub eligibility_src: Option<String>,
+    /// `eligibility` as its top-level clauses, most of them shared with other offers
+    /// through [`Catalog::clauses`]; `None` when it is evaluated whole.
+    pub clauses: Option<Box<[crate::expr::Clause]>>,
     pub propensity: Formula,
     pub value: Formula,
     pub weight: Formula,

@@ -285,6 +285,17 @@ pub fn decide(
         return decision;
     }
 
+    // What this decision has found out about the clauses offers share (one byte each;
+    // on the stack for up to 256 of them).
+    let shared = catalog.clauses.len();
+    let mut on_stack = [crate::expr::memo::UNKNOWN; 256];
+    let mut on_heap = Vec::new();
+    let memo: &mut [u8] = if shared <= on_stack.len() {
+        &mut on_stack[..shared]
+    } else {
+        on_heap.resize(shared, crate::expr::memo::UNKNOWN);
+        &mut on_heap
+    };
     let mut explain = |offer: OfferIdx, outcome: Outcome| {
         if let Some(explanation) = &mut explanation {
             explanation.push(Explained { offer, outcome });
@@ -306,7 +317,11 @@ pub fn decide(
             offer.group_key,
             p.channel_key,
         );
-        if !offer.eligibility.matches(&env) {
+        let eligible = match &offer.clauses {
+            Some(clauses) => catalog.clauses.matches(clauses, &env, memo),
+            None => offer.eligibility.matches(&env),
+        };
+        if !eligible {
             if options.explain {
                 let src = offer.eligibility_src.as_deref().unwrap_or("");
                 let (clause, result) = offer.eligibility.explain(&env, src).unwrap_or((src, None));

@@ -802,3 +802,110 @@ fn the_explore_draw_is_shared_by_placements() {
         "{explored} of 500 explored at epsilon 0.5"
     );
 }
+
+/// Eligibility through the catalog's shared clauses (memoised per decision) agrees with
+/// each rule evaluated whole, for the sample catalog's rules (history functions, sets,
+/// timestamps, `||`, missing values) and many random customers, contexts and histories,
+/// every offer in turn against one memo, as decide uses it.
+#[test]
+fn shared_clauses_decide_as_the_whole_rules_do() {
+    use crate::learn::scenario::uniform;
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let catalog = Catalog::load(&rules).expect("sample catalog");
+    let split = catalog
+        .offers
+        .iter()
+        .filter(|o| o.clauses.is_some())
+        .count();
+    assert!(split > 15, "most rules split: {split}");
+    assert!(
+        catalog.clauses.len()
+            < catalog
+                .offers
+                .iter()
+                .map(|o| o.clauses.as_ref().map_or(0, |c| c.len()))
+                .sum(),
+        "some clauses are shared"
+    );
+    let value = |ty: &AttrType, n: u64, what: &str| -> Value {
+        let u = |k: &str| uniform(3, &format!("{what}/{k}"), n);
+        if u("missing") < 0.15 {
+            return Value::Missing;
+        }
+        match ty {
+            AttrType::Bool => Value::Bool(u("b") < 0.5),
+            AttrType::Int => Value::Int((u("i") * 130.0) as i64 - 10),
+            AttrType::Float => Value::Float(u("f") * 120.0 - 10.0),
+            AttrType::String => Value::Str(if u("s") < 0.5 { "en" } else { "de" }.into()),
+            AttrType::Enum(def) => Value::Enum((u("e") * def.variants.len() as f64) as u32),
+            AttrType::Set => Value::set(
+                [
+                    "mobile",
+                    "broadband",
+                    "tv",
+                    "insurance",
+                    "smartwatch",
+                    "streaming",
+                    "paperless",
+                ]
+                .into_iter()
+                .filter(|m| u(m) < 0.4),
+            ),
+            AttrType::Timestamp => {
+                Value::Timestamp(NOW + ((u("t") - 0.5) * 400.0 * DAY as f64) as i64)
+            }
+        }
+    };
+    let mut checked = 0;
+    for n in 0..3000u64 {
+        let attributes: Vec<Value> = catalog
+            .schema
+            .customer
+            .attributes()
+            .iter()
+            .map(|a| value(&a.ty, n, &a.name))
+            .collect();
+        let context: Vec<Value> = catalog
+            .schema
+            .context
+            .attributes()
+            .iter()
+            .map(|a| value(&a.ty, n, &format!("context.{}", a.name)))
+            .collect();
+        let mut history = History::default();
+        for j in 0..(n % 12) {
+            let offer = &catalog.offers
+                [(uniform(5, "offer", n * 16 + j) * catalog.offers.len() as f64) as usize];
+            let kind = EventKind::ALL[(uniform(5, "kind", n * 16 + j) * 5.0) as usize];
+            let at = NOW - (uniform(5, "at", n * 16 + j) * 120.0 * DAY as f64) as i64;
+            history.record(
+                Event::new(at, &offer.id, offer.group.as_deref(), "call_center", kind),
+                HistoryLimits::default(),
+            );
+        }
+        let mut memo = vec![crate::expr::memo::UNKNOWN; catalog.clauses.len()];
+        for offer in &catalog.offers {
+            let env = Env::new(&attributes, &context, &[], NOW).with_history(
+                history.events(),
+                offer.key,
+                offer.group_key,
+                crate::schema::key("call_center"),
+            );
+            let whole = offer.eligibility.matches(&env);
+            let shared = match &offer.clauses {
+                Some(c) => catalog.clauses.matches(c, &env, &mut memo),
+                None => whole,
+            };
+            assert_eq!(
+                shared, whole,
+                "offer {} for customer {n}: {attributes:?} {context:?}",
+                offer.id
+            );
+            checked += usize::from(whole);
+        }
+    }
+    assert!(
+        checked > 1000,
+        "{checked} eligible pairs: the customers reach the rules"
+    );
+}

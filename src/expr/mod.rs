@@ -214,6 +214,97 @@ impl Predicate {
     }
 }
 
+/// The top-level `&&` clauses of a catalog's rules, shared: each distinct clause that reads
+/// no history is compiled once, and in one decision evaluated at most once, however many
+/// rules contain it (`customer.segment in ['gold', 'platinum']` in 500 offers costs one
+/// evaluation and 499 lookups). A clause that reads history depends on the offer being
+/// decided and stays the rule's own.
+#[derive(Debug, Default)]
+pub struct SharedClauses {
+    clauses: Vec<Predicate>,
+    index: std::collections::HashMap<String, u32>,
+}
+
+/// One top-level clause of a rule.
+#[derive(Debug)]
+pub enum Clause {
+    /// An index into the catalog's [`SharedClauses`].
+    Shared(u32),
+    /// A clause that reads history: evaluated for each rule.
+    Own(Predicate),
+}
+
+/// What a decision has found out about the shared clauses so far, one byte each.
+pub mod memo {
+    pub const UNKNOWN: u8 = 0;
+    pub const FALSE: u8 = 1;
+    pub const TRUE: u8 = 2;
+    pub const UNDECIDED: u8 = 3;
+}
+
+impl SharedClauses {
+    /// The clauses of the rule `src` (which compiles against `schema`), sharing those
+    /// seen before in the same text; `None` if it cannot be split (then evaluate it whole).
+    pub fn split(
+        &mut self,
+        src: &str,
+        schema: &Schema,
+        vocabulary: Option<&Vocabulary>,
+    ) -> Option<Box<[Clause]>> {
+        let expr = parse(src).ok()?;
+        let mut parts = Vec::new();
+        conjuncts(&expr, &mut parts);
+        parts
+            .iter()
+            .map(|e| {
+                // The exact text: two clauses that read the same compile the same.
+                let text = src.get(e.span.clone())?.trim();
+                if let Some(&id) = self.index.get(text) {
+                    return Some(Clause::Shared(id));
+                }
+                let p = Predicate::compile_with(text, schema, "eligibility", vocabulary).ok()?;
+                if p.horizon() != 0 {
+                    return Some(Clause::Own(p));
+                }
+                let id = u32::try_from(self.clauses.len()).ok()?;
+                self.clauses.push(p);
+                self.index.insert(text.to_string(), id);
+                Some(Clause::Shared(id))
+            })
+            .collect()
+    }
+
+    /// The number of distinct shared clauses: the size of a decision's memo.
+    pub fn len(&self) -> usize {
+        self.clauses.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clauses.is_empty()
+    }
+
+    /// Whether every clause definitely holds (as [`Predicate::matches`] of the whole
+    /// rule), looking shared clauses up in `memo` (one byte per shared clause, [`memo`]
+    /// values, all `UNKNOWN` at the start of a decision) and filling it in.
+    #[inline]
+    pub fn matches(&self, clauses: &[Clause], env: &Env<'_>, memo: &mut [u8]) -> bool {
+        clauses.iter().all(|clause| match clause {
+            Clause::Shared(id) => {
+                let known = &mut memo[*id as usize];
+                if *known == memo::UNKNOWN {
+                    *known = match self.clauses[*id as usize].eval(env) {
+                        Some(true) => memo::TRUE,
+                        Some(false) => memo::FALSE,
+                        None => memo::UNDECIDED,
+                    };
+                }
+                *known == memo::TRUE
+            }
+            Clause::Own(p) => p.matches(env),
+        })
+    }
+}
+
 fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
     match &e.kind {
         ExprKind::Binary {
