@@ -78,7 +78,8 @@ fn customer(catalog: &Catalog, n: u64) -> CustomerState {
         );
     }
     CustomerState {
-        id: Some(format!("customer-{n:08}")),
+        // Named as `nextbest loadgen` names customers, so its requests find them.
+        id: Some(format!("c{n}")),
         attributes,
         history,
         seq: 0,
