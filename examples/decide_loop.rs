@@ -21,7 +21,14 @@ fn main() {
     let mut shown = 0usize;
     for n in 0..decisions {
         let id = uuid::Uuid::from_u128(n as u128);
-        let d = decide(&catalog, &customer, &context, 0, synthetic::NOW, &Options::new(id));
+        let d = decide(
+            &catalog,
+            &customer,
+            &context,
+            0,
+            synthetic::NOW,
+            &Options::new(id),
+        );
         shown += std::hint::black_box(d).offers.len();
     }
     println!("{decisions} decisions over {offers} offers, {shown} offers shown");

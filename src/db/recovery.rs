@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::budget::{self, Counter, Counters};
 use super::{Db, DbError, Recent, io};
 use crate::decide::BudgetScope;
-use crate::journal::{Reader, Record};
+use crate::journal::{Reader, Record, Replayed};
 use crate::schema::{AttrType, EntitySchema, EnumDef};
 use crate::schema::{Event, EventKind, key};
 use crate::storage::segment::{self, SegmentReader};
@@ -272,8 +272,24 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
         }
     }
     let mut reader = Reader::open(&db.journal_dir, from).map_err(io("reading the journal"))?;
-    while let Some((_, seq, record)) = reader.next_record().map_err(io("reading the journal"))? {
-        apply(db, seq, record, &mut recovery);
+    while let Some((_, seq, record)) = reader
+        .next_for_replay()
+        .map_err(io("reading the journal"))?
+    {
+        match record {
+            Replayed::Record(record) => apply(db, seq, record, &mut recovery),
+            // A decision only tells which customer and channel its outcomes belong to.
+            Replayed::Decision {
+                id,
+                customer: Some(customer),
+                channel,
+            } => db.remember(
+                Uuid::from_bytes(id).as_u128(),
+                customer.as_str().into(),
+                key(&channel),
+            ),
+            Replayed::Decision { customer: None, .. } => {}
+        }
         recovery.replayed += 1;
     }
     recovery.damage.append(&mut reader.damage);

@@ -25,6 +25,33 @@ use crate::storage::{Damage, Encode, Position, SegmentReader, segment};
 
 /// The format byte in front of every record.
 const FORMAT: u8 = 1;
+/// postcard's tag of [`Record::Decision`]: its index among the variants.
+const DECISION_VARIANT: u8 = 3;
+
+/// A record as replay reads it: whole, or a decision's head.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Replayed {
+    Record(Record),
+    Decision {
+        id: [u8; 16],
+        customer: Option<String>,
+        channel: String,
+    },
+}
+
+/// The leading fields of a [`DecisionRecord`], in its order: postcard reads a prefix of
+/// a struct's encoding as a struct of its first fields.
+#[derive(Deserialize)]
+struct DecisionHead<'a> {
+    id: [u8; 16],
+    #[allow(dead_code)]
+    at: i64,
+    #[serde(borrow)]
+    customer: Option<&'a str>,
+    #[allow(dead_code)]
+    placement: &'a str,
+    channel: &'a str,
+}
 
 /// One entry of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +77,26 @@ impl Record {
     pub fn decode(payload: &[u8]) -> Result<(u64, Record), String> {
         let (seq, payload) = segment::split_seq(payload).ok_or("record too short")?;
         Ok((seq, Record::decode_record(payload)?))
+    }
+
+    /// As [`Record::decode`], but a decision is only read as far as replay needs it:
+    /// its id, customer and channel (a decision record is ~1 KB of features and
+    /// candidates that replay would decode only to drop).
+    pub fn decode_for_replay(payload: &[u8]) -> Result<(u64, Replayed), String> {
+        let (seq, payload) = segment::split_seq(payload).ok_or("record too short")?;
+        if let [FORMAT, DECISION_VARIANT, rest @ ..] = payload {
+            let (head, _) =
+                postcard::take_from_bytes::<DecisionHead<'_>>(rest).map_err(|e| e.to_string())?;
+            return Ok((
+                seq,
+                Replayed::Decision {
+                    id: head.id,
+                    customer: head.customer.map(str::to_string),
+                    channel: head.channel.to_string(),
+                },
+            ));
+        }
+        Ok((seq, Replayed::Record(Record::decode_record(payload)?)))
     }
 
     fn decode_record(payload: &[u8]) -> Result<Record, String> {
@@ -527,6 +574,18 @@ impl Reader {
 
     /// The next record, where it starts and its sequence number.
     pub fn next_record(&mut self) -> std::io::Result<Option<(Position, u64, Record)>> {
+        self.next_with(Record::decode)
+    }
+
+    /// As [`Reader::next_record`], with decisions read only as far as replay needs.
+    pub fn next_for_replay(&mut self) -> std::io::Result<Option<(Position, u64, Replayed)>> {
+        self.next_with(Record::decode_for_replay)
+    }
+
+    fn next_with<T>(
+        &mut self,
+        decode: impl Fn(&[u8]) -> Result<(u64, T), String>,
+    ) -> std::io::Result<Option<(Position, u64, T)>> {
         loop {
             let Some(reader) = self.current.as_mut() else {
                 let Some(segment) = self.segments.next() else {
@@ -540,7 +599,7 @@ impl Reader {
                 continue;
             };
             match reader.next_into(&mut self.buf)? {
-                Some(at) => match Record::decode(&self.buf) {
+                Some(at) => match decode(&self.buf) {
                     Ok((seq, record)) => return Ok(Some((at, seq, record))),
                     Err(reason) => self.damage.push(Damage {
                         at,
