@@ -427,10 +427,7 @@ fn main() -> ExitCode {
                     .parse()
                     .map_err(|e: String| anyhow!("--reward: {e}"))?,
                 window: window_flag(&window)?,
-                range: (
-                    from.as_deref().map(parse_time).transpose()?,
-                    to.as_deref().map(parse_time).transpose()?,
-                ),
+                range: time_range(from.as_deref(), to.as_deref())?,
                 seed,
                 ..Default::default()
             };
@@ -456,10 +453,7 @@ fn main() -> ExitCode {
         } => (|| {
             let options = nextbest::learn::train::TrainOptions {
                 window: window_flag(&window)?,
-                range: (
-                    from.as_deref().map(parse_time).transpose()?,
-                    to.as_deref().map(parse_time).transpose()?,
-                ),
+                range: time_range(from.as_deref(), to.as_deref())?,
                 seed,
                 ..Default::default()
             };
@@ -481,10 +475,7 @@ fn main() -> ExitCode {
             json,
         } => (|| {
             use nextbest::learn::report;
-            let range = (
-                from.as_deref().map(parse_time).transpose()?,
-                to.as_deref().map(parse_time).transpose()?,
-            );
+            let range = time_range(from.as_deref(), to.as_deref())?;
             let catalog = load_catalog(&rules)?;
             let r = report::report(&data, &catalog, range)?;
             if let Some(path) = &html {
@@ -1047,6 +1038,14 @@ struct HistoryEntry {
     offer: String,
     channel: String,
     kind: EventKind,
+}
+
+/// `--from` and `--to` as milliseconds.
+fn time_range(from: Option<&str>, to: Option<&str>) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+    Ok((
+        from.map(parse_time).transpose()?,
+        to.map(parse_time).transpose()?,
+    ))
 }
 
 fn window_flag(text: &str) -> anyhow::Result<i64> {

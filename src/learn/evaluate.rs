@@ -100,12 +100,7 @@ fn fold(seed: u64, decision: u128) -> usize {
 
 impl RewardModel {
     fn fit(log: &Log, catalog: &Catalog, seed: u64, lambda: f64) -> RewardModel {
-        let encoder = Encoder::fit(
-            &catalog.schema,
-            log.slots
-                .iter()
-                .map(|s| (&s.customer_values[..], &s.context_values[..])),
-        );
+        let encoder = log.encoder(&catalog.schema);
         let mut offers = Vec::new();
         for offer in 0..log.offers.names.len() as u32 {
             let mine: Vec<&Slot> = log.slots.iter().filter(|s| s.chosen == offer).collect();

@@ -138,6 +138,18 @@ pub struct Log {
     pub damage: Vec<String>,
 }
 
+impl Log {
+    /// Model inputs fitted to the attribute values of every slot.
+    pub fn encoder(&self, schema: &crate::schema::Schema) -> super::model::Encoder {
+        super::model::Encoder::fit(
+            schema,
+            self.slots
+                .iter()
+                .map(|s| (&s.customer_values[..], &s.context_values[..])),
+        )
+    }
+}
+
 /// The attribute values of a feature snapshot under `schema` (`prefix` is `customer.` or
 /// `context.`); features the schema does not have, or of another type, read as unset.
 pub fn values(features: &[(String, Feature)], prefix: &str, schema: &EntitySchema) -> Vec<Value> {

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::model::{Encoder, Logistic, Rows, expression};
+use super::model::{Logistic, Rows, expression};
 use super::replay::read;
 use crate::catalog::Catalog;
 use crate::journal::join::Reward;
@@ -102,12 +102,7 @@ pub fn train(
         options.window,
         options.range,
     )?;
-    let encoder = Encoder::fit(
-        &catalog.schema,
-        log.slots
-            .iter()
-            .map(|s| (&s.customer_values[..], &s.context_values[..])),
-    );
+    let encoder = log.encoder(&catalog.schema);
     let mut offers = Vec::new();
     let mut formulas = Vec::new();
     for offer in &catalog.offers {
