@@ -151,8 +151,8 @@ pub fn run(
             )?;
             summary.decisions += 1;
             summary.empty += u64::from(shown.is_empty());
-            for (offer, slot, accept, expected) in shown {
-                let offer = &catalog.offers[offer];
+            for (index, slot, accept, expected) in shown {
+                let offer = &catalog.offers[index];
                 let mut outcome = OutcomeInput {
                     decision: id,
                     offer: offer.id.clone(),
@@ -166,7 +166,7 @@ pub fn run(
                 summary.impressions += 1;
                 summary.expected_value += expected;
                 if uniform(seed, "accept", n * 64 + u64::from(slot)) < accept {
-                    let value = scenario.truth[catalog.offer(&offer.id).unwrap_or(0)].value;
+                    let value = scenario.truth[index].value;
                     outcome.kind = EventKind::Accept;
                     outcome.value = Some(value);
                     outcome.at = at + 60_000;

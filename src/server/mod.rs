@@ -385,7 +385,7 @@ impl Deadline {
     fn check(self) -> Result<(), Status> {
         match self.0 {
             Some(at) if std::time::Instant::now() >= at => Err(Status::deadline_exceeded(
-                "the call's deadline (its `grpc-timeout`) passed before it started: nothing was applied or logged",
+                "the call's deadline (its `grpc-timeout`) passed before it could act: nothing was applied or logged",
             )),
             _ => Ok(()),
         }
