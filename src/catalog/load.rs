@@ -140,7 +140,8 @@ impl Catalog {
         let mut offers: Vec<Offer> = offers.into_iter().map(|o| o.offer).collect();
         for offer in &mut offers {
             if let Some(src) = &offer.eligibility_src {
-                offer.clauses = clauses.split(src, &schema, Some(&ctx.vocabulary));
+                offer.clauses =
+                    clauses.split(&offer.eligibility, src, &schema, Some(&ctx.vocabulary));
             }
         }
         Ok(Catalog {

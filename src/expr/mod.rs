@@ -243,22 +243,27 @@ pub mod memo {
 }
 
 impl SharedClauses {
-    /// The clauses of the rule `src` (which compiles against `schema`), sharing those
-    /// seen before in the same text; `None` if it cannot be split (then evaluate it whole).
+    /// The clauses of `rule`, compiled from `src` against `schema`, sharing those seen
+    /// before in the same text (the rule's own parse gives them: nothing is parsed again
+    /// but a clause not seen before); `None` if one does not compile on its own (then
+    /// evaluate the rule whole).
     pub fn split(
         &mut self,
+        rule: &Predicate,
         src: &str,
         schema: &Schema,
         vocabulary: Option<&Vocabulary>,
     ) -> Option<Box<[Clause]>> {
-        let expr = parse(src).ok()?;
-        let mut parts = Vec::new();
-        conjuncts(&expr, &mut parts);
-        parts
-            .iter()
-            .map(|e| {
+        let whole = [src.trim()];
+        let texts: Vec<&str> = if rule.clauses.is_empty() {
+            whole.to_vec()
+        } else {
+            rule.clauses.iter().map(|(text, _)| &**text).collect()
+        };
+        texts
+            .into_iter()
+            .map(|text| {
                 // The exact text: two clauses that read the same compile the same.
-                let text = src.get(e.span.clone())?.trim();
                 if let Some(&id) = self.index.get(text) {
                     return Some(Clause::Shared(id));
                 }
