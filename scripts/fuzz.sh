@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/fuzz_targets) for SECONDS each (default 60), starting from
-# the seed corpus in fuzz/corpus. A crash fails the run; libFuzzer saves the input under
+# the seed corpus in fuzz/corpus. A crash, or an input running over 10 s (a hang), fails the
 # fuzz/artifacts/TARGET/ and prints how to reproduce it.
 #
 #   bash scripts/fuzz.sh [SECONDS]
@@ -20,7 +20,7 @@ for target in rule catalog journal request; do
     mkdir -p "$work/$target"
     # New inputs go to the first directory; the committed seeds stay as they are.
     cargo fuzz run -O "$target" "$work/$target" "corpus/$target" -- \
-        -max_total_time="$seconds" -print_final_stats=1 2>"$work/$target.log" || {
+        -max_total_time="$seconds" -timeout=10 -print_final_stats=1 2>"$work/$target.log" || {
         tail -40 "$work/$target.log"
         echo "fuzz target $target crashed" >&2
         exit 1

@@ -656,6 +656,12 @@ fn compile_int_raw(ir: &Ir) -> IntFn {
         Ir::Arith(op, _, x, y) => {
             let op = *op;
             match (fold_int(x), fold_int(y)) {
+                // Both folded already: never compile a folded operand again, or a chain
+                // of constants (`1+1+…+1`) costs twice as much per link.
+                (Some(a), Some(b)) => {
+                    let v = a.zip(b).and_then(|(a, b)| arith_i(op, a, b));
+                    Box::new(move |_| v)
+                }
                 (_, Some(Some(k))) => {
                     let x = compile_int(x);
                     Box::new(move |env| arith_i(op, x(env)?, k))
@@ -758,6 +764,11 @@ fn compile_float_raw(ir: &Ir) -> FloatFn {
         Ir::Arith(op, _, x, y) => {
             let op = *op;
             match (fold_float(x), fold_float(y)) {
+                // As for ints: a folded operand is never compiled again.
+                (Some(a), Some(b)) => {
+                    let v = a.zip(b).and_then(|(a, b)| arith_f(op, a, b));
+                    Box::new(move |_| v)
+                }
                 (_, Some(Some(k))) => {
                     let x = compile_float(x);
                     Box::new(move |env| arith_f(op, x(env)?, k))

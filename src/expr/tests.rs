@@ -758,3 +758,25 @@ proptest! {
         let _ = Formula::compile(&src, &schema(), "score", true);
     }
 }
+
+/// Long chains of constants fold in linear time: each operand used to be folded and then
+/// compiled again, twice the work per link (a 41-term `1+…+1` from the fuzzer ran for
+/// minutes). At 64 links, exponential work would never finish.
+#[test]
+fn long_constant_chains_fold_once() {
+    let schema = crate::decide::synthetic::catalog(1).schema;
+    let env = Env::new(&[], &[], &[], 0);
+    let ints = format!("{}1", "1+".repeat(63));
+    let f = Formula::compile(&ints, &schema, "value", false).expect("compiles");
+    assert_eq!(f.as_constant(), Some(64.0));
+    let floats = format!("{}1.0", "1.5*".repeat(63));
+    let f = Formula::compile(&floats, &schema, "value", false).expect("compiles");
+    let got = f.eval(&env).expect("a number");
+    assert!((got / 1.5f64.powi(63) - 1.0).abs() < 1e-12, "{got}");
+    let mixed = format!("customer.age + {}1", "2*".repeat(63));
+    let f = Formula::compile(&mixed, &schema, "value", false).expect("compiles");
+    let customer = [crate::schema::Value::Int(1)];
+    assert_eq!(f.eval(&Env::new(&customer, &[], &[], 0)), None, "2^63 overflows: missing");
+    let rule = format!("{}1 > 3", "1+".repeat(63));
+    assert!(Predicate::compile(&rule, &schema, "eligibility").expect("compiles").matches(&env));
+}
