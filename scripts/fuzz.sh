@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/fuzz_targets) for SECONDS each (default 60), starting from
 # the seed corpus in fuzz/corpus. A crash, or an input running over 10 s (a hang), fails the
-# fuzz/artifacts/TARGET/ and prints how to reproduce it.
+# run; libFuzzer saves the input under fuzz/artifacts/TARGET/ and prints how to reproduce it.
 #
 #   bash scripts/fuzz.sh [SECONDS]
 set -euo pipefail

@@ -776,7 +776,15 @@ fn long_constant_chains_fold_once() {
     let mixed = format!("customer.age + {}1", "2*".repeat(63));
     let f = Formula::compile(&mixed, &schema, "value", false).expect("compiles");
     let customer = [crate::schema::Value::Int(1)];
-    assert_eq!(f.eval(&Env::new(&customer, &[], &[], 0)), None, "2^63 overflows: missing");
+    assert_eq!(
+        f.eval(&Env::new(&customer, &[], &[], 0)),
+        None,
+        "2^63 overflows: missing"
+    );
     let rule = format!("{}1 > 3", "1+".repeat(63));
-    assert!(Predicate::compile(&rule, &schema, "eligibility").expect("compiles").matches(&env));
+    assert!(
+        Predicate::compile(&rule, &schema, "eligibility")
+            .expect("compiles")
+            .matches(&env)
+    );
 }
