@@ -124,7 +124,7 @@ impl Catalog {
             l.offers(f, &ctx, &placements, &mut offers, &mut seen);
         }
         l.key_collisions(&offers);
-        let placements = l.resolve_placements(placements, &offers);
+        let mut placements = l.resolve_placements(placements, &offers);
 
         if !l.diags.is_empty() {
             // In file order, then by position, as a reader goes through them.
@@ -144,6 +144,8 @@ impl Catalog {
                     clauses.split(&offer.eligibility, src, &schema, Some(&ctx.vocabulary));
             }
         }
+        let mut formulas = expr::SharedFormulas::default();
+        plan::build(&mut placements, &offers, &policy, &mut formulas);
         Ok(Catalog {
             version: version.into(),
             schema,
@@ -152,6 +154,7 @@ impl Catalog {
             experiments: experiments.into_iter().map(|(e, _)| e).collect(),
             policy,
             clauses,
+            formulas,
         })
     }
 
@@ -1025,6 +1028,7 @@ impl Loader {
                 experiment,
                 score: self.optional_formula(ctx, &f, "score", &owner, true),
                 offers: Vec::new(),
+                plan: Default::default(),
             };
             out.push((
                 PendingPlacement {

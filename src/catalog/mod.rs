@@ -13,6 +13,7 @@
 
 mod diag;
 mod load;
+pub mod plan;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +21,7 @@ use std::collections::BTreeMap;
 
 pub use diag::{Diagnostic, LoadErrors, Location, SourceFile};
 pub use load::{parse_duration, parse_timestamp};
+pub use plan::{Plan, Planned};
 
 use crate::expr::{ExprError, Formula, Predicate};
 use crate::schema::Schema;
@@ -44,6 +46,8 @@ pub struct Catalog {
     pub policy: Policy,
     /// The eligibility clauses the offers share (see [`Offer::clauses`]).
     pub clauses: crate::expr::SharedClauses,
+    /// The propensities several offers share (see [`Planned::propensity`]).
+    pub formulas: crate::expr::SharedFormulas,
 }
 
 impl Catalog {
@@ -203,6 +207,8 @@ pub struct ContactPolicy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrequencyCap {
+    /// INVARIANT: at least 1 (checked by `load`; deciding skips the caps of offers the
+    /// customer has no events of).
     pub count: u32,
     /// Milliseconds.
     pub within: i64,
@@ -237,6 +243,8 @@ pub struct Placement {
     pub score: Option<Formula>,
     /// The offers that have content for this placement, in catalog order.
     pub offers: Vec<OfferIdx>,
+    /// `offers` laid out for deciding.
+    pub plan: Plan,
 }
 
 /// An epsilon-greedy test with champion/challenger arms.

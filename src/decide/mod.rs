@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, ExperimentIdx, OfferIdx, PlacementIdx};
+use crate::catalog::plan::flags;
+use crate::catalog::{Catalog, ExperimentIdx, OfferIdx, PlacementIdx, Planned};
 use crate::explore::{Unit, propensity, window_index};
 use crate::expr::Env;
 use crate::schema::{AttrType, Value, offer_slot};
@@ -285,46 +286,61 @@ pub fn decide(
         return decision;
     }
 
-    // What this decision has found out about the clauses offers share (one byte each;
-    // on the stack for up to 256 of them).
-    let shared = catalog.clauses.len();
+    // What this decision has found out about the clauses and propensities offers share
+    // (on the stack for up to 256 clauses and 32 formulas).
     let mut on_stack = [crate::expr::memo::UNKNOWN; 256];
     let mut on_heap = Vec::new();
-    let memo: &mut [u8] = if shared <= on_stack.len() {
-        &mut on_stack[..shared]
-    } else {
-        on_heap.resize(shared, crate::expr::memo::UNKNOWN);
-        &mut on_heap
-    };
+    let memo = scratch(
+        &mut on_stack,
+        &mut on_heap,
+        catalog.clauses.len(),
+        crate::expr::memo::UNKNOWN,
+    );
+    let mut on_stack = [None; 32];
+    let mut on_heap = Vec::new();
+    let known = scratch(&mut on_stack, &mut on_heap, catalog.formulas.len(), None);
+    let mut bits = crate::expr::ClauseBits::default();
     let mut explain = |offer: OfferIdx, outcome: Outcome| {
         if let Some(explanation) = &mut explanation {
             explanation.push(Explained { offer, outcome });
         }
     };
-    for &idx in &p.offers {
+    let events = customer.history.events();
+    // Shared clauses and formulas read no history: one environment serves every offer.
+    let shared_env =
+        Env::new(&customer.attributes, &context.values, &[], now).with_history(events, 0, 0, 0);
+    let plan = &p.plan;
+    for planned in &plan.offers {
+        let idx = planned.offer as usize;
         let offer = &catalog.offers[idx];
-        if options.exclude.contains(&idx) {
+        if !options.exclude.is_empty() && options.exclude.contains(&idx) {
             explain(idx, Outcome::Excluded);
             continue;
         }
-        if !offer.active.contains(now) {
+        if planned.has(flags::WINDOW) && !offer.active.contains(now) {
             explain(idx, Outcome::Inactive);
             continue;
         }
-        let env = Env::new(&customer.attributes, &context.values, &[], now).with_history(
-            customer.history.events(),
-            offer.key,
-            offer.group_key,
-            p.channel_key,
-        );
-        let eligible = match &offer.clauses {
-            Some(clauses) => catalog.clauses.matches(clauses, &env, memo),
-            None => offer.eligibility.matches(&env),
+        // The offer's own environment, for what reads history (which depends on the offer).
+        let env = || shared_env.with_history(events, planned.key, planned.group, p.channel_key);
+        let eligible = if planned.has(flags::SHARED_RULE) {
+            let (start, end) = planned.clauses;
+            let ids = &plan.clauses[start as usize..end as usize];
+            catalog.clauses.all_in(planned.mask, &shared_env, &mut bits)
+                && catalog.clauses.all(ids, &shared_env, memo)
+        } else {
+            match &offer.clauses {
+                Some(clauses) => catalog.clauses.matches(clauses, &env(), memo),
+                None => offer.eligibility.matches(&env()),
+            }
         };
         if !eligible {
             if options.explain {
                 let src = offer.eligibility_src.as_deref().unwrap_or("");
-                let (clause, result) = offer.eligibility.explain(&env, src).unwrap_or((src, None));
+                let (clause, result) = offer
+                    .eligibility
+                    .explain(&env(), src)
+                    .unwrap_or((src, None));
                 explain(
                     idx,
                     Outcome::Ineligible {
@@ -335,19 +351,30 @@ pub fn decide(
             }
             continue;
         }
-        if let Some(reason) = checks.capped(offer, options.explain) {
+        if checks.may_cap(planned)
+            && let Some(reason) = checks.capped(offer, options.explain)
+        {
             explain(idx, Outcome::Capped { reason });
             continue;
         }
-        if let Some(reason) = checks.over_budget(offer, options.explain) {
+        if planned.has(flags::BUDGET | flags::GROUP_POLICY)
+            && let Some(reason) = checks.over_budget(offer, options.explain)
+        {
             explain(idx, Outcome::OverBudget { reason });
             continue;
         }
-        match score(offer, score_formula, &env) {
+        let propensity = if planned.has(flags::SHARED_PROPENSITY) {
+            catalog
+                .formulas
+                .eval(planned.propensity, &shared_env, known)
+        } else {
+            offer.propensity.eval(&env())
+        };
+        match score(offer, planned, propensity, score_formula, env) {
             Ok(score) => decision.candidates.push(Candidate {
                 offer: idx,
                 score,
-                group: offer.group_key,
+                group: planned.group,
             }),
             Err(term) => explain(idx, Outcome::NoScore { term }),
         }
@@ -377,16 +404,41 @@ pub fn decide(
     decision
 }
 
-/// The offer's score, or the name of the term that was missing.
-fn score(
+/// A decision's scratch memo of `len` entries set to `init`: on the stack when it fits.
+fn scratch<'m, T: Copy>(
+    stack: &'m mut [T],
+    heap: &'m mut Vec<T>,
+    len: usize,
+    init: T,
+) -> &'m mut [T] {
+    if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, init);
+        heap
+    }
+}
+
+/// The offer's score from its `propensity`, or the name of the term that was missing.
+#[inline]
+fn score<'e>(
     offer: &crate::catalog::Offer,
+    planned: &Planned,
+    propensity: Option<f64>,
     formula: Option<&crate::expr::Formula>,
-    env: &Env<'_>,
+    env: impl Fn() -> Env<'e>,
 ) -> Result<f64, &'static str> {
-    let propensity = offer.propensity.eval(env).ok_or("propensity")?;
-    let value = offer.value.eval(env).ok_or("value")?;
-    let weight = offer.weight.eval(env).ok_or("weight")?;
-    let context_weight = offer.context_weight.eval(env).ok_or("context_weight")?;
+    let propensity = propensity.ok_or("propensity")?;
+    let (value, weight, context_weight) = if planned.has(flags::CONSTANT_TERMS) {
+        (planned.value, planned.weight, planned.context_weight)
+    } else {
+        let env = &env();
+        (
+            offer.value.eval(env).ok_or("value")?,
+            offer.weight.eval(env).ok_or("weight")?,
+            offer.context_weight.eval(env).ok_or("context_weight")?,
+        )
+    };
     let score = match formula {
         None => propensity * context_weight * value * weight,
         Some(f) => {
@@ -400,6 +452,7 @@ fn score(
             vars[offer_slot::VALUE as usize] = Value::Float(value);
             vars[offer_slot::WEIGHT as usize] = Value::Float(weight);
             vars[offer_slot::CONTEXT_WEIGHT as usize] = Value::Float(context_weight);
+            let env = env();
             let env = env.with_offer(&vars);
             f.eval(&env).ok_or("score")?
         }

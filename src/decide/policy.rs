@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use crate::catalog::{Budget, Catalog, FrequencyCap, Offer, Placement, ScopePolicy};
+use crate::catalog::plan::flags;
+use crate::catalog::{Budget, Catalog, FrequencyCap, Offer, Placement, Planned, ScopePolicy};
 use crate::state::{Event, EventKind};
 
 /// What a budget is counted over.
@@ -86,6 +87,12 @@ impl<'h> HistoryIndex<'h> {
             table,
             mask,
         }
+    }
+
+    /// Whether the customer has any event of offer `key`.
+    #[inline]
+    fn has(&self, key: u32) -> bool {
+        self.of_offer(key).next != 0
     }
 
     /// The events of offer `key`, newest first.
@@ -231,6 +238,15 @@ impl<'a> Checks<'a> {
             }
         }
         None
+    }
+
+    /// Whether [`capped`](Checks::capped) can find anything for the offer: it has caps and
+    /// this customer has events of it (a cap allows at least one impression), or its group
+    /// has a policy. Most offers, most customers: no.
+    #[inline]
+    pub(super) fn may_cap(&self, planned: &Planned) -> bool {
+        planned.has(flags::GROUP_POLICY)
+            || (planned.has(flags::CAPS) && self.history.has(planned.key))
     }
 
     /// The caps and budget of `offer`'s group, if the policy has them.

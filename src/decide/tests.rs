@@ -115,7 +115,25 @@ fn run(
         budgets,
         ..Options::new(Uuid::from_u128(7))
     };
-    decide(catalog, customer, &context, p, NOW, &options)
+    let explained = decide(catalog, customer, &context, p, NOW, &options);
+    // Explaining takes the slow paths where there are some; it decides the same.
+    let quick = decide(
+        catalog,
+        customer,
+        &context,
+        p,
+        NOW,
+        &Options {
+            explain: false,
+            ..options
+        },
+    );
+    assert_eq!(
+        quick.offers, explained.offers,
+        "explaining changed the offers"
+    );
+    assert_eq!(quick.candidates, explained.candidates);
+    explained
 }
 
 /// Decides on `web` and compares the shown offer ids and each offer's explanation.
@@ -569,6 +587,68 @@ fn a_missing_score_term_drops_the_offer() {
         &customer(Some(31), 0, &[]),
         &["a", "b"],
         &[],
+    );
+}
+
+/// A propensity several offers write the same way is evaluated once per decision and
+/// scores each of them as its own would; one that reads history is not shared, since it
+/// counts each offer's own events.
+#[test]
+fn shared_propensities_score_as_each_offers_own() {
+    let offers = [
+        offer(
+            "a",
+            "    propensity: 0.1 + customer.risk / 10\n    value: 3\n",
+        ),
+        offer(
+            "b",
+            "    propensity: 0.1 + customer.risk / 10\n    value: 2\n",
+        ),
+        offer("c", "    propensity: 0.5 / (1 + impressions(7d))\n"),
+        offer(
+            "d",
+            "    propensity: 0.5 / (1 + impressions(7d))\n    value: 0.8\n",
+        ),
+        offer("e", "    propensity: customer.age / 100\n    value: 0.1\n"),
+        offer("f", "    propensity: customer.age / 100\n    value: 0.2\n"),
+    ];
+    let case = Case::new(&offers);
+    let catalog = case.catalog();
+    assert_eq!(
+        catalog.formulas.len(),
+        2,
+        "a/b and e/f share; c/d read history"
+    );
+    let seen_c = customer(Some(30), 0, &[(DAY, "c", "web", EventKind::Impression)]);
+    let d = run(&catalog, "web", &seen_c, &NoBudgets);
+    let scores: Vec<(&str, f64)> = d
+        .candidates
+        .iter()
+        .map(|c| (catalog.offers[c.offer].id.as_str(), c.score))
+        .collect();
+    let expected = [
+        ("basic", 0.01),
+        ("a", (0.1 + 0.5 / 10.0) * 3.0),
+        ("b", (0.1 + 0.5 / 10.0) * 2.0),
+        ("c", 0.5 / 2.0),
+        ("d", 0.5 * 0.8),
+        ("e", 0.3 * 0.1),
+        ("f", 0.3 * 0.2),
+    ];
+    assert_eq!(scores.len(), expected.len(), "{scores:?}");
+    for ((id, score), (want_id, want)) in scores.iter().zip(expected) {
+        assert_eq!(*id, want_id);
+        assert!((score - want).abs() < 1e-12, "{id}: {score} != {want}");
+    }
+    // Missing for one is missing for all that share it.
+    check(
+        case,
+        &customer(None, 0, &[]),
+        &["c", "a"],
+        &[
+            ("e", "no score: `propensity` is missing"),
+            ("f", "no score: `propensity` is missing"),
+        ],
     );
 }
 

@@ -308,6 +308,92 @@ impl SharedClauses {
             Clause::Own(p) => p.matches(env),
         })
     }
+
+    /// Whether every shared clause in `mask` (bit `id` for clause `id`, ids below 64)
+    /// definitely holds, as [`matches`]: clauses not yet in `bits` are evaluated, in id
+    /// order, until one does not hold, and recorded there. A rule of clauses the decision
+    /// has already seen costs two bit operations.
+    ///
+    /// [`matches`]: SharedClauses::matches
+    #[inline]
+    pub fn all_in(&self, mask: u64, env: &Env<'_>, bits: &mut ClauseBits) -> bool {
+        let mut unknown = mask & !bits.known;
+        while unknown != 0 {
+            let id = unknown.trailing_zeros();
+            unknown &= unknown - 1;
+            bits.known |= 1 << id;
+            if self.clauses[id as usize].eval(env) == Some(true) {
+                bits.truth |= 1 << id;
+            } else {
+                return false;
+            }
+        }
+        mask & bits.truth == mask
+    }
+
+    /// Whether every one of the shared clauses `ids` definitely holds, as [`matches`]
+    /// (`ids` from [`Clause::Shared`]).
+    ///
+    /// [`matches`]: SharedClauses::matches
+    #[inline]
+    pub fn all(&self, ids: &[u32], env: &Env<'_>, memo: &mut [u8]) -> bool {
+        ids.iter().all(|&id| {
+            let known = &mut memo[id as usize];
+            if *known == memo::UNKNOWN {
+                *known = match self.clauses[id as usize].eval(env) {
+                    Some(true) => memo::TRUE,
+                    Some(false) => memo::FALSE,
+                    None => memo::UNDECIDED,
+                };
+            }
+            *known == memo::TRUE
+        })
+    }
+}
+
+/// What a decision knows about the shared clauses with ids below 64, for
+/// [`SharedClauses::all_in`]: which it has evaluated, and which of those hold.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClauseBits {
+    known: u64,
+    truth: u64,
+}
+
+/// Score formulas that several offers share word for word (a default propensity such as
+/// `0.05 + 0.3 * customer.churn_risk`): compiled once, and evaluated at most once per
+/// decision. Only formulas that read no history are shared: those read the same customer
+/// and context for every offer of a decision.
+#[derive(Debug, Default)]
+pub struct SharedFormulas {
+    formulas: Vec<Formula>,
+}
+
+impl SharedFormulas {
+    /// Shares `formula`; its id. `None` if it reads history.
+    pub fn add(&mut self, formula: &Formula) -> Option<u32> {
+        if formula.horizon() != 0 {
+            return None;
+        }
+        let id = u32::try_from(self.formulas.len()).ok()?;
+        self.formulas.push(formula.clone());
+        Some(id)
+    }
+
+    /// The number of shared formulas: the size of a decision's memo.
+    pub fn len(&self) -> usize {
+        self.formulas.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.formulas.is_empty()
+    }
+
+    /// Formula `id`'s value for `env` (as [`Formula::eval`]), from `memo` (one entry per
+    /// shared formula, all `None` at the start of a decision) or evaluated and kept there.
+    #[inline]
+    pub fn eval(&self, id: u32, env: &Env<'_>, memo: &mut [Option<Option<f64>>]) -> Option<f64> {
+        *memo[id as usize].get_or_insert_with(|| self.formulas[id as usize].eval(env))
+    }
 }
 
 fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
@@ -335,13 +421,17 @@ fn ir_conjuncts<'i>(ir: &'i ir::Ir, out: &mut Vec<&'i ir::Ir>) {
     }
 }
 
-/// A compiled numeric expression (propensity, value, weight, score formulas).
+/// A compiled numeric expression (propensity, value, weight, score formulas). Cloning
+/// shares the compiled code.
+#[derive(Clone)]
 pub struct Formula {
-    root: compile::FloatFn,
+    root: std::sync::Arc<dyn Fn(&Env<'_>) -> Option<f64> + Send + Sync>,
     /// Set when the formula reads nothing, so callers can skip evaluating it.
     constant: Option<Option<f64>>,
     /// As [`Predicate::horizon`].
     horizon: i64,
+    /// The source, trimmed; empty for [`Formula::constant`].
+    src: Box<str>,
 }
 
 impl std::fmt::Debug for Formula {
@@ -390,19 +480,26 @@ impl Formula {
         let constant = ir.is_constant().then(|| root(&Env::new(&[], &[], &[], 0)));
         let horizon = compile::horizon(&ir);
         Ok(Formula {
-            root,
+            root: root.into(),
             constant,
             horizon,
+            src: src.trim().into(),
         })
     }
 
     pub fn constant(x: f64) -> Formula {
         let v = x.is_finite().then_some(x);
         Formula {
-            root: Box::new(move |_| v),
+            root: std::sync::Arc::new(move |_| v),
             constant: Some(v),
             horizon: 0,
+            src: "".into(),
         }
+    }
+
+    /// The source it was compiled from, trimmed (empty for [`Formula::constant`]).
+    pub fn src(&self) -> &str {
+        &self.src
     }
 
     /// As [`Predicate::horizon`].
