@@ -425,7 +425,7 @@ fn ir_conjuncts<'i>(ir: &'i ir::Ir, out: &mut Vec<&'i ir::Ir>) {
 /// shares the compiled code.
 #[derive(Clone)]
 pub struct Formula {
-    root: std::sync::Arc<dyn Fn(&Env<'_>) -> Option<f64> + Send + Sync>,
+    root: compile::SharedFloatFn,
     /// Set when the formula reads nothing, so callers can skip evaluating it.
     constant: Option<Option<f64>>,
     /// As [`Predicate::horizon`].
