@@ -126,7 +126,7 @@ pub type IntFn = NumFn<i64>;
 /// A compiled float expression.
 pub type FloatFn = NumFn<f64>;
 /// A compiled float expression that clones share.
-pub type SharedFloatFn = std::sync::Arc<dyn Fn(&Env<'_>) -> Option<f64> + Send + Sync>;
+pub type SharedFloatFn = Arc<dyn Fn(&Env<'_>) -> Option<f64> + Send + Sync>;
 /// A compiled numeric expression of type `T`.
 pub type NumFn<T> = Box<dyn Fn(&Env<'_>) -> Option<T> + Send + Sync>;
 
