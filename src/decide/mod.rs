@@ -485,16 +485,32 @@ fn arbitrate(
             shown.iter().any(|s| s.offer == c.offer)
                 || (p.one_per_group && c.group != 0 && used.contains(&c.group))
         };
-        // The best remaining: highest score, then catalog order.
-        let mut best: Option<&Candidate> = None;
+        // The best remaining: highest score, then catalog order (scores are finite).
+        let mut best = None;
+        let mut best_score = f64::NEG_INFINITY;
         let mut remaining = 0usize;
-        for c in decision.candidates.iter().filter(|c| !taken(c)) {
+        let mut consider = |i: usize, c: &Candidate| {
             remaining += 1;
-            if best.is_none_or(|b| c.score > b.score) {
-                best = Some(c);
+            if c.score > best_score {
+                best_score = c.score;
+                best = Some(i);
+            }
+        };
+        if shown.is_empty() {
+            // Nothing taken yet: no need to ask.
+            for (i, c) in decision.candidates.iter().enumerate() {
+                consider(i, c);
+            }
+        } else {
+            for (i, c) in decision.candidates.iter().enumerate() {
+                if !taken(c) {
+                    consider(i, c);
+                }
             }
         }
-        let Some(best) = best.copied() else { break };
+        let Some(best) = best.map(|i| decision.candidates[i]) else {
+            break;
+        };
         let explored =
             draw.is_some_and(|(unit, window)| unit.explores(window, slot, decision.epsilon));
         let chosen = match draw {
