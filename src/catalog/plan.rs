@@ -177,4 +177,4 @@ fn planned(
 }
 
 // One cache line per offer: the loop over a placement streams through them.
-const _: () = assert!(std::mem::size_of::<Planned>() == 64);
+const _: () = assert!(size_of::<Planned>() == 64);
