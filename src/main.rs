@@ -318,6 +318,11 @@ struct ServeArgs {
     /// How often to snapshot the state and erase forgotten customers (`0s`: never).
     #[arg(long, env = "NEXTBEST_COMPACT_INTERVAL", default_value = "1h")]
     compact_interval: String,
+    /// Also compact once this many MB of journal were written since the last snapshot:
+    /// a restart replays them, so this bounds restart time on a busy node (`0`: by
+    /// interval only).
+    #[arg(long, env = "NEXTBEST_COMPACT_JOURNAL_MB", default_value_t = 256)]
+    compact_journal_mb: u64,
     /// Customer and admin calls must carry `authorization: Bearer <token>`. Required
     /// to listen on anything but loopback.
     #[arg(long, env = "NEXTBEST_ADMIN_TOKEN", hide_env_values = true)]
@@ -683,6 +688,8 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let intervals = Intervals {
         watch: every("--watch-interval", &args.watch_interval)?,
         compact: every("--compact-interval", &args.compact_interval)?,
+        compact_journal_bytes: (args.compact_journal_mb > 0)
+            .then(|| args.compact_journal_mb.saturating_mul(1 << 20)),
     };
     let mut transport = nextbest::server::Transport::default();
     transport.max_message_bytes = args.max_message_bytes;
@@ -752,8 +759,12 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 until_stopped(),
             ));
         }
-        if let Some(interval) = intervals.compact {
-            tokio::spawn(compact_every(Arc::clone(&node), interval, until_stopped()));
+        if intervals.compact.is_some() || intervals.compact_journal_bytes.is_some() {
+            tokio::spawn(compact_when_due(
+                Arc::clone(&node),
+                intervals,
+                until_stopped(),
+            ));
         }
         let scrapes = tokio::spawn(nextbest::server::metrics::serve(
             metrics_listener,
@@ -787,22 +798,60 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 struct Intervals {
     watch: Option<std::time::Duration>,
     compact: Option<std::time::Duration>,
+    /// Compact once the journal since the last snapshot has this many bytes.
+    compact_journal_bytes: Option<u64>,
 }
 
-/// Compacts every `interval`: a snapshot for fast restarts, and erasure of forgotten
-/// customers from the journal.
-async fn compact_every(
+/// Compacts every `intervals.compact`, and whenever the journal since the last snapshot
+/// passes `intervals.compact_journal_bytes` (looked at every second): a snapshot for fast
+/// restarts, and erasure of forgotten customers from the journal.
+async fn compact_when_due(
     node: Arc<nextbest::server::Node>,
-    interval: std::time::Duration,
+    intervals: Intervals,
     shutdown: impl Future<Output = ()>,
 ) {
+    const LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+    // After a failed compaction, the journal's size does not call for another one for
+    // this long (the interval still does).
+    const BACK_OFF: std::time::Duration = std::time::Duration::from_secs(60);
     tokio::pin!(shutdown);
+    let mut last = tokio::time::Instant::now();
+    let mut failed: Option<tokio::time::Instant> = None;
     loop {
+        let next = match (intervals.compact, intervals.compact_journal_bytes) {
+            (Some(every), None) => last + every,
+            (Some(every), Some(_)) => (last + every).min(tokio::time::Instant::now() + LOOK),
+            (None, _) => tokio::time::Instant::now() + LOOK,
+        };
         tokio::select! {
             () = &mut shutdown => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep_until(next) => {}
+        }
+        let timed = intervals
+            .compact
+            .is_some_and(|every| last.elapsed() >= every);
+        let grown = match intervals.compact_journal_bytes {
+            Some(limit) if !timed && failed.is_none_or(|at| at.elapsed() >= BACK_OFF) => {
+                let db = Arc::clone(&node);
+                match tokio::task::spawn_blocking(move || db.db().journal_since_snapshot()).await {
+                    Ok(Ok(bytes)) if bytes >= limit => Some(bytes),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if !timed && grown.is_none() {
+            continue;
+        }
+        last = tokio::time::Instant::now();
+        if let Some(bytes) = grown {
+            eprintln!(
+                "compacting: {} MB of journal since the last snapshot",
+                bytes >> 20
+            );
         }
         let node = Arc::clone(&node);
+        failed = None;
         match tokio::task::spawn_blocking(move || node.db().compact(now_ms())).await {
             Ok(Ok(done)) => eprintln!(
                 "compacted: {} customers in `{}`, {} records of {} forgotten customers erased",
@@ -811,8 +860,14 @@ async fn compact_every(
                 done.records_erased,
                 done.forgotten
             ),
-            Ok(Err(e)) => eprintln!("compaction failed (the journal is intact): {e}"),
-            Err(e) => eprintln!("the compaction task failed: {e}"),
+            Ok(Err(e)) => {
+                failed = Some(tokio::time::Instant::now());
+                eprintln!("compaction failed (the journal is intact): {e}");
+            }
+            Err(e) => {
+                failed = Some(tokio::time::Instant::now());
+                eprintln!("the compaction task failed: {e}");
+            }
         }
     }
 }

@@ -143,3 +143,90 @@ fn sighup_reloads_the_catalog() {
     serve.signal("TERM");
     assert!(serve.child.wait().expect("wait").success());
 }
+
+/// A busy node compacts when its journal has grown past `--compact-journal-mb`, without
+/// waiting for the interval, so that a restart never replays more than that.
+#[test]
+fn serve_compacts_when_the_journal_has_grown() {
+    use nextbest::server::proto::decision_service_client::DecisionServiceClient;
+    let data = tempfile::tempdir().expect("tempdir");
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let flags = ["--compact-interval", "0s", "--compact-journal-mb", "1"];
+    let mut serve = common::Serve::start_with(&rules, data.path(), &flags);
+    let addr = serve.addr.clone();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let snapshots = || {
+        std::fs::read_dir(data.path().join("state"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    runtime.block_on(async {
+        let endpoint = format!("http://{addr}");
+        let mut customers = CustomerServiceClient::connect(endpoint.clone())
+            .await
+            .expect("connect");
+        customers
+            .upsert(proto::UpsertRequest {
+                customer_id: "grace".into(),
+                attributes: [(
+                    "age".to_string(),
+                    proto::Value {
+                        kind: Some(Kind::IntValue(51)),
+                    },
+                )]
+                .into(),
+            })
+            .await
+            .expect("upsert");
+        let mut decisions = DecisionServiceClient::connect(endpoint)
+            .await
+            .expect("connect");
+        // Until more than 1 MB of decision records (each with the customer's features).
+        let journal = || -> u64 {
+            std::fs::read_dir(data.path().join("journal"))
+                .expect("journal")
+                .map(|e| e.expect("entry").metadata().expect("metadata").len())
+                .sum()
+        };
+        let mut calls = 0;
+        while journal() < 1_300_000 && snapshots() == 0 {
+            calls += 1;
+            assert!(calls < 50_000, "the journal does not grow");
+            decisions
+                .decide(proto::DecideRequest {
+                    customer_id: "grace".into(),
+                    placement: "call_center.next_best".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("decide");
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while snapshots() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The interval never calls for it (`0s`): the journal's size did.
+    let mut why = String::new();
+    let line = loop {
+        let line = serve.next_line();
+        if line.starts_with("compacted") {
+            break line;
+        }
+        assert!(!line.starts_with("compaction failed"), "{line}");
+        if line.starts_with("compacting: ") {
+            why = line;
+        }
+    };
+    assert!(
+        why.ends_with("MB of journal since the last snapshot\n"),
+        "{why:?}"
+    );
+    assert!(line.contains("1 customers"), "{line}");
+    serve.signal("TERM");
+    assert!(serve.child.wait().expect("wait").success());
+}

@@ -144,6 +144,8 @@ pub struct Db {
     /// journal until the next one.
     forgotten: Mutex<Vec<String>>,
     compaction: Mutex<()>,
+    /// Where a restart would start replaying the journal: just after the newest snapshot.
+    replay_from: Mutex<storage::Position>,
     spending: budget::Spending,
     /// Decisions answered but not logged: the journal had failed.
     unlogged: std::sync::atomic::AtomicU64,
@@ -244,6 +246,7 @@ impl Db {
             decisions: Generations::new(options.remembered_decisions),
             forgotten: Mutex::new(Vec::new()),
             compaction: Mutex::new(()),
+            replay_from: Mutex::new(storage::Position::default()),
             spending: budget::Spending::default(),
             unlogged: std::sync::atomic::AtomicU64::new(0),
             options,
@@ -550,6 +553,34 @@ impl Db {
             .insert(decision, Recent { customer, channel });
     }
 
+    /// The bytes of journal a restart would replay now: what was written since the newest
+    /// snapshot. Restart time grows with it (see `serve --compact-journal-mb`).
+    pub fn journal_since_snapshot(&self) -> Result<u64, DbError> {
+        let from = *self.replay_from.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = 0u64;
+        for number in
+            storage::segment::list(&self.journal_dir).map_err(io("listing the journal"))?
+        {
+            if number < from.segment {
+                continue;
+            }
+            let path = storage::segment::segment_path(&self.journal_dir, number);
+            let len = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                // Erased or rotated away meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(io(format!("reading `{}`", path.display()))(e)),
+            };
+            let skip = if number == from.segment {
+                from.offset
+            } else {
+                0
+            };
+            bytes += len.saturating_sub(skip);
+        }
+        Ok(bytes)
+    }
+
     /// Snapshots the state, then erases forgotten customers from the older segments.
     pub fn compact(&self, now: i64) -> Result<Compaction, DbError> {
         let _one_at_a_time = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
@@ -570,6 +601,7 @@ impl Db {
             (self.journal.rotate()?, counters.clone())
         };
         let (snapshot, customers) = recovery::write_snapshot(self, position, &spending, now)?;
+        *self.replay_from.lock().unwrap_or_else(|e| e.into_inner()) = position;
         let erase: HashSet<&str> = forgotten.iter().map(String::as_str).collect();
         let (segments_rewritten, records_erased) = if erase.is_empty() {
             (0, 0)

@@ -293,6 +293,7 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
         recovery.replayed += 1;
     }
     recovery.damage.append(&mut reader.damage);
+    *db.replay_from.get_mut().unwrap_or_else(|e| e.into_inner()) = from;
     recovery.elapsed = started.elapsed();
     Ok(recovery)
 }

@@ -648,3 +648,37 @@ fn replay_reads_the_same_decision_heads_as_whole_records() {
         "the replayed decision was remembered"
     );
 }
+
+/// What a restart would replay: the journal since the newest snapshot, across a
+/// compaction and a reopen.
+#[test]
+fn the_journal_since_the_snapshot_is_what_a_restart_replays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = open(dir.path());
+    let empty = db.journal_since_snapshot().expect("size");
+    db.upsert_json("ada", &ada(), NOW).expect("upsert");
+    for i in 0..20 {
+        decide_and_log(&db, "ada", "app.card", i);
+    }
+    db.sync().expect("sync");
+    let written = db.journal_since_snapshot().expect("size");
+    assert!(
+        written > empty + 20 * 200,
+        "20 decisions of features: {empty} -> {written} bytes"
+    );
+    db.close().expect("close");
+    let (db, recovery) = open(dir.path());
+    assert_eq!(recovery.replayed, 21);
+    assert_eq!(
+        db.journal_since_snapshot().expect("size"),
+        written,
+        "a restart replays it all again: no snapshot yet"
+    );
+    db.compact(NOW).expect("compact");
+    let after = db.journal_since_snapshot().expect("size");
+    assert!(after < written / 10, "{after} bytes left after compacting");
+    db.close().expect("close");
+    let (db, recovery) = open(dir.path());
+    assert_eq!(recovery.replayed, 0, "{recovery}");
+    assert_eq!(db.journal_since_snapshot().expect("size"), after);
+}

@@ -19,6 +19,11 @@ impl Serve {
     /// Starts `nextbest serve` with these directories (no file watching) and waits
     /// until it says where it serves.
     pub fn start(rules: &Path, data: &Path) -> Serve {
+        Serve::start_with(rules, data, &[])
+    }
+
+    /// As [`Serve::start`], with more flags.
+    pub fn start_with(rules: &Path, data: &Path, flags: &[&str]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nextbest"))
             .args([
                 "serve",
@@ -31,6 +36,7 @@ impl Serve {
             .arg(rules)
             .arg("--data")
             .arg(data)
+            .args(flags)
             .env_remove("NEXTBEST_ADMIN_TOKEN")
             .stderr(Stdio::piped())
             .spawn()
