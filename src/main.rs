@@ -93,19 +93,14 @@ enum Command {
         /// `dsjson` (Vowpal Wabbit, --cb_explore_adf) or `obp` (Open Bandit Pipeline .npz).
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Only decisions at or after this time (RFC 3339).
-        #[arg(long)]
-        from: Option<String>,
-        /// Only decisions before this time (RFC 3339).
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        range: TimeRange,
         /// The reward of a shown offer: an outcome kind (1 if it happened, else 0) or
         /// `value` (the sum of its outcomes' values).
         #[arg(long, default_value = "accept")]
         reward: String,
-        /// Outcomes count within this long after their decision.
-        #[arg(long, default_value = "7d")]
-        window: String,
+        #[command(flatten)]
+        window: Window,
         #[arg(long)]
         out: PathBuf,
     },
@@ -147,12 +142,10 @@ enum Command {
         /// The reward of a shown slot: an outcome kind (1 if it happened) or `value`.
         #[arg(long, default_value = "accept")]
         reward: String,
-        #[arg(long, default_value = "7d")]
-        window: String,
-        #[arg(long)]
-        from: Option<String>,
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        window: Window,
+        #[command(flatten)]
+        range: TimeRange,
         /// The simulated data's scenario: also print each policy's true value.
         #[arg(long)]
         scenario: Option<PathBuf>,
@@ -174,12 +167,10 @@ enum Command {
         /// A new or empty directory for the trained catalog.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "7d")]
-        window: String,
-        #[arg(long)]
-        from: Option<String>,
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        window: Window,
+        #[command(flatten)]
+        range: TimeRange,
         /// Splits the decisions into training and held-out rows.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -195,10 +186,8 @@ enum Command {
         /// The catalog (which arm of each experiment is the champion: the first).
         #[arg(long, env = "NEXTBEST_RULES", default_value = "rules")]
         rules: PathBuf,
-        #[arg(long)]
-        from: Option<String>,
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        range: TimeRange,
         /// Also write the report as a self-contained HTML page with plots.
         #[arg(long)]
         html: Option<PathBuf>,
@@ -379,26 +368,24 @@ fn main() -> ExitCode {
             rules,
             data,
             format,
-            from,
-            to,
+            range,
             reward,
             window,
             out,
         } => {
             let options = (|| {
+                let (from, to) = range.ms()?;
                 Ok::<_, anyhow::Error>(ExportOptions {
                     format: match format {
                         ExportFormat::Dsjson => export::Format::Dsjson,
                         ExportFormat::Obp => export::Format::Obp,
                     },
-                    from: from.as_deref().map(parse_time).transpose()?,
-                    to: to.as_deref().map(parse_time).transpose()?,
+                    from,
+                    to,
                     reward: reward
                         .parse()
                         .map_err(|e: String| anyhow!("--reward: {e}"))?,
-                    window: nextbest::catalog::parse_duration(&window).ok_or_else(|| {
-                        anyhow!("--window: `{window}` is not a duration such as 7d or 12h")
-                    })?,
+                    window: window.ms()?,
                 })
             })();
             options
@@ -421,8 +408,7 @@ fn main() -> ExitCode {
             baseline,
             reward,
             window,
-            from,
-            to,
+            range,
             scenario,
             seed,
             json,
@@ -431,8 +417,8 @@ fn main() -> ExitCode {
                 reward: reward
                     .parse()
                     .map_err(|e: String| anyhow!("--reward: {e}"))?,
-                window: window_flag(&window)?,
-                range: time_range(from.as_deref(), to.as_deref())?,
+                window: window.ms()?,
+                range: range.ms()?,
                 seed,
                 ..Default::default()
             };
@@ -451,14 +437,13 @@ fn main() -> ExitCode {
             rules,
             out,
             window,
-            from,
-            to,
+            range,
             seed,
             json,
         } => (|| {
             let options = nextbest::learn::train::TrainOptions {
-                window: window_flag(&window)?,
-                range: time_range(from.as_deref(), to.as_deref())?,
+                window: window.ms()?,
+                range: range.ms()?,
                 seed,
                 ..Default::default()
             };
@@ -474,13 +459,12 @@ fn main() -> ExitCode {
         Command::Report {
             data,
             rules,
-            from,
-            to,
+            range,
             html,
             json,
         } => (|| {
             use nextbest::learn::report;
-            let range = time_range(from.as_deref(), to.as_deref())?;
+            let range = range.ms()?;
             let catalog = load_catalog(&rules)?;
             let r = report::report(&data, &catalog, range)?;
             if let Some(path) = &html {
@@ -1095,18 +1079,44 @@ struct HistoryEntry {
     kind: EventKind,
 }
 
-/// `--from` and `--to` as milliseconds.
-fn time_range(from: Option<&str>, to: Option<&str>) -> anyhow::Result<(Option<i64>, Option<i64>)> {
-    Ok((
-        from.map(parse_time).transpose()?,
-        to.map(parse_time).transpose()?,
-    ))
+/// The decisions a journal command reads, by time.
+#[derive(clap::Args, Debug)]
+struct TimeRange {
+    /// Only decisions at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// Only decisions before this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
 }
 
-fn window_flag(text: &str) -> anyhow::Result<i64> {
-    nextbest::catalog::parse_duration(text)
-        .filter(|ms| *ms > 0)
-        .ok_or_else(|| anyhow!("--window: `{text}` is not a duration such as 7d or 12h"))
+impl TimeRange {
+    /// `--from` and `--to` as milliseconds.
+    fn ms(&self) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+        let at = |flag: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|t| parse_time(t).with_context(|| flag.to_string()))
+                .transpose()
+        };
+        Ok((at("--from", &self.from)?, at("--to", &self.to)?))
+    }
+}
+
+/// How long after a decision its outcomes count.
+#[derive(clap::Args, Debug)]
+struct Window {
+    /// Outcomes count within this long after their decision.
+    #[arg(long = "window", value_name = "DURATION", default_value = "7d")]
+    text: String,
+}
+
+impl Window {
+    fn ms(&self) -> anyhow::Result<i64> {
+        let text = &self.text;
+        nextbest::catalog::parse_duration(text)
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| anyhow!("--window: `{text}` is not a duration such as 7d or 12h"))
+    }
 }
 
 fn run_simulate(
