@@ -79,6 +79,11 @@ fn the_sample_catalog_passes_with_a_summary() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("version"), "{stdout}");
+    // How much of the rules a decision shares: the sample's rules have 50 clauses.
+    assert!(
+        stdout.contains("  rules: 50 eligibility clause(s), "),
+        "{stdout}"
+    );
     for placement in [
         "call_center.next_best",
         "email.hero",

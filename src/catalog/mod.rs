@@ -384,6 +384,23 @@ pub fn summary(catalog: &Catalog, dir: &str) -> String {
         policy.channels.len(),
         policy.groups.len()
     );
+    let clauses: usize = catalog
+        .offers
+        .iter()
+        .filter_map(|o| o.clauses.as_ref())
+        .map(|c| c.len())
+        .sum();
+    let _ = writeln!(
+        out,
+        "  rules: {clauses} eligibility clause(s), {} distinct without history (each evaluated at most once a decision); {} propensit{} shared by several offers",
+        catalog.clauses.len(),
+        catalog.formulas.len(),
+        if catalog.formulas.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        }
+    );
     let _ = match catalog.history_horizon() {
         i64::MAX => writeln!(
             out,
