@@ -146,8 +146,10 @@ pub struct Shown {
 pub struct Candidate {
     pub offer: OfferIdx,
     pub score: f64,
-    /// The offer's group key (0 for none), kept here so arbitration reads no offer.
+    /// The offer's group key (0 for none) and its key, kept here so arbitration reads no
+    /// offer.
     pub group: u32,
+    pub key: u32,
 }
 
 /// Where one offer stopped.
@@ -375,6 +377,7 @@ pub fn decide(
                 offer: idx,
                 score,
                 group: planned.group,
+                key: planned.key,
             }),
             Err(term) => explain(idx, Outcome::NoScore { term }),
         }
@@ -476,15 +479,21 @@ fn arbitrate(
 ) {
     let slots = options.slots.unwrap_or(p.slots).min(64);
     decision.offers.reserve_exact(slots as usize);
-    // The groups of the offers shown so far (at most 64 slots).
-    let mut groups = [0u32; 64];
+    let candidates = &decision.candidates;
+    // The candidates no longer available: shown, or of a group shown where the placement
+    // allows one per group. Each scan marks those of the previous slot's offer; the
+    // earlier ones are marked already.
+    let mut on_stack = [0u64; 16];
+    let mut on_heap = Vec::new();
+    let taken = scratch(
+        &mut on_stack,
+        &mut on_heap,
+        candidates.len().div_ceil(64),
+        0,
+    );
+    let is_taken = |taken: &[u64], i: usize| taken[i / 64] & (1 << (i % 64)) != 0;
+    let mut previous: Option<(usize, u32)> = None;
     for slot in 0..slots {
-        let shown = &decision.offers;
-        let used = &groups[..shown.len()];
-        let taken = |c: &Candidate| {
-            shown.iter().any(|s| s.offer == c.offer)
-                || (p.one_per_group && c.group != 0 && used.contains(&c.group))
-        };
         // The best remaining: highest score, then catalog order (scores are finite).
         let mut best = None;
         let mut best_score = f64::NEG_INFINITY;
@@ -496,39 +505,51 @@ fn arbitrate(
                 best = Some(i);
             }
         };
-        if shown.is_empty() {
+        match previous {
             // Nothing taken yet: no need to ask.
-            for (i, c) in decision.candidates.iter().enumerate() {
-                consider(i, c);
+            None => {
+                for (i, c) in candidates.iter().enumerate() {
+                    consider(i, c);
+                }
             }
-        } else {
-            for (i, c) in decision.candidates.iter().enumerate() {
-                if !taken(c) {
+            Some((shown, group)) => {
+                let group = if p.one_per_group { group } else { 0 };
+                for (i, c) in candidates.iter().enumerate() {
+                    if is_taken(taken, i) {
+                        continue;
+                    }
+                    if i == shown || (group != 0 && c.group == group) {
+                        taken[i / 64] |= 1 << (i % 64);
+                        continue;
+                    }
                     consider(i, c);
                 }
             }
         }
-        let Some(best) = best.map(|i| decision.candidates[i]) else {
-            break;
-        };
+        let Some(best) = best else { break };
         let explored =
             draw.is_some_and(|(unit, window)| unit.explores(window, slot, decision.epsilon));
         let chosen = match draw {
-            Some((unit, window)) if explored => decision
-                .candidates
+            Some((unit, window)) if explored => candidates
                 .iter()
-                .filter(|c| !taken(c))
-                .max_by_key(|c| unit.rank(window, catalog.offers[c.offer].key))
-                .copied()
-                .unwrap_or(best),
+                .enumerate()
+                // The scan above marked what the previous slot took.
+                .filter(|(i, _)| !is_taken(taken, *i))
+                .max_by_key(|(_, c)| unit.rank(window, c.key))
+                .map_or(best, |(i, _)| i),
             _ => best,
         };
-        groups[decision.offers.len()] = chosen.group;
+        previous = Some((chosen, candidates[chosen].group));
+        let chosen = candidates[chosen];
         decision.offers.push(Shown {
             offer: chosen.offer,
             slot,
             score: chosen.score,
-            propensity: propensity(decision.epsilon, chosen.offer == best.offer, remaining),
+            propensity: propensity(
+                decision.epsilon,
+                chosen.offer == candidates[best].offer,
+                remaining,
+            ),
             explored,
             fallback: false,
         });

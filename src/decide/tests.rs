@@ -989,3 +989,94 @@ fn shared_clauses_decide_as_the_whole_rules_do() {
         "{checked} eligible pairs: the customers reach the rules"
     );
 }
+
+/// Arbitration as first written: for each slot, scan every candidate and ask whether an
+/// offer shown so far, or its group, takes it. The bitset arbitration must agree.
+fn arbitrate_reference(
+    candidates: &[Candidate],
+    slots: u32,
+    one_per_group: bool,
+    epsilon: f64,
+    draw: Option<(Unit, i64)>,
+) -> Vec<Shown> {
+    let mut shown: Vec<Shown> = Vec::new();
+    let mut groups: Vec<u32> = Vec::new();
+    for slot in 0..slots {
+        let taken = |c: &Candidate| {
+            shown.iter().any(|s| s.offer == c.offer)
+                || (one_per_group && c.group != 0 && groups.contains(&c.group))
+        };
+        let mut best: Option<&Candidate> = None;
+        let mut remaining = 0;
+        for c in candidates.iter().filter(|c| !taken(c)) {
+            remaining += 1;
+            if best.is_none_or(|b| c.score > b.score) {
+                best = Some(c);
+            }
+        }
+        let Some(best) = best.copied() else { break };
+        let explored = draw.is_some_and(|(unit, window)| unit.explores(window, slot, epsilon));
+        let chosen = match draw {
+            Some((unit, window)) if explored => candidates
+                .iter()
+                .filter(|c| !taken(c))
+                .max_by_key(|c| unit.rank(window, c.key))
+                .copied()
+                .unwrap_or(best),
+            _ => best,
+        };
+        groups.push(chosen.group);
+        shown.push(Shown {
+            offer: chosen.offer,
+            slot,
+            score: chosen.score,
+            propensity: propensity(epsilon, chosen.offer == best.offer, remaining),
+            explored,
+            fallback: false,
+        });
+    }
+    shown
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitration_agrees_with_the_first_written(
+        drawn in proptest::collection::vec((0u8..6, 0u32..5, 1u32..1000), 0..150),
+        slots in 1u32..6,
+        one_per_group: bool,
+        epsilon in proptest::sample::select(vec![0.0, 0.3, 1.0]),
+        unit in 0u64..1_000_000,
+    ) {
+        // Few distinct scores and groups: ties and shared groups everywhere.
+        let candidates: Vec<Candidate> = drawn
+            .iter()
+            .enumerate()
+            .map(|(i, &(score, group, key))| Candidate {
+                offer: i,
+                score: f64::from(score),
+                group,
+                key,
+            })
+            .collect();
+        let mut catalog = exploring(epsilon, slots);
+        catalog.placements[0].one_per_group = one_per_group;
+        let draw = Some((Unit::new("salt", &unit.to_string()), 7));
+        let mut decision = Decision {
+            id: Uuid::from_u128(1),
+            at: NOW,
+            catalog_version: catalog.version.clone(),
+            placement: 0,
+            experiment: Some(0),
+            arm: Some(0),
+            epsilon,
+            offers: Vec::new(),
+            candidates: candidates.clone(),
+            suppressed: None,
+            explanation: None,
+        };
+        let options = Options::new(Uuid::from_u128(1));
+        arbitrate(&catalog, &catalog.placements[0], &mut decision, &options, draw);
+        let expected = arbitrate_reference(&candidates, slots, one_per_group, epsilon, draw);
+        proptest::prop_assert_eq!(decision.offers, expected);
+    }
+}
