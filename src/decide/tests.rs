@@ -886,7 +886,8 @@ fn the_explore_draw_is_shared_by_placements() {
 /// Eligibility through the catalog's shared clauses (memoised per decision) agrees with
 /// each rule evaluated whole, for the sample catalog's rules (history functions, sets,
 /// timestamps, `||`, missing values) and many random customers, contexts and histories,
-/// every offer in turn against one memo, as decide uses it.
+/// every offer in turn against one memo, as decide uses it; and so does each offer's
+/// plan (clause bits and ids) where its rule is all shared clauses.
 #[test]
 fn shared_clauses_decide_as_the_whole_rules_do() {
     use crate::learn::scenario::uniform;
@@ -937,6 +938,7 @@ fn shared_clauses_decide_as_the_whole_rules_do() {
         }
     };
     let mut checked = 0;
+    let mut plans = 0;
     for n in 0..3000u64 {
         let attributes: Vec<Value> = catalog
             .schema
@@ -964,7 +966,23 @@ fn shared_clauses_decide_as_the_whole_rules_do() {
             );
         }
         let mut memo = vec![crate::expr::memo::UNKNOWN; catalog.clauses.len()];
-        for offer in &catalog.offers {
+        // The plan's path: clause bits below 64, the byte memo above (its own memo).
+        let mut bits = crate::expr::ClauseBits::default();
+        let mut plan_memo = vec![crate::expr::memo::UNKNOWN; catalog.clauses.len()];
+        let planned: HashMap<usize, (&Planned, &[u32])> = catalog
+            .placements
+            .iter()
+            .flat_map(|p| {
+                p.plan.offers.iter().map(|o| {
+                    let (start, end) = o.clauses;
+                    (
+                        o.offer as usize,
+                        (o, &p.plan.clauses[start as usize..end as usize]),
+                    )
+                })
+            })
+            .collect();
+        for (idx, offer) in catalog.offers.iter().enumerate() {
             let env = Env::new(&attributes, &context, &[], NOW).with_history(
                 history.events(),
                 offer.key,
@@ -981,6 +999,18 @@ fn shared_clauses_decide_as_the_whole_rules_do() {
                 "offer {} for customer {n}: {attributes:?} {context:?}",
                 offer.id
             );
+            if let Some((p, ids)) = planned.get(&idx)
+                && p.has(flags::SHARED_RULE)
+            {
+                let by_plan = catalog.clauses.all_in(p.mask, &env, &mut bits)
+                    && catalog.clauses.all(ids, &env, &mut plan_memo);
+                assert_eq!(
+                    by_plan, whole,
+                    "offer {} by its plan, customer {n}",
+                    offer.id
+                );
+                plans += 1;
+            }
             checked += usize::from(whole);
         }
     }
@@ -988,6 +1018,7 @@ fn shared_clauses_decide_as_the_whole_rules_do() {
         checked > 1000,
         "{checked} eligible pairs: the customers reach the rules"
     );
+    assert!(plans > 30_000, "{plans} offers checked by their plan");
 }
 
 /// Arbitration as first written: for each slot, scan every candidate and ask whether an
