@@ -9,6 +9,20 @@ use std::process::Command;
 use nextbest::server::proto::customer_service_client::CustomerServiceClient;
 use nextbest::server::proto::{self, value::Kind};
 
+/// Customer `grace`, aged 51.
+fn grace() -> proto::UpsertRequest {
+    proto::UpsertRequest {
+        customer_id: "grace".into(),
+        attributes: [(
+            "age".to_string(),
+            proto::Value {
+                kind: Some(Kind::IntValue(51)),
+            },
+        )]
+        .into(),
+    }
+}
+
 #[test]
 fn serve_answers_then_drains_on_sigterm_and_keeps_acknowledged_writes() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -20,19 +34,7 @@ fn serve_answers_then_drains_on_sigterm_and_keeps_acknowledged_writes() {
         let mut customers = CustomerServiceClient::connect(format!("http://{addr}"))
             .await
             .expect("connect");
-        customers
-            .upsert(proto::UpsertRequest {
-                customer_id: "grace".into(),
-                attributes: [(
-                    "age".to_string(),
-                    proto::Value {
-                        kind: Some(Kind::IntValue(51)),
-                    },
-                )]
-                .into(),
-            })
-            .await
-            .expect("upsert");
+        customers.upsert(grace()).await.expect("upsert");
     });
     serve.signal("TERM");
     let status = serve.child.wait().expect("wait");
@@ -165,19 +167,7 @@ fn serve_compacts_when_the_journal_has_grown() {
         let mut customers = CustomerServiceClient::connect(endpoint.clone())
             .await
             .expect("connect");
-        customers
-            .upsert(proto::UpsertRequest {
-                customer_id: "grace".into(),
-                attributes: [(
-                    "age".to_string(),
-                    proto::Value {
-                        kind: Some(Kind::IntValue(51)),
-                    },
-                )]
-                .into(),
-            })
-            .await
-            .expect("upsert");
+        customers.upsert(grace()).await.expect("upsert");
         let mut decisions = DecisionServiceClient::connect(endpoint)
             .await
             .expect("connect");

@@ -283,11 +283,7 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
                 id,
                 customer: Some(customer),
                 channel,
-            } => db.remember(
-                Uuid::from_bytes(id).as_u128(),
-                customer.as_str().into(),
-                key(&channel),
-            ),
+            } => db.remember(Uuid::from_bytes(id).as_u128(), customer, channel),
             Replayed::Decision { customer: None, .. } => {}
         }
         recovery.replayed += 1;

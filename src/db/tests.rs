@@ -608,8 +608,8 @@ fn replay_reads_the_same_decision_heads_as_whole_records() {
                 },
             ) => {
                 assert_eq!(
-                    (d.id, d.customer.clone(), d.channel.clone()),
-                    (id, customer, channel)
+                    (d.id, d.customer.as_deref(), key(&d.channel)),
+                    (id, customer.as_deref(), channel)
                 );
                 decisions += 1;
                 anonymous += usize::from(d.customer.is_none());

@@ -294,19 +294,23 @@ impl SharedClauses {
     #[inline]
     pub fn matches(&self, clauses: &[Clause], env: &Env<'_>, memo: &mut [u8]) -> bool {
         clauses.iter().all(|clause| match clause {
-            Clause::Shared(id) => {
-                let known = &mut memo[*id as usize];
-                if *known == memo::UNKNOWN {
-                    *known = match self.clauses[*id as usize].eval(env) {
-                        Some(true) => memo::TRUE,
-                        Some(false) => memo::FALSE,
-                        None => memo::UNDECIDED,
-                    };
-                }
-                *known == memo::TRUE
-            }
+            Clause::Shared(id) => self.holds(*id, env, memo),
             Clause::Own(p) => p.matches(env),
         })
+    }
+
+    /// Whether shared clause `id` definitely holds, from `memo` or evaluated into it.
+    #[inline]
+    fn holds(&self, id: u32, env: &Env<'_>, memo: &mut [u8]) -> bool {
+        let known = &mut memo[id as usize];
+        if *known == memo::UNKNOWN {
+            *known = match self.clauses[id as usize].eval(env) {
+                Some(true) => memo::TRUE,
+                Some(false) => memo::FALSE,
+                None => memo::UNDECIDED,
+            };
+        }
+        *known == memo::TRUE
     }
 
     /// Whether every shared clause in `mask` (bit `id` for clause `id`, ids below 64)
@@ -337,17 +341,7 @@ impl SharedClauses {
     /// [`matches`]: SharedClauses::matches
     #[inline]
     pub fn all(&self, ids: &[u32], env: &Env<'_>, memo: &mut [u8]) -> bool {
-        ids.iter().all(|&id| {
-            let known = &mut memo[id as usize];
-            if *known == memo::UNKNOWN {
-                *known = match self.clauses[id as usize].eval(env) {
-                    Some(true) => memo::TRUE,
-                    Some(false) => memo::FALSE,
-                    None => memo::UNDECIDED,
-                };
-            }
-            *known == memo::TRUE
-        })
+        ids.iter().all(|&id| self.holds(id, env, memo))
     }
 }
 

@@ -34,8 +34,9 @@ pub enum Replayed {
     Record(Record),
     Decision {
         id: [u8; 16],
-        customer: Option<String>,
-        channel: String,
+        customer: Option<Arc<str>>,
+        /// [`key`](crate::schema::key) of the channel.
+        channel: u32,
     },
 }
 
@@ -91,8 +92,8 @@ impl Record {
                 seq,
                 Replayed::Decision {
                     id: head.id,
-                    customer: head.customer.map(str::to_string),
-                    channel: head.channel.to_string(),
+                    customer: head.customer.map(Into::into),
+                    channel: crate::schema::key(head.channel),
                 },
             ));
         }
