@@ -56,7 +56,7 @@ fn node(catalog: &Arc<Catalog>, writer: WriterOptions) -> (Db, tempfile::TempDir
                 channel: nextbest::schema::key("web"),
                 kind: EventKind::Impression,
             };
-            s.history.record(event, limits);
+            s.history.record(event, limits, NOW);
         }
     });
     (db, dir)

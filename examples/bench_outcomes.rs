@@ -63,7 +63,7 @@ fn run(
                         channel: Some("web".into()),
                     };
                     let t = Instant::now();
-                    db.record_outcome(&outcome)?;
+                    db.record_outcome(&outcome, outcome.at)?;
                     lat.push(t.elapsed());
                     acked.fetch_add(1, Ordering::Relaxed);
                     i += 1;

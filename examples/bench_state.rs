@@ -75,6 +75,7 @@ fn customer(catalog: &Catalog, n: u64) -> CustomerState {
                 kind: EventKind::ALL[(h % 5) as usize],
             },
             HistoryLimits::default(),
+            START,
         );
     }
     CustomerState {

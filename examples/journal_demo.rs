@@ -135,7 +135,7 @@ fn main() -> anyhow::Result<()> {
                 customer: None,
                 channel: None,
             };
-            db.record_outcome(&outcome(EventKind::Impression, now + 1000))?;
+            db.record_outcome(&outcome(EventKind::Impression, now + 1000), now + 1000)?;
             shown += 1;
             let p = match o.group.as_deref() {
                 Some("retention") => 0.05 + 0.4 * risk,
@@ -144,7 +144,7 @@ fn main() -> anyhow::Result<()> {
             if uniform(seed, &o.id, n) < p {
                 let mut accept = outcome(EventKind::Accept, now + 60_000);
                 accept.value = Some(10.0 + o.id.len() as f64);
-                db.record_outcome(&accept)?;
+                db.record_outcome(&accept, accept.at)?;
                 accepted += 1;
             }
         }

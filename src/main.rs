@@ -63,8 +63,8 @@ enum Command {
         /// The decision time (RFC 3339); default now.
         #[arg(long)]
         at: Option<String>,
-        /// Fill this many slots instead of the placement's number.
-        #[arg(long)]
+        /// Fill this many slots (1 to 64) instead of the placement's number.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(nextbest::catalog::MAX_SLOTS)))]
         slots: Option<u32>,
         /// Say for every offer of the placement where it stopped and why.
         #[arg(long)]
@@ -1236,12 +1236,16 @@ fn run_decide(
         );
     };
     let now = match at {
-        Some(text) => parse_time(text)?,
+        Some(text) => {
+            let at = parse_time(text)?;
+            nextbest::schema::time::decision("--at", at)?;
+            at
+        }
         None => jiff::Timestamp::now().as_millisecond(),
     };
     let customer = match customer {
         None => CustomerState::anonymous(vec![]),
-        Some(path) => read_customer(&catalog, path)?,
+        Some(path) => read_customer(&catalog, path, now)?,
     };
     let mut values = vec![nextbest::schema::Value::Missing; catalog.schema.context.len()];
     for pair in context {
@@ -1251,6 +1255,12 @@ fn run_decide(
         let (slot, value) =
             state::parse_text_attribute("context", &catalog.schema.context, name, value)?;
         values[slot as usize] = value;
+    }
+    if let Some(given) = Context::conflicting_channel(&catalog, p, &values) {
+        bail!(
+            "`--context channel={given}`: placement `{placement}` is in channel `{}`, and the channel is the placement's (leave it out)",
+            catalog.placements[p].channel
+        );
     }
     let context = Context::for_placement(&catalog, p, values);
     let seconds = u64::try_from(now.max(0) / 1000).unwrap_or(0);
@@ -1265,7 +1275,12 @@ fn run_decide(
     Ok(decision_json(&catalog, &customer, &decision))
 }
 
-fn read_customer(catalog: &Catalog, path: &std::path::Path) -> anyhow::Result<CustomerState> {
+/// A customer file, its history trimmed as of the decision time `now`.
+fn read_customer(
+    catalog: &Catalog,
+    path: &std::path::Path,
+    now: i64,
+) -> anyhow::Result<CustomerState> {
     let text = if path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading the customer from stdin")?
     } else {
@@ -1282,7 +1297,11 @@ fn read_customer(catalog: &Catalog, path: &std::path::Path) -> anyhow::Result<Cu
         let group = catalog
             .offer(&e.offer)
             .and_then(|o| catalog.offers[o].group.as_deref());
-        history.record(Event::new(at, &e.offer, group, &e.channel, e.kind), limits);
+        history.record(
+            Event::new(at, &e.offer, group, &e.channel, e.kind),
+            limits,
+            now,
+        );
     }
     Ok(CustomerState {
         id: file.id,

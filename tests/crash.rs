@@ -83,7 +83,7 @@ fn crash_child() {
                         customer: Some(id.clone()),
                         channel: Some(CHANNEL.into()),
                     };
-                    db.record_outcome(&outcome).expect("outcome");
+                    db.record_outcome(&outcome, outcome.at).expect("outcome");
                     println!("O {id} {t} {i}");
                 }
             })
@@ -195,7 +195,11 @@ fn sigkill_loses_no_acknowledged_write() {
                         customer: Some(id.to_string()),
                         channel: Some(CHANNEL.into()),
                     };
-                    assert!(db.record_outcome(&retry).expect("retry").duplicate);
+                    assert!(
+                        db.record_outcome(&retry, retry.at)
+                            .expect("retry")
+                            .duplicate
+                    );
                     outcomes += 1;
                 }
                 // The test harness's own lines.

@@ -114,15 +114,18 @@ fn journal(data: &Path) {
                 } else {
                     EventKind::Impression
                 };
-                db.record_outcome(&OutcomeInput {
-                    decision: decision_id,
-                    offer: offer.clone(),
-                    kind,
-                    value: None,
-                    at: now + 1000,
-                    customer: None,
-                    channel: None,
-                })
+                db.record_outcome(
+                    &OutcomeInput {
+                        decision: decision_id,
+                        offer: offer.clone(),
+                        kind,
+                        value: None,
+                        at: now + 1000,
+                        customer: None,
+                        channel: None,
+                    },
+                    now + 1000,
+                )
                 .expect("outcome");
             }
         }

@@ -127,7 +127,7 @@ fn the_customer_can_come_from_stdin_and_explains_every_offer() {
 
 #[test]
 fn bad_input_names_what_is_wrong() {
-    let cases: [(&[&str], Option<&str>, &str); 5] = [
+    let cases: [(&[&str], Option<&str>, &str); 7] = [
         (
             &["--placement", "email.hero", "--customer", "-"],
             Some(r#"{"id": "x", "attributes": {"agee": 3}}"#),
@@ -152,6 +152,16 @@ fn bad_input_names_what_is_wrong() {
             &["--placement", "email.hero", "--customer", "-"],
             Some(r#"{"id": "x", "histroy": []}"#),
             "unknown field `histroy`",
+        ),
+        (
+            &["--placement", "email.hero", "--context", "channel=web"],
+            None,
+            "`--context channel=web`: placement `email.hero` is in channel `email`",
+        ),
+        (
+            &["--placement", "email.hero", "--customer", "-"],
+            Some(r#"{"id": "x", "attributes": {"last_contact": "0000-06-01T00:00:00Z"}}"#),
+            "attribute `customer.last_contact` is 0000-06-01T00:00:00Z, outside",
         ),
     ];
     for (args, stdin, expected) in cases {

@@ -56,7 +56,16 @@ async fn start_on(
     data: tempfile::TempDir,
     transport: Transport,
 ) -> Server {
-    let (node, _) = Node::open(rules.path(), data.path()).expect("node");
+    start_with(rules, data, transport, nextbest::db::DbOptions::default()).await
+}
+
+async fn start_with(
+    rules: tempfile::TempDir,
+    data: tempfile::TempDir,
+    transport: Transport,
+    options: nextbest::db::DbOptions,
+) -> Server {
+    let (node, _) = Node::open_with(rules.path(), data.path(), options).expect("node");
     let node = Arc::new(node);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1329,6 +1338,33 @@ async fn the_bad_input_matrix_gets_the_right_status_naming_the_field_and_changes
         kind: K::Click as i32,
         ..Default::default()
     };
+    let outcomes = |outcomes: Vec<proto::Outcome>| {
+        move |ch: Channel| {
+            let r = proto::RecordOutcomesRequest {
+                outcomes: outcomes.clone(),
+            };
+            async move {
+                DecisionServiceClient::new(ch)
+                    .record_outcomes(r)
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+    let now_s = jiff::Timestamp::now().as_second();
+    let ts = |seconds: i64, nanos: i32| prost_types::Timestamp { seconds, nanos };
+    let timestamp = |seconds: i64, nanos: i32| proto::Value {
+        kind: Some(Kind::TimestampValue(ts(seconds, nanos))),
+    };
+    let unshown = server
+        .node
+        .db()
+        .catalog()
+        .offers
+        .iter()
+        .map(|o| o.id.clone())
+        .find(|id| d.offers.iter().all(|s| &s.offer_id != id))
+        .expect("an offer the decision did not show");
     let page = |placements: Vec<&str>| proto::DecideBatchRequest {
         customer_id: "ada".into(),
         placements: placements
@@ -1811,6 +1847,267 @@ async fn the_bad_input_matrix_gets_the_right_status_naming_the_field_and_changes
                     .map(drop)
                     .map_err(gave_up)
             },
+        ),
+        // Times, checked against their documented windows (docs/data.md).
+        case(
+            "RecordOutcome",
+            "at 800 days ahead",
+            invalid,
+            "`at`",
+            outcome(proto::Outcome {
+                at: Some(ts(now_s + 800 * 86_400, 0)),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "at in milliseconds given as seconds",
+            invalid,
+            "`at`",
+            outcome(proto::Outcome {
+                at: Some(ts(now_s * 1000, 0)),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "at older than the history keeps",
+            invalid,
+            "`at`",
+            outcome(proto::Outcome {
+                at: Some(ts(86_400, 0)),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "at with nanos out of range",
+            invalid,
+            "`at`",
+            outcome(proto::Outcome {
+                at: Some(ts(now_s, 1_000_000_000)),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcome",
+            "at that overflows milliseconds",
+            invalid,
+            "`at`",
+            outcome(proto::Outcome {
+                at: Some(ts(i64::MAX, 0)),
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcomes",
+            "the second one 800 days ahead",
+            invalid,
+            "outcomes[1]: `at`",
+            outcomes(vec![
+                good_outcome.clone(),
+                proto::Outcome {
+                    at: Some(ts(now_s + 800 * 86_400, 0)),
+                    ..good_outcome.clone()
+                },
+            ]),
+        ),
+        case(
+            "Decide",
+            "at in 1970",
+            invalid,
+            "`at`",
+            decide(proto::DecideRequest {
+                at: Some(ts(now_s / 1000, 0)),
+                ..decide_request("ada", "app.card")
+            }),
+        ),
+        case(
+            "Decide",
+            "at in milliseconds given as seconds",
+            invalid,
+            "`at`",
+            decide(proto::DecideRequest {
+                at: Some(ts(now_s * 1000, 0)),
+                ..decide_request("ada", "app.card")
+            }),
+        ),
+        case(
+            "DecideBatch",
+            "at with negative nanos",
+            invalid,
+            "`at`",
+            batch(proto::DecideBatchRequest {
+                at: Some(ts(now_s, -1)),
+                ..page(vec!["app.card"])
+            }),
+        ),
+        case(
+            "Upsert",
+            "timestamp attribute in year 318857",
+            invalid,
+            "`customer.last_contact`",
+            upsert(
+                "ada",
+                with(&[("last_contact", timestamp(10_i64.pow(13), 0))]),
+            ),
+        ),
+        case(
+            "Upsert",
+            "timestamp attribute with nanos out of range",
+            invalid,
+            "`customer.last_contact`",
+            upsert(
+                "ada",
+                with(&[("last_contact", timestamp(now_s, 2_000_000_000))]),
+            ),
+        ),
+        case(
+            "Upsert",
+            "timestamp attribute as text in year 0",
+            invalid,
+            "`customer.contract_end`",
+            upsert(
+                "ada",
+                with(&[("contract_end", string("0000-06-01T00:00:00Z"))]),
+            ),
+        ),
+        case(
+            "Decide",
+            "inline timestamp attribute out of range",
+            invalid,
+            "`customer.last_contact`",
+            decide(inline(with(&[(
+                "last_contact",
+                timestamp(-10_i64.pow(12), 0),
+            )]))),
+        ),
+        // An outcome must name an offer its decision showed.
+        case(
+            "RecordOutcome",
+            "an offer the decision did not show",
+            invalid,
+            "`offer_id`",
+            outcome(proto::Outcome {
+                offer_id: unshown.clone(),
+                kind: K::Accept as i32,
+                ..good_outcome.clone()
+            }),
+        ),
+        case(
+            "RecordOutcomes",
+            "the first one of an offer the decision did not show",
+            invalid,
+            "outcomes[0]: `offer_id`",
+            outcomes(vec![
+                proto::Outcome {
+                    offer_id: unshown.clone(),
+                    kind: K::Impression as i32,
+                    ..good_outcome.clone()
+                },
+                good_outcome.clone(),
+            ]),
+        ),
+        // Slots: 1 to 64, or unset.
+        case(
+            "Decide",
+            "zero slots",
+            invalid,
+            "`slots`",
+            decide(proto::DecideRequest {
+                slots: Some(0),
+                ..decide_request("ada", "app.card")
+            }),
+        ),
+        case(
+            "Decide",
+            "65 slots",
+            invalid,
+            "`slots`",
+            decide(proto::DecideRequest {
+                slots: Some(65),
+                ..decide_request("ada", "app.card")
+            }),
+        ),
+        case(
+            "DecideBatch",
+            "zero slots in the second placement",
+            invalid,
+            "`placements[1].slots`",
+            batch(proto::DecideBatchRequest {
+                placements: vec![
+                    proto::PlacementRequest {
+                        placement: "app.card".into(),
+                        ..Default::default()
+                    },
+                    proto::PlacementRequest {
+                        placement: "web.home_banner".into(),
+                        slots: Some(0),
+                        ..Default::default()
+                    },
+                ],
+                ..page(vec![])
+            }),
+        ),
+        // The channel is the placement's.
+        case(
+            "Decide",
+            "a context channel other than the placement's",
+            invalid,
+            "`context.channel`",
+            decide(proto::DecideRequest {
+                context: with(&[("channel", string("web"))]),
+                ..decide_request("ada", "call_center.next_best")
+            }),
+        ),
+        case(
+            "DecideBatch",
+            "a placement's context channel other than its own",
+            invalid,
+            "`placements[0].context.channel`",
+            batch(proto::DecideBatchRequest {
+                placements: vec![proto::PlacementRequest {
+                    placement: "email.hero".into(),
+                    context: with(&[("channel", string("app"))]),
+                    ..Default::default()
+                }],
+                ..page(vec![])
+            }),
+        ),
+        case(
+            "DecideBatch",
+            "a shared context channel other than a placement's",
+            invalid,
+            "`context.channel`",
+            batch(proto::DecideBatchRequest {
+                context: with(&[("channel", string("web"))]),
+                ..page(vec!["web.home_banner", "app.card"])
+            }),
+        ),
+        // What a caller sent is shown escaped.
+        case(
+            "Upsert",
+            "an attribute name with a NUL and a newline",
+            invalid,
+            "`customer.agé\\0\\n`",
+            upsert("ada", with(&[("agé\0\n", int(3))])),
+        ),
+        case(
+            "Decide",
+            "a placement with a newline",
+            Code::NotFound,
+            "`web\\nspoofed: ok`",
+            decide(decide_request("ada", "web\nspoofed: ok")),
+        ),
+        case(
+            "RecordOutcome",
+            "an offer id with a carriage return",
+            Code::NotFound,
+            "`x\\r`",
+            outcome(proto::Outcome {
+                offer_id: "x\r".into(),
+                ..good_outcome.clone()
+            }),
         ),
     ];
 
@@ -2316,6 +2613,156 @@ async fn a_call_past_the_request_timeout_is_cancelled_and_its_retry_counts_once(
         1,
         "one impression, counted once: {history:?}"
     );
+    let (_rules, data) = server.shut_down().await;
+    drop(data);
+    drop(disk);
+}
+
+/// A disk that stops taking writes (frozen, as a stalled or saturated disk is) with
+/// writers piled up behind it, the journal's queue full: no request thread waits on
+/// them. Decide, health and `/metrics` answer as before (a decision the full queue cannot
+/// take is answered and counted unlogged); the writes complete once the disk thaws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_disk_with_writers_piled_up_stalls_no_decide_health_or_metrics() {
+    use std::time::{Duration, Instant};
+    let Some(disk) = ExtDisk::mount(64) else {
+        let why = "a loop-mounted ext4 needs root and loop devices (CI runs as root)";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "NOT RUN under CI: {why}"
+        );
+        eprintln!("NOT RUN: {why}");
+        return;
+    };
+    let data = tempfile::tempdir_in(disk.path()).expect("tempdir");
+    let options = nextbest::db::DbOptions {
+        writer: nextbest::storage::WriterOptions {
+            queue: 16,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = start_with(sample_rules(), data, Transport::default(), options).await;
+    let channel = server.channel().await;
+    CustomerServiceClient::new(channel.clone())
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes: ada(),
+        })
+        .await
+        .expect("upsert");
+    // Every answer is awaited with a bound: a hang fails the test instead of stalling it.
+    let bound = Duration::from_secs(10);
+    let decide = |placement: &'static str| {
+        let mut client = DecisionServiceClient::new(channel.clone());
+        async move {
+            let started = Instant::now();
+            tokio::time::timeout(bound, client.decide(decide_request("ada", placement)))
+                .await
+                .unwrap_or_else(|_| panic!("Decide on {placement} hung"))
+                .expect("decide");
+            started.elapsed()
+        }
+    };
+    let mut before = Vec::new();
+    for _ in 0..20 {
+        before.push(decide("call_center.next_best").await);
+    }
+
+    let frozen = Frozen::freeze(disk.path());
+    let writers: Vec<_> = (0..64)
+        .map(|i| {
+            let mut client = CustomerServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                client
+                    .upsert(proto::UpsertRequest {
+                        customer_id: format!("writer-{i}"),
+                        attributes: with(&[("age", int(30 + i))]),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    // Writers fill the queue, then wait for room.
+    let given_up = Instant::now() + Duration::from_secs(20);
+    while server
+        .node
+        .db()
+        .journal_stats()
+        .waits
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            Instant::now() < given_up,
+            "the writers never filled the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut during = Vec::new();
+    for placement in [
+        "call_center.next_best",
+        "email.hero",
+        "web.home_banner",
+        "app.card",
+    ]
+    .iter()
+    .cycle()
+    .take(40)
+    {
+        during.push(decide(placement).await);
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = tokio::time::timeout(
+        bound,
+        health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .expect("health hung")
+    .expect("health")
+    .into_inner()
+    .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let scrape = tokio::time::timeout(bound, server.scrape())
+        .await
+        .expect("/metrics hung");
+    let unlogged = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("nextbest_decisions_unlogged_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("the unlogged counter");
+    assert!(
+        unlogged > 0,
+        "the full queue refused decision records: {unlogged}"
+    );
+    assert!(
+        writers.iter().all(|w| !w.is_finished()),
+        "no write is acknowledged while the disk is frozen"
+    );
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "Decide median {:?} before, {:?} with the disk frozen and {} writers waiting ({} decisions unlogged)",
+        median(before),
+        median(during),
+        writers.len(),
+        unlogged
+    );
+    drop(frozen);
+    for w in writers {
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("the write completes after the thaw")
+            .expect("writer task")
+            .expect("acknowledged");
+    }
     let (_rules, data) = server.shut_down().await;
     drop(data);
     drop(disk);

@@ -19,8 +19,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = proto::DecideRequest::decode(data) {
         let _ = convert::values("context", &schema.context, &r.context);
         let _ = convert::values("customer", &schema.customer, &r.attributes);
-        if let Some(at) = &r.at {
-            let _ = convert::timestamp(convert::millis(at));
+        if let Ok(at) = convert::decision_time(r.at.as_ref(), || 0) {
+            // A decision time that passed the checks is a time again.
+            assert_eq!(convert::millis("at", &convert::timestamp(at)).ok(), Some(at));
         }
     }
     if let Ok(r) = proto::UpsertRequest::decode(data)
@@ -28,7 +29,15 @@ fuzz_target!(|data: &[u8]| {
     {
         for (value, attribute) in values.iter().zip(schema.customer.attributes()) {
             if !value.is_missing() {
-                assert!(convert::proto_value(value, &attribute.ty).is_some());
+                // Every accepted value converts back, and to itself: nothing is lost.
+                let back = convert::proto_value(value, &attribute.ty).expect("converts back");
+                let again = convert::values(
+                    "customer",
+                    &schema.customer,
+                    &[(attribute.name.clone(), back)].into(),
+                )
+                .expect("a converted value is accepted again");
+                assert_eq!(&again[schema.customer.slot(&attribute.name).expect("slot") as usize], value);
             }
         }
     }

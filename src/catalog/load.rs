@@ -146,7 +146,10 @@ impl Catalog {
         }
         let mut formulas = expr::SharedFormulas::default();
         plan::build(&mut placements, &offers, &policy, &mut formulas);
+        let (by_id, by_key) = Catalog::index_offers(&offers);
         Ok(Catalog {
+            by_id,
+            by_key,
             version: version.into(),
             schema,
             offers,
@@ -986,7 +989,9 @@ impl Loader {
             };
             let slots = if f.map.get_node("slots").is_some() {
                 self.parsed(&f, "slots", "a whole number from 1 to 64", |s| {
-                    s.parse::<u32>().ok().filter(|n| (1..=64).contains(n))
+                    s.parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=MAX_SLOTS).contains(n))
                 })
             } else {
                 Some(1)

@@ -17,7 +17,7 @@ pub mod plan;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub use diag::{Diagnostic, LoadErrors, Location, SourceFile};
 pub use load::{parse_duration, parse_timestamp};
@@ -25,6 +25,9 @@ pub use plan::{Plan, Planned};
 
 use crate::expr::{ExprError, Formula, Predicate};
 use crate::schema::Schema;
+
+/// The most slots a placement has, and a request may ask for.
+pub const MAX_SLOTS: u32 = 64;
 
 /// Index of an offer in [`Catalog::offers`].
 pub type OfferIdx = usize;
@@ -48,11 +51,33 @@ pub struct Catalog {
     pub clauses: crate::expr::SharedClauses,
     /// The propensities several offers share (see [`Planned::propensity`]).
     pub formulas: crate::expr::SharedFormulas,
+    // INVARIANT: every offer's id and key, mapped to its index (built by `load`; keys are
+    // unique, as load refuses two ids with one key).
+    by_id: HashMap<Box<str>, OfferIdx>,
+    by_key: HashMap<u32, OfferIdx>,
 }
 
 impl Catalog {
+    /// The offer with this id: one hash lookup (the outcome path and every export row
+    /// ask).
     pub fn offer(&self, id: &str) -> Option<OfferIdx> {
-        self.offers.iter().position(|o| o.id == id)
+        self.by_id.get(id).copied()
+    }
+
+    /// The offer with this [`key`](crate::schema::key).
+    pub fn offer_by_key(&self, key: u32) -> Option<OfferIdx> {
+        self.by_key.get(&key).copied()
+    }
+
+    /// Indexes the offers by id and key (`Catalog::by_id`, `by_key`).
+    fn index_offers(offers: &[Offer]) -> (HashMap<Box<str>, OfferIdx>, HashMap<u32, OfferIdx>) {
+        let by_id = offers
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.id.as_str().into(), i))
+            .collect();
+        let by_key = offers.iter().enumerate().map(|(i, o)| (o.key, i)).collect();
+        (by_id, by_key)
     }
 
     pub fn placement(&self, id: &str) -> Option<PlacementIdx> {

@@ -13,6 +13,9 @@ pub(crate) struct Recent {
     pub customer: Arc<str>,
     /// [`key`](crate::schema::key) of the placement's channel.
     pub channel: u32,
+    /// Keys of the offers the decision showed; `None` when not known (a decision read
+    /// from a first-wave journal or snapshot): then any offer of the catalog is taken.
+    pub shown: Option<Box<[u32]>>,
 }
 
 /// A map that forgets its oldest entries: inserts go to the current generation; once it
@@ -150,6 +153,7 @@ mod tests {
         let recent = |i: u128| Recent {
             customer: format!("c{i}").into(),
             channel: 1,
+            shown: None,
         };
         for i in 0..1000u128 {
             recents.insert(i, recent(i));

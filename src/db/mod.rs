@@ -32,7 +32,7 @@ use crate::decide::{self, Context, Decision, Options};
 use crate::journal::{
     self, Entry, ForgetRecord, OutcomeRecord, PendingDecision, Record, UpsertRecord,
 };
-use crate::schema::{Event, EventKind, Feature, Value, key};
+use crate::schema::{Event, EventKind, Feature, Value, key, time};
 use crate::state::{CustomerState, HistoryLimits, StateError, Store};
 use crate::storage::{self, Stats, Writer, WriterOptions};
 
@@ -88,6 +88,16 @@ pub enum DbError {
     },
     #[error("the snapshot `{path}` is unreadable: {reason}")]
     Snapshot { path: PathBuf, reason: String },
+    /// A time a caller sent, outside what the node accepts.
+    #[error(transparent)]
+    Time(#[from] time::TimeError),
+    /// An outcome of an offer its decision did not show.
+    #[error("`offer_id`: decision `{decision}` did not show offer `{offer}`; it showed {}", if shown.is_empty() { "nothing".to_string() } else { shown.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ") })]
+    NotShown {
+        decision: Uuid,
+        offer: String,
+        shown: Vec<String>,
+    },
 }
 
 pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DbError {
@@ -131,6 +141,22 @@ pub struct Compaction {
 
 /// Outcome identity: (decision, offer key, kind).
 type OutcomeKey = (u128, u32, EventKind);
+
+/// An outcome that passed every check, with what the node resolved for it.
+#[derive(Debug)]
+struct CheckedOutcome {
+    key: u32,
+    group: Option<String>,
+    group_key: u32,
+    customer: Option<String>,
+    channel: Option<String>,
+}
+
+impl CheckedOutcome {
+    fn identity(&self, input: &OutcomeInput) -> OutcomeKey {
+        (input.decision.as_u128(), self.key, input.kind)
+    }
+}
 
 pub struct Db {
     journal_dir: PathBuf,
@@ -254,6 +280,7 @@ impl Db {
         };
         let mut recovery = recovery::restore(&mut db)?;
         recovery.truncated = end.cut;
+        db.spending.publish(&[&db.catalog()]);
         Ok((db, recovery))
     }
 
@@ -266,15 +293,18 @@ impl Db {
     /// packed records are laid out by the schema, and carrying a million of them over
     /// while writes go on is left to a restart (snapshots are remapped by name).
     pub fn set_catalog(&self, catalog: Arc<Catalog>) -> bool {
-        if self.catalog.load().schema.customer != catalog.schema.customer {
+        let current = self.catalog.load_full();
+        if current.schema.customer != catalog.schema.customer {
             return false;
         }
+        // Cells for both catalogs' budgets before the swap: decisions on either find theirs.
+        self.spending.publish(&[&catalog, &current]);
         self.catalog.store(catalog);
         true
     }
 
     /// The budget counters as a decision at `now` reads them.
-    pub fn budgets(&self, now: i64) -> budget::SpentAt<'_> {
+    pub fn budgets(&self, now: i64) -> budget::SpentAt {
         self.spending.at(now)
     }
 
@@ -304,8 +334,10 @@ impl Db {
             customer: id.to_string(),
             attributes,
         });
+        // Room first: the append under the customer's lock never waits for the disk.
+        let permit = self.journal.reserve()?;
         let seq = self.store.update(id, |state| {
-            let seq = self.journal.append(Entry::Record(record), false)?;
+            let seq = permit.append(Entry::Record(record), false)?;
             state.merge(schema, values);
             state.seq = seq;
             Ok::<_, DbError>(seq)
@@ -336,21 +368,119 @@ impl Db {
         Ok(self.journal.sync()?)
     }
 
-    /// Records an outcome durably and adds it to the customer's history. A retry of the
-    /// same (decision, offer, kind) is acknowledged without being counted again.
-    pub fn record_outcome(&self, input: &OutcomeInput) -> Result<OutcomeAck, DbError> {
+    /// Records an outcome durably and adds it to the customer's history; `now` is the
+    /// node's clock, recorded as when it was accepted. A retry of the same (decision,
+    /// offer, kind) is acknowledged without being counted again.
+    pub fn record_outcome(&self, input: &OutcomeInput, now: i64) -> Result<OutcomeAck, DbError> {
+        self.record_outcomes(std::slice::from_ref(input), now)
+            .map(|mut acks| acks.remove(0))
+            .map_err(|(_, e)| e)
+    }
+
+    /// Records outcomes durably, all or none acknowledged: every one is checked before
+    /// any is appended (a bad one refuses the batch and changes nothing), then all are
+    /// appended and one wait covers them (a batch of 100 costs one group commit, not
+    /// 100). A refusal names the index of the outcome it is about; a failed journal
+    /// names none (nothing was acknowledged, and a heal rebuilds memory from what is
+    /// durable).
+    pub fn record_outcomes(
+        &self,
+        inputs: &[OutcomeInput],
+        now: i64,
+    ) -> Result<Vec<OutcomeAck>, (Option<usize>, DbError)> {
         let catalog = self.catalog.load();
-        let Some(offer) = catalog.offer(&input.offer) else {
+        let checked = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                self.check_outcome(&catalog, input, now)
+                    .map_err(|e| (Some(i), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut acks = Vec::with_capacity(checked.len());
+        let mut counted = Vec::with_capacity(checked.len());
+        let mut last = None;
+        let mut retried = false;
+        let mut failed = None;
+        for (i, outcome) in checked.into_iter().enumerate() {
+            let identity = outcome.identity(&inputs[i]);
+            if !self.outcomes.insert_new(identity, ()) {
+                retried = true;
+                acks.push(OutcomeAck {
+                    duplicate: true,
+                    customer: outcome.customer,
+                });
+                continue;
+            }
+            counted.push(identity);
+            let customer = outcome.customer.clone();
+            let joined = outcome.channel.is_some();
+            match self.append_outcome(&inputs[i], outcome, now) {
+                Ok(seq) => last = Some(seq),
+                Err(e) => {
+                    failed = Some((None, e));
+                    break;
+                }
+            }
+            acks.push(OutcomeAck {
+                duplicate: false,
+                customer: customer.filter(|_| joined),
+            });
+        }
+        // A retry is acknowledged once the first write is durable: a sync covers it (and
+        // everything appended here); otherwise waiting for the last record is enough.
+        let waited = match failed {
+            Some(failure) => Err(failure),
+            None if retried => self.journal.sync().map_err(|e| (None, e.into())),
+            None => last.map_or(Ok(()), |seq| {
+                self.journal.wait(seq).map_err(|e| (None, e.into()))
+            }),
+        };
+        if let Err(e) = waited {
+            for identity in &counted {
+                self.outcomes.remove(identity);
+            }
+            return Err(e);
+        }
+        Ok(acks)
+    }
+
+    /// Everything about an outcome that can be refused, before anything is written:
+    /// the offer, the time, and that its decision (when remembered) showed the offer.
+    fn check_outcome(
+        &self,
+        catalog: &Catalog,
+        input: &OutcomeInput,
+        now: i64,
+    ) -> Result<CheckedOutcome, DbError> {
+        let Some(index) = catalog.offer(&input.offer) else {
             return Err(DbError::UnknownOffer {
-                offer: input.offer.clone(),
+                offer: crate::schema::printable(&input.offer).into_owned(),
                 suggestion: crate::expr::did_you_mean(
                     &input.offer,
                     catalog.offers.iter().map(|o| o.id.as_str()),
                 ),
             });
         };
-        let offer = &catalog.offers[offer];
+        time::outcome("at", input.at, now, self.store.limits().max_age)?;
+        let offer = &catalog.offers[index];
         let recent = self.decisions.get(&input.decision.as_u128());
+        if let Some(shown) = recent.as_ref().and_then(|r| r.shown.as_deref())
+            && !shown.contains(&offer.key)
+        {
+            return Err(DbError::NotShown {
+                decision: input.decision,
+                offer: offer.id.clone(),
+                shown: shown
+                    .iter()
+                    .map(|k| {
+                        catalog
+                            .offer_by_key(*k)
+                            .map_or_else(|| format!("{k:08x}"), |o| catalog.offers[o].id.clone())
+                    })
+                    .collect(),
+            });
+        }
         let customer = input
             .customer
             .clone()
@@ -363,72 +493,73 @@ impl Db {
                 .find(|p| p.channel_key == key)
                 .map(|p| p.channel.clone())
         });
-        if !self
-            .outcomes
-            .insert_new((input.decision.as_u128(), offer.key, input.kind), ())
-        {
-            // Counted before; make sure that first write is durable before saying so.
-            self.journal.sync()?;
-            return Ok(OutcomeAck {
-                duplicate: true,
-                customer,
-            });
-        }
+        Ok(CheckedOutcome {
+            key: offer.key,
+            group: offer.group.clone(),
+            group_key: offer.group_key,
+            customer,
+            channel,
+        })
+    }
+
+    /// Appends one checked outcome (not a retry) and applies it to the customer's
+    /// history and the budget counters, in journal order. Room in the journal's queue is
+    /// taken first, so nothing here waits for the disk while holding the customer's or
+    /// the counters' lock (decide reads neither lock, but other writers would queue).
+    fn append_outcome(
+        &self,
+        input: &OutcomeInput,
+        outcome: CheckedOutcome,
+        now: i64,
+    ) -> Result<u64, DbError> {
+        let permit = self.journal.reserve()?;
         let record = Record::Outcome(OutcomeRecord {
             decision: input.decision.into_bytes(),
             offer: input.offer.clone(),
             kind: input.kind,
             value: input.value,
             at: input.at,
-            customer: customer.clone(),
-            channel: channel.clone(),
-            group: offer.group.clone(),
+            customer: outcome.customer.clone(),
+            channel: outcome.channel.clone(),
+            group: outcome.group.clone(),
+            accepted: now,
         });
         // An impression counts against budgets, in journal order (see `budget`).
         let impression = (input.kind == EventKind::Impression).then(|| {
             budget::scopes(
-                offer.key,
-                offer.group_key,
-                channel.as_deref().map_or(0, key),
+                outcome.key,
+                outcome.group_key,
+                outcome.channel.as_deref().map_or(0, key),
             )
         });
         let append = |record: Record| -> Result<u64, DbError> {
             let mut counters = impression.as_ref().map(|_| self.spending.lock());
-            let seq = self.journal.append(Entry::Record(record), true)?;
-            if let (Some(counters), Some(scopes)) = (counters.as_deref_mut(), &impression) {
-                budget::count(counters, scopes, input.at);
+            // Not urgent: the caller waits once for the last of its records.
+            let seq = permit.append(Entry::Record(record), false)?;
+            if let (Some(counters), Some(scopes)) = (counters.as_mut(), &impression) {
+                counters.count(scopes, input.at);
             }
             Ok(seq)
         };
-        let result = match (&customer, &channel) {
+        match (&outcome.customer, &outcome.channel) {
             (Some(c), Some(ch)) => {
                 let event = Event {
                     at: input.at,
-                    offer: offer.key,
-                    group: offer.group_key,
+                    offer: outcome.key,
+                    group: outcome.group_key,
                     channel: key(ch),
                     kind: input.kind,
                 };
                 let limits = self.store.limits();
                 self.store.update(c, |state| {
                     let seq = append(record)?;
-                    state.history.record(event, limits);
+                    state.history.record(event, limits, now);
                     state.seq = seq;
                     Ok::<_, DbError>(seq)
                 })
             }
             _ => append(record),
-        };
-        let waited = result.and_then(|seq| Ok(self.journal.wait(seq)?));
-        if let Err(e) = waited {
-            self.outcomes
-                .remove(&(input.decision.as_u128(), offer.key, input.kind));
-            return Err(e);
         }
-        Ok(OutcomeAck {
-            duplicate: false,
-            customer: customer.filter(|_| channel.is_some()),
-        })
     }
 
     /// Forgets a customer: their state goes now, durably; their journal records go at
@@ -450,8 +581,10 @@ impl Db {
     }
 
     /// Hands a decision to the journal (no I/O here: the journal thread encodes and
-    /// writes it) and remembers it for its outcomes. Blocks only when the journal's queue
-    /// is full.
+    /// writes it) and remembers it for its outcomes. Never waits: when the journal's
+    /// queue is full (the disk is not keeping up) the decision is not logged and the
+    /// error says so (count it with [`Db::count_unlogged`]): deciding does not stall
+    /// behind the disk.
     pub fn log_decision(
         &self,
         catalog: &Arc<Catalog>,
@@ -461,13 +594,14 @@ impl Db {
     ) -> Result<(), DbError> {
         let channel = catalog.placements[decision.placement].channel_key;
         let id = decision.id.as_u128();
+        let shown = shown_keys(catalog, &decision);
         let pending =
             PendingDecision::new(Arc::clone(catalog), customer, &context.values, decision);
         if let Some(customer) = &pending.customer {
-            self.remember(id, Arc::clone(customer), channel);
+            self.remember(id, Arc::clone(customer), channel, shown);
         }
         self.journal
-            .append(Entry::Decision(Box::new(pending)), false)?;
+            .try_append(Entry::Decision(Box::new(pending)), false)?;
         Ok(())
     }
 
@@ -495,7 +629,12 @@ impl Db {
                 let decision = decide::decide(catalog, state, context, placement, now, options);
                 let reply = respond.take()?(state, &decision);
                 let id: Arc<str> = Arc::from(id);
-                self.remember(decision.id.as_u128(), Arc::clone(&id), channel);
+                self.remember(
+                    decision.id.as_u128(),
+                    Arc::clone(&id),
+                    channel,
+                    shown_keys(catalog, &decision),
+                );
                 let pending = PendingDecision::from_record(
                     Arc::clone(catalog),
                     id,
@@ -505,7 +644,7 @@ impl Db {
                 );
                 let queued = self
                     .journal
-                    .append(Entry::Decision(Box::new(pending)), false);
+                    .try_append(Entry::Decision(Box::new(pending)), false);
                 self.count_unlogged(queued.err().map(DbError::from));
                 Some(reply)
             });
@@ -548,9 +687,15 @@ impl Db {
         self.journal.failed()
     }
 
-    fn remember(&self, decision: u128, customer: Arc<str>, channel: u32) {
-        self.decisions
-            .insert(decision, Recent { customer, channel });
+    fn remember(&self, decision: u128, customer: Arc<str>, channel: u32, shown: Box<[u32]>) {
+        self.decisions.insert(
+            decision,
+            Recent {
+                customer,
+                channel,
+                shown: Some(shown),
+            },
+        );
     }
 
     /// The bytes of journal a restart would replay now: what was written since the newest
@@ -598,7 +743,7 @@ impl Db {
         // happens (see `budget`).
         let (position, spending) = {
             let counters = self.spending.lock();
-            (self.journal.rotate()?, counters.clone())
+            (self.journal.rotate()?, counters.counters().clone())
         };
         let (snapshot, customers) = recovery::write_snapshot(self, position, &spending, now)?;
         *self.replay_from.lock().unwrap_or_else(|e| e.into_inner()) = position;
@@ -625,6 +770,16 @@ impl Db {
     pub fn close(self) -> Result<(), DbError> {
         Ok(self.journal.close()?)
     }
+}
+
+/// The keys of the offers a decision showed (its fallback included): the offers its
+/// outcomes may name.
+fn shown_keys(catalog: &Catalog, decision: &Decision) -> Box<[u32]> {
+    decision
+        .offers
+        .iter()
+        .map(|s| catalog.offers[s.offer].key)
+        .collect()
 }
 
 /// Rewrites the segments before `before` without the records of `customers`; returns

@@ -45,6 +45,9 @@ enum Item {
     /// Budget counters as of the snapshot's position: scope (0 offer, 1 group, 2
     /// channel), key, day, today, total.
     Spending(Vec<(u8, u32, i64, u64, u64)>),
+    /// Recent decisions, written instead of `Decisions` since the second wave: id,
+    /// customer, channel key and the keys of the offers shown (`None`: not known).
+    DecisionsShown(Vec<(u128, String, u32, Option<Vec<u32>>)>),
 }
 
 fn encode(item: &Item, payload: &mut Vec<u8>) {
@@ -214,10 +217,17 @@ pub(super) fn write_snapshot(
             .decisions
             .entries()
             .into_iter()
-            .map(|(id, r)| (id, r.customer.to_string(), r.channel))
+            .map(|(id, r)| {
+                (
+                    id,
+                    r.customer.to_string(),
+                    r.channel,
+                    r.shown.as_deref().map(<[u32]>::to_vec),
+                )
+            })
             .collect();
         for chunk in recent.chunks(CHUNK) {
-            put(w, &Item::Decisions(chunk.to_vec()))?;
+            put(w, &Item::DecisionsShown(chunk.to_vec()))?;
         }
         let counters: Vec<_> = spending
             .iter()
@@ -283,7 +293,17 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
                 id,
                 customer: Some(customer),
                 channel,
-            } => db.remember(Uuid::from_bytes(id).as_u128(), customer, channel),
+                shown,
+            } => {
+                db.decisions.insert(
+                    Uuid::from_bytes(id).as_u128(),
+                    Recent {
+                        customer,
+                        channel,
+                        shown,
+                    },
+                );
+            }
             Replayed::Decision { customer: None, .. } => {}
         }
         recovery.replayed += 1;
@@ -373,7 +393,7 @@ fn load_snapshot(
                         2 => BudgetScope::Channel(key),
                         _ => return Err(bad(format!("unknown budget scope {kind}"))),
                     };
-                    spending.insert(scope, Counter { day, today, total });
+                    spending.set(scope, Counter { day, today, total });
                 }
             }
             Item::Decisions(recent) => {
@@ -383,6 +403,19 @@ fn load_snapshot(
                         Recent {
                             customer: customer.into(),
                             channel,
+                            shown: None,
+                        },
+                    );
+                }
+            }
+            Item::DecisionsShown(recent) => {
+                for (id, customer, channel, shown) in recent {
+                    db.decisions.insert(
+                        id,
+                        Recent {
+                            customer: customer.into(),
+                            channel,
+                            shown: shown.map(Vec::into_boxed_slice),
                         },
                     );
                 }
@@ -451,11 +484,9 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
             if r.kind == EventKind::Impression {
                 let group = r.group.as_deref().map_or(0, key);
                 let channel = r.channel.as_deref().map_or(0, key);
-                budget::count(
-                    &mut db.spending.lock(),
-                    &budget::scopes(offer, group, channel),
-                    r.at,
-                );
+                db.spending
+                    .lock()
+                    .count(&budget::scopes(offer, group, channel), r.at);
             }
             db.outcomes
                 .insert((Uuid::from_bytes(r.decision).as_u128(), offer, r.kind), ());
@@ -470,7 +501,7 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                 let limits = db.store.limits();
                 db.store.update(customer, |state| {
                     if seq > state.seq {
-                        state.history.record(event, limits);
+                        state.history.record(event, limits, r.accepted);
                         state.seq = seq;
                     }
                 });
@@ -482,6 +513,7 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                     r.decision_id().as_u128(),
                     customer.as_str().into(),
                     key(&r.channel),
+                    r.shown.iter().map(|s| key(&s.offer)).collect(),
                 );
             }
         }

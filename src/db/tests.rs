@@ -81,7 +81,7 @@ fn state_history_and_policy_survive_a_restart() {
         for n in 1..=2 {
             let (id, shown) = decide_and_log(&db, "ada", "email.hero", n);
             let ack = db
-                .record_outcome(&outcome(id, &shown[0], EventKind::Impression))
+                .record_outcome(&outcome(id, &shown[0], EventKind::Impression), NOW)
                 .expect("outcome");
             assert_eq!(
                 ack.customer.as_deref(),
@@ -152,20 +152,28 @@ fn a_retried_outcome_counts_once_even_after_a_restart() {
     db.upsert_json("ada", &ada(), NOW).expect("upsert");
     let (id, shown) = decide_and_log(&db, "ada", "call_center.next_best", 1);
     let click = outcome(id, &shown[0], EventKind::Click);
-    assert!(!db.record_outcome(&click).expect("first").duplicate);
-    assert!(db.record_outcome(&click).expect("retry").duplicate);
+    assert!(!db.record_outcome(&click, NOW).expect("first").duplicate);
+    assert!(db.record_outcome(&click, NOW).expect("retry").duplicate);
     db.compact(NOW).expect("compact");
     let retry_later = OutcomeInput {
         at: NOW + 5000,
         ..click.clone()
     };
-    assert!(db.record_outcome(&retry_later).expect("retry").duplicate);
+    assert!(
+        db.record_outcome(&retry_later, NOW)
+            .expect("retry")
+            .duplicate
+    );
     db.close().expect("close");
     let (db, _) = open(dir.path());
-    assert!(db.record_outcome(&retry_later).expect("retry").duplicate);
+    assert!(
+        db.record_outcome(&retry_later, NOW)
+            .expect("retry")
+            .duplicate
+    );
     assert_eq!(state_of(&db, "ada").expect("ada").history.events().len(), 1);
     let err = db
-        .record_outcome(&outcome(id, "fiber_broadbnd", EventKind::Click))
+        .record_outcome(&outcome(id, "fiber_broadbnd", EventKind::Click), NOW)
         .expect_err("unknown offer");
     assert_eq!(
         err.to_string(),
@@ -191,7 +199,7 @@ fn compaction_then_replay_gives_the_same_state() {
     }
     for i in 0..20 {
         let (id, shown) = decide_and_log(&db, &format!("c{i}"), "app.card", i);
-        db.record_outcome(&outcome(id, &shown[0], EventKind::Impression))
+        db.record_outcome(&outcome(id, &shown[0], EventKind::Impression), NOW)
             .expect("outcome");
     }
     db.compact(NOW).expect("compact");
@@ -199,7 +207,7 @@ fn compaction_then_replay_gives_the_same_state() {
     attrs.insert("age".into(), 99.into());
     db.upsert_json("c3", &attrs, NOW).expect("upsert");
     let (id, shown) = decide_and_log(&db, "c4", "app.card", 99);
-    db.record_outcome(&outcome(id, &shown[0], EventKind::Click))
+    db.record_outcome(&outcome(id, &shown[0], EventKind::Click), NOW)
         .expect("outcome");
     let mut before = Vec::new();
     db.store().for_each(|s| before.push(s.clone()));
@@ -243,7 +251,7 @@ fn a_forgotten_customer_is_in_no_file_after_compaction() {
     db.upsert_json(secret_id, &attrs, NOW).expect("upsert");
     db.upsert_json("keep-me", &ada(), NOW).expect("upsert");
     let (id, shown) = decide_and_log(&db, secret_id, "web.home_banner", 1);
-    db.record_outcome(&outcome(id, &shown[0], EventKind::Impression))
+    db.record_outcome(&outcome(id, &shown[0], EventKind::Impression), NOW)
         .expect("outcome");
     decide_and_log(&db, "keep-me", "web.home_banner", 2);
     db.compact(NOW)
@@ -362,7 +370,7 @@ fn a_snapshot_restores_under_a_changed_schema_by_name() {
     let (db, _) = open(dir.path());
     db.upsert_json("ada", &ada(), NOW).expect("upsert");
     let (id, shown) = decide_and_log(&db, "ada", "app.card", 1);
-    db.record_outcome(&outcome(id, &shown[0], EventKind::Click))
+    db.record_outcome(&outcome(id, &shown[0], EventKind::Click), NOW)
         .expect("outcome");
     let before = state_of(&db, "ada").expect("ada");
     db.compact(NOW).expect("compact");
@@ -516,21 +524,27 @@ fn budgets_count_impressions_and_survive_restarts() {
         outcome_of(&db, NOW)
     );
     for i in 0..300u64 {
-        db.record_outcome(&OutcomeInput {
-            customer: None,
-            channel: Some("call_center".into()),
-            ..outcome(decision_id(1000 + i), save, EventKind::Impression)
-        })
+        db.record_outcome(
+            &OutcomeInput {
+                customer: None,
+                channel: Some("call_center".into()),
+                ..outcome(decision_id(1000 + i), save, EventKind::Impression)
+            },
+            NOW,
+        )
         .expect("impression");
     }
     let spent = outcome_of(&db, NOW);
     assert!(spent.contains("spent its daily budget of 300"), "{spent}");
     db.compact(NOW).expect("compact");
-    db.record_outcome(&OutcomeInput {
-        customer: None,
-        channel: Some("call_center".into()),
-        ..outcome(decision_id(5000), save, EventKind::Impression)
-    })
+    db.record_outcome(
+        &OutcomeInput {
+            customer: None,
+            channel: Some("call_center".into()),
+            ..outcome(decision_id(5000), save, EventKind::Impression)
+        },
+        NOW,
+    )
     .expect("one more, after the snapshot");
     db.close().expect("close");
 
@@ -605,11 +619,13 @@ fn replay_reads_the_same_decision_heads_as_whole_records() {
                     id,
                     customer,
                     channel,
+                    shown,
                 },
             ) => {
+                let keys: Box<[u32]> = d.shown.iter().map(|s| key(&s.offer)).collect();
                 assert_eq!(
-                    (d.id, d.customer.as_deref(), key(&d.channel)),
-                    (id, customer.as_deref(), channel)
+                    (d.id, d.customer.as_deref(), key(&d.channel), Some(keys)),
+                    (id, customer.as_deref(), channel, shown)
                 );
                 decisions += 1;
                 anonymous += usize::from(d.customer.is_none());
@@ -632,15 +648,18 @@ fn replay_reads_the_same_decision_heads_as_whole_records() {
     db.close().expect("close");
     let (db, _) = open(dir.path());
     let ack = db
-        .record_outcome(&OutcomeInput {
-            decision: id,
-            offer: shown[0].clone(),
-            kind: EventKind::Impression,
-            value: None,
-            at: NOW + 1000,
-            customer: None,
-            channel: None,
-        })
+        .record_outcome(
+            &OutcomeInput {
+                decision: id,
+                offer: shown[0].clone(),
+                kind: EventKind::Impression,
+                value: None,
+                at: NOW + 1000,
+                customer: None,
+                channel: None,
+            },
+            NOW,
+        )
         .expect("outcome");
     assert_eq!(
         ack.customer.as_deref(),
@@ -681,4 +700,132 @@ fn the_journal_since_the_snapshot_is_what_a_restart_replays() {
     let (db, recovery) = open(dir.path());
     assert_eq!(recovery.replayed, 0, "{recovery}");
     assert_eq!(db.journal_since_snapshot().expect("size"), after);
+}
+
+/// An offer of the catalog that the decision did not show.
+fn unshown(db: &Db, shown: &[String]) -> String {
+    db.catalog()
+        .offers
+        .iter()
+        .map(|o| o.id.clone())
+        .find(|id| !shown.contains(id))
+        .expect("the sample catalog has more offers than a placement shows")
+}
+
+/// An outcome must name an offer its decision showed, when the node knows the decision:
+/// right after deciding, after a restart (replayed from the journal) and after a
+/// compaction (restored from the snapshot). Nothing refused is journaled or counted.
+#[test]
+fn an_outcome_of_an_offer_the_decision_did_not_show_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = open(dir.path());
+    db.upsert_json("ada", &ada(), NOW).expect("upsert");
+    let (id, shown) = decide_and_log(&db, "ada", "call_center.next_best", 1);
+    let other = unshown(&db, &shown);
+    let refused = |db: &Db, when: &str| {
+        db.sync().expect("sync");
+        let records = db
+            .journal_stats()
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let e = db
+            .record_outcome(&outcome(id, &other, EventKind::Accept), NOW)
+            .expect_err(when);
+        assert!(matches!(e, DbError::NotShown { .. }), "{when}: {e}");
+        assert!(e.to_string().starts_with("`offer_id`: decision"), "{e}");
+        assert!(e.to_string().contains(&format!("`{}`", shown[0])), "{e}");
+        db.sync().expect("sync");
+        assert_eq!(
+            db.journal_stats()
+                .records
+                .load(std::sync::atomic::Ordering::Relaxed),
+            records,
+            "{when}: nothing journaled"
+        );
+    };
+    refused(&db, "just decided");
+    db.close().expect("close");
+    let (db, _) = open(dir.path());
+    refused(&db, "replayed");
+    db.compact(NOW).expect("compact");
+    db.close().expect("close");
+    let (db, recovery) = open(dir.path());
+    assert!(recovery.snapshot.is_some(), "{recovery}");
+    refused(&db, "from the snapshot");
+    assert!(
+        !db.record_outcome(&outcome(id, &shown[0], EventKind::Accept), NOW)
+            .expect("a shown offer")
+            .duplicate
+    );
+    assert_eq!(state_of(&db, "ada").expect("ada").history.events().len(), 1);
+    // A decision the node does not know (too old, or from another node's memory): any
+    // offer of the catalog is taken, as docs/data.md says.
+    let unknown = decision_id(999);
+    db.record_outcome(&outcome(unknown, &other, EventKind::Impression), NOW)
+        .expect("an unknown decision's outcome");
+}
+
+/// A batch of outcomes is checked whole before anything is written (one bad outcome
+/// refuses all and changes nothing), and costs one wait for the disk, not one per
+/// outcome.
+#[test]
+fn a_batch_of_outcomes_is_all_or_nothing_and_waits_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _) = open(dir.path());
+    db.upsert_json("ada", &ada(), NOW).expect("upsert");
+    let decisions: Vec<(Uuid, Vec<String>)> = (0..100)
+        .map(|n| decide_and_log(&db, "ada", "web.home_banner", 10 + n))
+        .collect();
+    db.sync().expect("sync");
+    let stats = db.journal_stats();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let mut batch: Vec<OutcomeInput> = decisions
+        .iter()
+        .map(|(id, shown)| outcome(*id, &shown[0], EventKind::Impression))
+        .collect();
+    batch[60].at = NOW + 800 * 86_400_000;
+    let records = count(&stats.records);
+    let (index, e) = db
+        .record_outcomes(&batch, NOW)
+        .expect_err("one outcome 800 days ahead");
+    assert_eq!(index, Some(60));
+    assert!(matches!(e, DbError::Time(_)), "{e}");
+    db.sync().expect("sync");
+    assert_eq!(
+        count(&stats.records),
+        records,
+        "nothing of the batch was written"
+    );
+    assert!(
+        state_of(&db, "ada")
+            .expect("ada")
+            .history
+            .events()
+            .is_empty()
+    );
+
+    batch[60].at = NOW;
+    let fsyncs = count(&stats.fsyncs);
+    let acks = db.record_outcomes(&batch, NOW).expect("the batch");
+    assert_eq!(acks.len(), 100);
+    assert!(acks.iter().all(|a| !a.duplicate));
+    let batch_fsyncs = count(&stats.fsyncs) - fsyncs;
+    assert_eq!(
+        state_of(&db, "ada").expect("ada").history.events().len(),
+        100
+    );
+    // Clicks on 20 of them, one call each: each waits for its own fsync.
+    let fsyncs = count(&stats.fsyncs);
+    for input in &batch[..20] {
+        let click = OutcomeInput {
+            kind: EventKind::Click,
+            ..input.clone()
+        };
+        assert!(!db.record_outcome(&click, NOW).expect("click").duplicate);
+    }
+    let single_fsyncs = count(&stats.fsyncs) - fsyncs;
+    assert!(
+        batch_fsyncs <= 2 && single_fsyncs >= 20,
+        "a batch of 100 took {batch_fsyncs} fsyncs, 20 single calls {single_fsyncs}"
+    );
 }

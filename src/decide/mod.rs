@@ -62,6 +62,26 @@ impl Context {
         }
         Context { values }
     }
+
+    /// The channel a caller's context names when it is not the placement's: the channel
+    /// is the placement's, and a rule reading `context.channel` must see that one, so a
+    /// caller's other channel is refused rather than scored with (docs/decisions.md).
+    pub fn conflicting_channel(
+        catalog: &Catalog,
+        placement: PlacementIdx,
+        values: &[Value],
+    ) -> Option<String> {
+        let schema = &catalog.schema.context;
+        let slot = schema.slot("channel")?;
+        let given = values.get(slot as usize).filter(|v| !v.is_missing())?;
+        let p = catalog.placements.get(placement)?;
+        let named = match (given, &schema.get(slot)?.ty) {
+            (Value::Enum(i), AttrType::Enum(def)) => def.variants.get(*i as usize)?.to_string(),
+            (Value::Str(s), _) => s.to_string(),
+            _ => return None,
+        };
+        (named != p.channel).then_some(named)
+    }
 }
 
 /// How to decide.
@@ -477,7 +497,10 @@ fn arbitrate(
     options: &Options<'_>,
     draw: Option<(Unit, i64)>,
 ) {
-    let slots = options.slots.unwrap_or(p.slots).min(64);
+    let slots = options
+        .slots
+        .unwrap_or(p.slots)
+        .min(crate::catalog::MAX_SLOTS);
     decision.offers.reserve_exact(slots as usize);
     let candidates = &decision.candidates;
     // The candidates no longer available: shown, or of a group shown where the placement

@@ -119,6 +119,7 @@ pub fn customer(n_offers: usize) -> CustomerState {
         history.record(
             Event::new(NOW - (j as i64) * DAY / 2, &offer, None, channel, kind),
             limits,
+            NOW,
         );
     }
     CustomerState {

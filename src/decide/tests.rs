@@ -88,6 +88,7 @@ fn customer(
         history.record(
             Event::new(NOW - ago, offer, group, channel, kind),
             HistoryLimits::default(),
+            NOW,
         );
     }
     CustomerState {
@@ -963,6 +964,7 @@ fn shared_clauses_decide_as_the_whole_rules_do() {
             history.record(
                 Event::new(at, &offer.id, offer.group.as_deref(), "call_center", kind),
                 HistoryLimits::default(),
+                NOW,
             );
         }
         let mut memo = vec![crate::expr::memo::UNKNOWN; catalog.clauses.len()];

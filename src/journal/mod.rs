@@ -4,7 +4,10 @@
 //! Records name things by id (customer, offer, placement, attribute) and carry values as
 //! [`Feature`]s, never as slots or indexes, so a journal stays readable under any later
 //! catalog. The payload of a frame is a format byte followed by the postcard encoding of a
-//! [`Record`]; new record kinds are added at the end of the enum.
+//! [`Record`]; new record kinds are added at the end of the enum. Format 2 (written now)
+//! gave outcomes the node's time of acceptance and put a decision's shown offers right
+//! after its head, where replay reads them; format 1 (the first wave's journals) is read
+//! as it was ([`legacy`]), an outcome's acceptance taken to be its own time.
 //!
 //! Decision records are built on the decide path only as far as cloning what they need
 //! ([`PendingDecision`]); the journal thread turns them into [`DecisionRecord`]s.
@@ -23,8 +26,10 @@ use crate::decide::Decision;
 use crate::schema::{EntitySchema, EventKind, Feature, Value};
 use crate::storage::{Damage, Encode, Position, SegmentReader, segment};
 
-/// The format byte in front of every record.
-const FORMAT: u8 = 1;
+/// The format byte in front of every record written now.
+const FORMAT: u8 = 2;
+/// The format of the first wave's journals, still read.
+const FORMAT_1: u8 = 1;
 /// postcard's tag of [`Record::Decision`]: its index among the variants.
 const DECISION_VARIANT: u8 = 3;
 
@@ -37,6 +42,9 @@ pub enum Replayed {
         customer: Option<Arc<str>>,
         /// [`key`](crate::schema::key) of the channel.
         channel: u32,
+        /// Keys of the offers shown; `None` in a format 1 record, which has them only at
+        /// its end.
+        shown: Option<Box<[u32]>>,
     },
 }
 
@@ -52,6 +60,27 @@ struct DecisionHead<'a> {
     #[allow(dead_code)]
     placement: &'a str,
     channel: &'a str,
+}
+
+/// A format 2 decision's head: [`DecisionHead`] and the offers shown.
+#[derive(Deserialize)]
+struct DecisionHeadShown<'a> {
+    #[serde(borrow)]
+    head: DecisionHead<'a>,
+    #[serde(borrow)]
+    shown: Vec<ShownHead<'a>>,
+}
+
+/// The leading field of a [`ShownRecord`] (postcard reads the rest and it is dropped).
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct ShownHead<'a> {
+    offer: &'a str,
+    slot: u32,
+    score: f64,
+    propensity: f64,
+    explored: bool,
+    fallback: bool,
 }
 
 /// One entry of the journal.
@@ -85,24 +114,50 @@ impl Record {
     /// candidates that replay would decode only to drop).
     pub fn decode_for_replay(payload: &[u8]) -> Result<(u64, Replayed), String> {
         let (seq, payload) = segment::split_seq(payload).ok_or("record too short")?;
-        if let [FORMAT, DECISION_VARIANT, rest @ ..] = payload {
-            let (head, _) =
-                postcard::take_from_bytes::<DecisionHead<'_>>(rest).map_err(|e| e.to_string())?;
-            return Ok((
-                seq,
-                Replayed::Decision {
-                    id: head.id,
-                    customer: head.customer.map(Into::into),
-                    channel: crate::schema::key(head.channel),
-                },
-            ));
+        let err = |e: postcard::Error| e.to_string();
+        match payload {
+            [FORMAT, DECISION_VARIANT, rest @ ..] => {
+                // postcard encodes a struct as its fields in order: the nested head is
+                // the record's first five fields, then its shown offers.
+                let (d, _) =
+                    postcard::take_from_bytes::<DecisionHeadShown<'_>>(rest).map_err(err)?;
+                let shown = d
+                    .shown
+                    .iter()
+                    .map(|s| crate::schema::key(s.offer))
+                    .collect();
+                Ok((
+                    seq,
+                    Replayed::Decision {
+                        id: d.head.id,
+                        customer: d.head.customer.map(Into::into),
+                        channel: crate::schema::key(d.head.channel),
+                        shown: Some(shown),
+                    },
+                ))
+            }
+            [FORMAT_1, DECISION_VARIANT, rest @ ..] => {
+                let (head, _) = postcard::take_from_bytes::<DecisionHead<'_>>(rest).map_err(err)?;
+                Ok((
+                    seq,
+                    Replayed::Decision {
+                        id: head.id,
+                        customer: head.customer.map(Into::into),
+                        channel: crate::schema::key(head.channel),
+                        shown: None,
+                    },
+                ))
+            }
+            _ => Ok((seq, Replayed::Record(Record::decode_record(payload)?))),
         }
-        Ok((seq, Replayed::Record(Record::decode_record(payload)?)))
     }
 
     fn decode_record(payload: &[u8]) -> Result<Record, String> {
         match payload.split_first() {
             Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((&FORMAT_1, rest)) => postcard::from_bytes::<legacy::Record>(rest)
+                .map(Record::from)
+                .map_err(|e| e.to_string()),
             Some((other, _)) => Err(format!("unknown record format {other}")),
             None => Err("empty record".into()),
         }
@@ -143,7 +198,7 @@ pub struct OutcomeRecord {
     pub kind: EventKind,
     /// The outcome's value to the business (revenue, margin), when known.
     pub value: Option<f64>,
-    /// Milliseconds since the epoch.
+    /// When it happened, as the caller said: milliseconds since the epoch.
     pub at: i64,
     /// Resolved when recorded: the customer whose history it joins (none for an
     /// anonymous visitor or a decision the node no longer remembers), the channel and the
@@ -151,6 +206,9 @@ pub struct OutcomeRecord {
     pub customer: Option<String>,
     pub channel: Option<String>,
     pub group: Option<String>,
+    /// When the node accepted it (its clock, ms): the customer's history is trimmed as of
+    /// this time, on the node that took it and on every replay alike.
+    pub accepted: i64,
 }
 
 impl OutcomeRecord {
@@ -167,6 +225,9 @@ pub struct DecisionRecord {
     pub customer: Option<String>,
     pub placement: String,
     pub channel: String,
+    /// Here, after the head, so that replay reads which offers an outcome may name
+    /// without decoding the rest.
+    pub shown: Vec<ShownRecord>,
     pub catalog_version: String,
     pub experiment: Option<String>,
     pub arm: Option<String>,
@@ -178,7 +239,6 @@ pub struct DecisionRecord {
     pub features: Vec<(String, Feature)>,
     /// Every offer that passed eligibility, policy and budgets, in catalog order.
     pub candidates: Vec<CandidateRecord>,
-    pub shown: Vec<ShownRecord>,
     pub suppressed: Option<String>,
 }
 
@@ -354,6 +414,91 @@ fn push_features(
     }
 }
 
+pub mod legacy {
+    //! Format 1: the records of the first wave's journals, as they were laid out, and
+    //! how each reads as today's.
+
+    use serde::Deserialize;
+
+    use super::{CandidateRecord, DecisionRecord, ForgetRecord, ShownRecord, UpsertRecord};
+    use crate::schema::{EventKind, Feature};
+
+    #[derive(Deserialize)]
+    pub(super) enum Record {
+        Upsert(UpsertRecord),
+        Forget(ForgetRecord),
+        Outcome(OutcomeRecord),
+        Decision(Box<Decision>),
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct OutcomeRecord {
+        decision: [u8; 16],
+        offer: String,
+        kind: EventKind,
+        value: Option<f64>,
+        at: i64,
+        customer: Option<String>,
+        channel: Option<String>,
+        group: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Decision {
+        id: [u8; 16],
+        at: i64,
+        customer: Option<String>,
+        placement: String,
+        channel: String,
+        catalog_version: String,
+        experiment: Option<String>,
+        arm: Option<String>,
+        epsilon: f64,
+        one_per_group: bool,
+        features: Vec<(String, Feature)>,
+        candidates: Vec<CandidateRecord>,
+        shown: Vec<ShownRecord>,
+        suppressed: Option<String>,
+    }
+
+    impl From<Record> for super::Record {
+        fn from(r: Record) -> super::Record {
+            match r {
+                Record::Upsert(r) => super::Record::Upsert(r),
+                Record::Forget(r) => super::Record::Forget(r),
+                // Format 1 kept no time of acceptance; the outcome's own is the best known.
+                Record::Outcome(o) => super::Record::Outcome(super::OutcomeRecord {
+                    decision: o.decision,
+                    offer: o.offer,
+                    kind: o.kind,
+                    value: o.value,
+                    at: o.at,
+                    customer: o.customer,
+                    channel: o.channel,
+                    group: o.group,
+                    accepted: o.at,
+                }),
+                Record::Decision(d) => super::Record::Decision(Box::new(DecisionRecord {
+                    id: d.id,
+                    at: d.at,
+                    customer: d.customer,
+                    placement: d.placement,
+                    channel: d.channel,
+                    shown: d.shown,
+                    catalog_version: d.catalog_version,
+                    experiment: d.experiment,
+                    arm: d.arm,
+                    epsilon: d.epsilon,
+                    one_per_group: d.one_per_group,
+                    features: d.features,
+                    candidates: d.candidates,
+                    suppressed: d.suppressed,
+                })),
+            }
+        }
+    }
+}
+
 /// What the journal thread is handed.
 #[derive(Debug)]
 pub enum Entry {
@@ -414,6 +559,7 @@ mod view {
             st.serialize_field("customer", &p.customer.as_deref())?;
             st.serialize_field("placement", &placement.id)?;
             st.serialize_field("channel", &placement.channel)?;
+            st.serialize_field("shown", &Shown(p))?;
             st.serialize_field("catalog_version", &*d.catalog_version)?;
             st.serialize_field("experiment", &experiment.map(|e| &e.id))?;
             st.serialize_field("arm", &experiment.zip(d.arm).map(|(e, a)| &e.arms[a].id))?;
@@ -429,7 +575,6 @@ mod view {
                 )
             })?;
             st.serialize_field("candidates", &Candidates(p))?;
-            st.serialize_field("shown", &Shown(p))?;
             st.serialize_field("suppressed", &d.suppressed)?;
             st.end()
         }
@@ -718,6 +863,117 @@ mod tests {
             out.push(r);
         }
         (out, reader.damage)
+    }
+
+    /// A first-wave (format 1) journal reads as it was: an outcome's acceptance is its
+    /// own time, a decision's shown offers come from the end of its record (replay's
+    /// head has none).
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn format_1_records_read_as_they_were_written() {
+        #[derive(Serialize)]
+        enum Old {
+            #[allow(dead_code)]
+            Upsert(()),
+            #[allow(dead_code)]
+            Forget(()),
+            Outcome(
+                (
+                    [u8; 16],
+                    String,
+                    EventKind,
+                    Option<f64>,
+                    i64,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                ),
+            ),
+            Decision(
+                (
+                    [u8; 16],
+                    i64,
+                    Option<String>,
+                    String,
+                    String,
+                    String,
+                    Option<String>,
+                    Option<String>,
+                    f64,
+                    bool,
+                    Vec<(String, Feature)>,
+                    Vec<CandidateRecord>,
+                    Vec<ShownRecord>,
+                    Option<String>,
+                ),
+            ),
+        }
+        let frame = |old: &Old| {
+            let mut payload = 7u64.to_le_bytes().to_vec();
+            payload.push(FORMAT_1);
+            payload.extend(postcard::to_allocvec(old).expect("serializes"));
+            payload
+        };
+        let outcome = frame(&Old::Outcome((
+            [1; 16],
+            "gold_card".into(),
+            EventKind::Accept,
+            Some(12.5),
+            1_795_428_000_000,
+            Some("ada".into()),
+            Some("web".into()),
+            None,
+        )));
+        let Ok((7, Record::Outcome(o))) = Record::decode(&outcome) else {
+            panic!("a format 1 outcome decodes")
+        };
+        assert_eq!(
+            (o.at, o.accepted, o.value),
+            (1_795_428_000_000, 1_795_428_000_000, Some(12.5))
+        );
+        let shown = ShownRecord {
+            offer: "gold_card".into(),
+            slot: 0,
+            score: 1.5,
+            propensity: 0.9,
+            explored: false,
+            fallback: false,
+        };
+        let decision = frame(&Old::Decision((
+            [2; 16],
+            5,
+            Some("ada".into()),
+            "web.home_banner".into(),
+            "web".into(),
+            "abc".into(),
+            None,
+            None,
+            0.1,
+            true,
+            vec![("customer.age".into(), Feature::Int(38))],
+            vec![],
+            vec![shown.clone()],
+            None,
+        )));
+        let Ok((7, Record::Decision(d))) = Record::decode(&decision) else {
+            panic!("a format 1 decision decodes")
+        };
+        assert_eq!(
+            (d.shown, d.catalog_version.as_str(), d.features.len()),
+            (vec![shown], "abc", 1)
+        );
+        assert_eq!(
+            Record::decode_for_replay(&decision).expect("replay head"),
+            (
+                7,
+                Replayed::Decision {
+                    id: [2; 16],
+                    customer: Some("ada".into()),
+                    channel: crate::schema::key("web"),
+                    shown: None,
+                }
+            )
+        );
     }
 
     /// The borrowed encoding of a pending decision is byte for byte the encoding of the

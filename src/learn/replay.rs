@@ -289,7 +289,7 @@ pub fn read(
                     histories
                         .entry(customer.clone())
                         .or_default()
-                        .record(event, limits);
+                        .record(event, limits, o.accepted);
                 }
                 continue;
             }

@@ -156,7 +156,7 @@ pub fn run(
                     customer: None,
                     channel: None,
                 };
-                db.record_outcome(&outcome)?;
+                db.record_outcome(&outcome, outcome.at)?;
                 summary.impressions += 1;
                 summary.expected_value += expected;
                 if uniform(seed, "accept", n * 64 + u64::from(slot)) < accept {
@@ -164,7 +164,7 @@ pub fn run(
                     outcome.kind = EventKind::Accept;
                     outcome.value = Some(value);
                     outcome.at = at + 60_000;
-                    db.record_outcome(&outcome)?;
+                    db.record_outcome(&outcome, outcome.at)?;
                     summary.accepts += 1;
                     summary.value += value;
                 }

@@ -9,9 +9,29 @@
 //! This module does not parse YAML (that is `catalog/`'s job) and does not store customers
 //! (that is `state/`'s job); it only describes and holds typed values.
 
+pub mod time;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+
+/// `text` with its control characters escaped (`\n`, `\u{0}`): what an error message
+/// shows of a caller's input, so that a NUL or a newline in an id cannot forge or cut a
+/// log line or a terminal's output.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
 
 /// A stable 32-bit key for an id (offer, group, channel): the same on every machine and
 /// across versions, so history recorded under one catalog counts under the next. Never 0,
@@ -353,6 +373,13 @@ impl Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(printable("agé"), "agé");
+        assert_eq!(printable("agé\u{0}\n\t"), "agé\\0\\n\\t");
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
+    }
 
     #[test]
     fn set_values_are_sorted_and_deduplicated() {

@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{Catalog, LoadErrors, PlacementIdx};
+use crate::catalog::{Catalog, LoadErrors, MAX_SLOTS, PlacementIdx};
 use crate::db::{Db, DbError, DbOptions, OutcomeInput, Recovery};
 use crate::decide::{self, Context, Decision, Options};
+use crate::schema::printable;
 use crate::state::CustomerState;
-use convert::{millis, status, timestamp};
+use convert::{decision_time, millis, status, timestamp};
 pub use metrics::Metrics;
 pub use transport::{MAX_MESSAGE_BYTES, TlsError, Transport};
 
@@ -93,11 +94,21 @@ pub struct Node {
 impl Node {
     /// Loads the catalog and opens the data directory (recovering it).
     pub fn open(rules: &Path, data: &Path) -> Result<(Node, Recovery), NodeError> {
+        Node::open_with(rules, data, DbOptions::default())
+    }
+
+    /// As [`Node::open`], with the data directory's options (tests use a small journal
+    /// queue to fill it).
+    pub fn open_with(
+        rules: &Path,
+        data: &Path,
+        options: DbOptions,
+    ) -> Result<(Node, Recovery), NodeError> {
         let catalog = Catalog::load(rules).map_err(|errors| NodeError::Catalog {
             dir: rules.to_path_buf(),
             errors,
         })?;
-        let (db, recovery) = Db::open(data, Arc::new(catalog), DbOptions::default())?;
+        let (db, recovery) = Db::open(data, Arc::new(catalog), options)?;
         Ok((
             Node {
                 db: arc_swap::ArcSwap::from_pointee(db),
@@ -220,10 +231,31 @@ impl Service {
         catalog.placement(id).ok_or_else(|| {
             let ids: Vec<&str> = catalog.placements.iter().map(|p| p.id.as_str()).collect();
             Status::not_found(format!(
-                "unknown placement `{id}`; the catalog has {}",
+                "unknown placement `{}`; the catalog has {}",
+                printable(id),
                 ids.join(", ")
             ))
         })
+    }
+
+    /// A placement's context as a request gives it: a `context.channel` other than the
+    /// placement's is refused (`field` names where it came from).
+    fn context(
+        catalog: &Catalog,
+        placement: PlacementIdx,
+        values: Vec<crate::schema::Value>,
+        field: &str,
+    ) -> Result<Context, Status> {
+        if let Some(given) = Context::conflicting_channel(catalog, placement, &values) {
+            let p = &catalog.placements[placement];
+            return Err(Status::invalid_argument(format!(
+                "`{field}` is `{}`, but placement `{}` is in channel `{}`: the channel is the placement's (leave it unset)",
+                printable(&given),
+                p.id,
+                p.channel
+            )));
+        }
+        Ok(Context::for_placement(catalog, placement, values))
     }
 
     /// One decision, logged; `exclude` are offers already on the page.
@@ -234,13 +266,12 @@ impl Service {
         customer: Option<&str>,
         inline: Option<&[crate::schema::Value]>,
         placement: PlacementIdx,
-        context: Vec<crate::schema::Value>,
+        context: Context,
         at: i64,
         slots: Option<u32>,
         explain: bool,
         exclude: &[crate::catalog::OfferIdx],
     ) -> Result<(proto::Decision, Vec<crate::catalog::OfferIdx>), Status> {
-        let context = Context::for_placement(catalog, placement, context);
         let budgets = db.budgets(at);
         let options = Options {
             explain,
@@ -340,6 +371,16 @@ fn inline_attributes(
 /// The longest id (customer, offer, placement, channel, decision) a request may carry.
 pub const MAX_ID_BYTES: usize = 256;
 
+/// A request's `slots`: absent (the placement's number) or 1 to [`MAX_SLOTS`].
+fn slots(field: &str, slots: Option<u32>) -> Result<Option<u32>, Status> {
+    match slots {
+        Some(n) if !(1..=MAX_SLOTS).contains(&n) => Err(Status::invalid_argument(format!(
+            "`{field}` is {n}; a decision fills 1 to {MAX_SLOTS} slots (leave it unset for the placement's number)"
+        ))),
+        n => Ok(n),
+    }
+}
+
 /// The most placements one `DecideBatch` (a page) may ask for.
 pub const MAX_PAGE_PLACEMENTS: usize = 64;
 
@@ -435,8 +476,10 @@ impl DecisionService for Service {
             let placement = Self::placement(&catalog, required("placement", &r.placement)?)?;
             let customer = optional("customer_id", &r.customer_id)?;
             let context = convert::values("context", &catalog.schema.context, &r.context)?;
+            let context = Self::context(&catalog, placement, context, "context.channel")?;
             let inline = inline_attributes(&catalog, &r.attributes)?;
-            let at = r.at.as_ref().map_or_else(now_ms, millis);
+            let at = decision_time(r.at.as_ref(), now_ms)?;
+            let slots = slots("slots", r.slots)?;
             deadline.check()?;
             let started = std::time::Instant::now();
             let (reply, _) = Self::decide_one(
@@ -447,7 +490,7 @@ impl DecisionService for Service {
                 placement,
                 context,
                 at,
-                r.slots,
+                slots,
                 r.explain,
                 &[],
             )?;
@@ -477,7 +520,7 @@ impl DecisionService for Service {
             }
             let shared = convert::values("context", &catalog.schema.context, &r.context)?;
             let inline = inline_attributes(&catalog, &r.attributes)?;
-            let at = r.at.as_ref().map_or_else(now_ms, millis);
+            let at = decision_time(r.at.as_ref(), now_ms)?;
             // Check every placement before deciding any.
             let mut requests = Vec::with_capacity(r.placements.len());
             for (i, p) in r.placements.iter().enumerate() {
@@ -492,12 +535,20 @@ impl DecisionService for Service {
                 let placement = Self::placement(&catalog, id)?;
                 let mut context = shared.clone();
                 let own = convert::values("context", &catalog.schema.context, &p.context)?;
+                let own_channel = Context::conflicting_channel(&catalog, placement, &own).is_some();
                 for (slot, v) in own.into_iter().enumerate() {
                     if !v.is_missing() {
                         context[slot] = v;
                     }
                 }
-                requests.push((placement, context, p.slots));
+                let field = if own_channel {
+                    format!("placements[{i}].context.channel")
+                } else {
+                    "context.channel".to_string()
+                };
+                let context = Self::context(&catalog, placement, context, &field)?;
+                let slots = slots(&format!("placements[{i}].slots"), p.slots)?;
+                requests.push((placement, context, slots));
             }
             deadline.check()?;
             let mut shown = Vec::new();
@@ -544,7 +595,7 @@ impl DecisionService for Service {
             let started = std::time::Instant::now();
             let ack = blocking(move || {
                 deadline.check()?;
-                node.db().record_outcome(&input).map_err(status)
+                node.db().record_outcome(&input, now_ms()).map_err(status)
             })
             .await?;
             self.metrics.durable_write(started.elapsed().as_secs_f64());
@@ -575,30 +626,34 @@ impl DecisionService for Service {
                 })
                 .collect::<Result<Vec<_>, Status>>()?;
             let node = Arc::clone(&self.node);
-            let metrics = Arc::clone(&self.metrics);
             let started = std::time::Instant::now();
             let acks = blocking(move || {
                 deadline.check()?;
-                inputs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, input)| {
-                        node.db()
-                            .record_outcome(input)
-                            .map(|a| {
-                                metrics.outcome(input.kind, a.duplicate);
-                                proto::OutcomeAck {
-                                    duplicate: a.duplicate,
-                                }
-                            })
-                            .map_err(|e| {
-                                let s = status(e);
+                node.db()
+                    .record_outcomes(&inputs, now_ms())
+                    .map(|acks| (inputs, acks))
+                    .map_err(|(i, e)| {
+                        let s = status(e);
+                        match i {
+                            Some(i) => {
                                 Status::new(s.code(), format!("outcomes[{i}]: {}", s.message()))
-                            })
+                            }
+                            None => s,
+                        }
                     })
-                    .collect()
             })
             .await?;
+            let acks = acks
+                .0
+                .iter()
+                .zip(acks.1)
+                .map(|(input, a)| {
+                    self.metrics.outcome(input.kind, a.duplicate);
+                    proto::OutcomeAck {
+                        duplicate: a.duplicate,
+                    }
+                })
+                .collect();
             self.metrics.durable_write(started.elapsed().as_secs_f64());
             Ok(Response::new(proto::RecordOutcomesResponse { acks }))
         }
@@ -612,7 +667,7 @@ fn outcome_input(o: proto::Outcome) -> Result<OutcomeInput, Status> {
         uuid::Uuid::parse_str(required("decision_id", &o.decision_id)?).map_err(|e| {
             Status::invalid_argument(format!(
                 "`decision_id`: `{}` is not a UUID: {e}",
-                o.decision_id
+                printable(&o.decision_id)
             ))
         })?;
     Ok(OutcomeInput {
@@ -627,7 +682,10 @@ fn outcome_input(o: proto::Outcome) -> Result<OutcomeInput, Status> {
             }
             v => v,
         },
-        at: o.at.as_ref().map_or_else(now_ms, millis),
+        at: o
+            .at
+            .as_ref()
+            .map_or_else(|| Ok(now_ms()), |t| millis("at", t))?,
         customer: optional("customer_id", &o.customer_id)?.map(str::to_string),
         channel: optional("channel", &o.channel)?.map(str::to_string),
     })
@@ -677,7 +735,7 @@ impl CustomerService for Service {
                     s.map(|s| convert::customer(&catalog, s, r.history_limit as usize))
                 })
                 .map(Response::new)
-                .ok_or_else(|| Status::not_found(format!("no customer `{id}`")))
+                .ok_or_else(|| Status::not_found(format!("no customer `{}`", printable(id))))
         }
         .await;
         self.counted("Get", result)

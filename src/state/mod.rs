@@ -58,12 +58,13 @@ impl History {
         &self.events
     }
 
-    /// Adds an event in time order and trims to `limits`, as of the newest event.
-    pub fn record(&mut self, event: Event, limits: HistoryLimits) {
+    /// Adds an event in time order and trims to `limits` as of `now`, when the write was
+    /// accepted (the node's clock, as the journal recorded it): never as of the newest
+    /// event's own time, so that no single event can evict the others.
+    pub fn record(&mut self, event: Event, limits: HistoryLimits, now: i64) {
         let at = self.events.partition_point(|e| e.at <= event.at);
         self.events.insert(at, event);
-        let newest = self.events.last().map_or(event.at, |e| e.at);
-        let cutoff = newest.saturating_sub(limits.max_age);
+        let cutoff = now.saturating_sub(limits.max_age);
         let old = self.events.partition_point(|e| e.at < cutoff);
         let over = self.events.len().saturating_sub(limits.max_events);
         self.events.drain(..old.max(over));
@@ -139,21 +140,33 @@ pub enum StateError {
         name: String,
         found: String,
     },
+    /// A timestamp value out of range (the field is `entity.name`). Not a `source`: the
+    /// message says it all, once.
+    #[error("attribute {0}")]
+    Time(crate::schema::time::TimeError),
 }
 
-/// An unknown attribute, named (shortened if long: the name is the caller's input).
-fn unknown(entity: &'static str, schema: &EntitySchema, name: &str) -> StateError {
+impl From<crate::schema::time::TimeError> for StateError {
+    fn from(e: crate::schema::time::TimeError) -> StateError {
+        StateError::Time(e)
+    }
+}
+
+/// An unknown attribute, named (shortened if long and escaped: the name is the caller's
+/// input).
+pub(crate) fn unknown(entity: &'static str, schema: &EntitySchema, name: &str) -> StateError {
     const SHOWN: usize = 64;
     if name.chars().count() > SHOWN {
+        let short: String = name.chars().take(SHOWN).collect();
         return StateError::UnknownAttribute {
             entity,
-            name: format!("{}…", name.chars().take(SHOWN).collect::<String>()),
+            name: format!("{}…", crate::schema::printable(&short)),
             suggestion: None,
         };
     }
     StateError::UnknownAttribute {
         entity,
-        name: name.to_string(),
+        name: crate::schema::printable(name).into_owned(),
         suggestion: crate::expr::did_you_mean(name, schema.names()),
     }
 }
@@ -164,9 +177,19 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 pub const MAX_SET_MEMBERS: usize = 1024;
 
 /// Refuses values that would make a customer record (and every decision logging it)
-/// grow without bound.
-fn within_limits(entity: &'static str, name: &str, value: Value) -> Result<Value, StateError> {
+/// grow without bound, and timestamps outside the range of [`time::value`].
+///
+/// [`time::value`]: crate::schema::time::value
+pub(crate) fn within_limits(
+    entity: &'static str,
+    name: &str,
+    value: Value,
+) -> Result<Value, StateError> {
     let found = match &value {
+        Value::Timestamp(ms) => {
+            crate::schema::time::value(&format!("{entity}.{name}"), *ms)?;
+            return Ok(value);
+        }
         Value::Str(s) if s.len() > MAX_VALUE_BYTES => format!("{} bytes of text", s.len()),
         Value::Set(members) if members.len() > MAX_SET_MEMBERS => {
             format!("{} members", members.len())
@@ -262,7 +285,7 @@ fn json_value(v: &serde_json::Value, ty: &AttrType) -> Option<Value> {
     })
 }
 
-fn expected(ty: &AttrType) -> String {
+pub(crate) fn expected(ty: &AttrType) -> String {
     match ty {
         AttrType::Enum(def) => {
             let names: Vec<String> = def.variants.iter().map(|v| format!("`{v}`")).collect();
@@ -277,11 +300,16 @@ fn expected(ty: &AttrType) -> String {
 }
 
 fn describe(v: &serde_json::Value) -> String {
-    let text = v.to_string();
+    shown(&v.to_string())
+}
+
+/// A caller's value as an error shows it: in backticks, escaped, at most 40 characters.
+pub(crate) fn shown(text: &str) -> String {
     if text.chars().count() > 40 {
-        format!("`{}…`", text.chars().take(40).collect::<String>())
+        let short: String = text.chars().take(40).collect();
+        format!("`{}…`", crate::schema::printable(&short))
     } else {
-        format!("`{text}`")
+        format!("`{}`", crate::schema::printable(text))
     }
 }
 
@@ -368,9 +396,10 @@ impl Store {
         self.update(id, |state| state.merge(schema, values));
     }
 
-    /// Records an interaction; an unknown customer is created with no attributes.
-    pub fn record(&self, id: &str, event: Event) {
-        self.update(id, |state| state.history.record(event, self.limits));
+    /// Records an interaction accepted at `now`; an unknown customer is created with no
+    /// attributes.
+    pub fn record(&self, id: &str, event: Event, now: i64) {
+        self.update(id, |state| state.history.record(event, self.limits, now));
     }
 
     /// Runs `f` on a customer's state, creating it empty if needed, holding the lock on
@@ -517,6 +546,7 @@ mod tests {
             h.record(
                 Event::new(at, "o", None, "web", EventKind::Impression),
                 limits(4, 1_000),
+                at,
             );
         }
         let ats: Vec<i64> = h.events().iter().map(|e| e.at).collect();
@@ -524,15 +554,42 @@ mod tests {
         h.record(
             Event::new(20, "o", None, "web", EventKind::Click),
             limits(4, 10),
+            20,
         );
         let ats: Vec<i64> = h.events().iter().map(|e| e.at).collect();
         assert_eq!(
             ats,
             [20],
-            "events more than 10 ms older than the newest dropped"
+            "events more than 10 ms older than the time of the write dropped"
         );
         assert_eq!(h.since(20).len(), 1);
         assert_eq!(h.since(21).len(), 0);
+    }
+
+    /// One event dated far ahead (a time in milliseconds read as seconds, say) once
+    /// trimmed every earlier event away, as of its own time.
+    #[test]
+    fn an_event_far_ahead_evicts_nothing() {
+        let mut h = History::default();
+        let day = 86_400_000;
+        for at in [1, 2, 3] {
+            h.record(
+                Event::new(at * day, "o", None, "web", EventKind::Accept),
+                limits(256, 30 * day),
+                at * day,
+            );
+        }
+        h.record(
+            Event::new(800 * day, "o", None, "web", EventKind::Impression),
+            limits(256, 30 * day),
+            4 * day,
+        );
+        let ats: Vec<i64> = h.events().iter().map(|e| e.at / day).collect();
+        assert_eq!(
+            ats,
+            [1, 2, 3, 800],
+            "trimmed as of the write, not the event"
+        );
     }
 
     fn schema() -> EntitySchema {
@@ -622,7 +679,7 @@ mod tests {
         let store = Store::new(HistoryLimits::default(), 2);
         store.upsert("c1", &schema, vec![Value::Int(1), Value::Missing]);
         store.upsert("c1", &schema, vec![Value::Missing, Value::Int(2)]);
-        store.record("c1", Event::new(5, "o", None, "web", EventKind::Accept));
+        store.record("c1", Event::new(5, "o", None, "web", EventKind::Accept), 5);
         store.with("c1", |s| {
             let s = s.expect("stored");
             assert_eq!(s.attributes, [Value::Int(1), Value::Int(2)]);

@@ -419,6 +419,7 @@ mod tests {
                     EventKind::ALL[i as usize % 5],
                 ),
                 crate::state::HistoryLimits::default(),
+                1_795_428_000_000,
             );
         }
         let mut attributes = Vec::new();

@@ -14,7 +14,10 @@
 //! Records that need no acknowledgement (decision records) are written in the same
 //! batches and made durable by the next fsync, or within `flush_interval`. When the queue
 //! is full, `append` blocks (backpressure) and counts the wait in [`Stats::waits`]:
-//! nothing is ever dropped.
+//! nothing is ever dropped. A caller that must not wait while it holds locks of its own
+//! takes a [`Permit`] first ([`Writer::reserve`], which may wait) and appends through it
+//! under those locks (which never waits); one that must never wait at all (the decide
+//! path) uses [`Writer::try_append`], which refuses with [`WriteError::Full`].
 //!
 //! After a failed write or fsync the writer stops for good and every later call fails:
 //! after a failed fsync the kernel may have dropped the dirty pages, so retrying could
@@ -81,6 +84,9 @@ pub enum WriteError {
     Failed(String),
     #[error("the journal is closed")]
     Closed,
+    /// Only from [`Writer::try_append`]: the queue had no room and the caller would not wait.
+    #[error("the journal's queue is full (the disk is not keeping up)")]
+    Full,
 }
 
 /// Counters, for metrics and benchmarks.
@@ -92,6 +98,8 @@ pub struct Stats {
     pub fsyncs: AtomicU64,
     /// Appends that found the queue full and waited.
     pub waits: AtomicU64,
+    /// Records [`Writer::try_append`] refused because the queue was full.
+    pub refused: AtomicU64,
 }
 
 /// A record's sequence number: the order of `append` calls, from 1.
@@ -109,6 +117,8 @@ enum Item<R> {
 
 struct Queue<R> {
     items: Vec<Item<R>>,
+    /// Room promised to [`Permit`]s not yet used: counted as taken.
+    reserved: usize,
     /// The sequence number of the last queued item.
     queued: Seq,
     /// Every item up to here is written (in the page cache).
@@ -182,6 +192,7 @@ impl<R: Encode> Writer<R> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 items: Vec::new(),
+                reserved: 0,
                 queued: last,
                 written: last,
                 durable: last,
@@ -218,7 +229,13 @@ impl<R: Encode> Writer<R> {
     /// Queues a record; blocks while the queue is full. The returned number can be
     /// passed to [`Writer::wait`].
     pub fn append(&self, record: R, durable: bool) -> Result<Seq, WriteError> {
-        self.push(Item::Record { record, durable })
+        self.push(Item::Record { record, durable }, Room::Wait)
+    }
+
+    /// Queues a record if the queue has room now; never waits. A full queue refuses it
+    /// with [`WriteError::Full`] (counted in [`Stats::refused`]).
+    pub fn try_append(&self, record: R, durable: bool) -> Result<Seq, WriteError> {
+        self.push(Item::Record { record, durable }, Room::Try)
     }
 
     /// Queues a record and waits until it is on disk.
@@ -227,20 +244,61 @@ impl<R: Encode> Writer<R> {
         self.wait(seq)
     }
 
-    fn push(&self, item: Item<R>) -> Result<Seq, WriteError> {
+    /// Takes room for one record, waiting while the queue is full: the append through
+    /// the permit then never waits, so it can be made while holding other locks.
+    pub fn reserve(&self) -> Result<Permit<'_, R>, WriteError> {
         let shared = &*self.shared;
-        let mut q = shared.lock();
-        if q.items.len() >= shared.options.queue {
+        let mut q = self.room(shared.lock())?;
+        q.reserved += 1;
+        Ok(Permit {
+            writer: self,
+            used: false,
+        })
+    }
+
+    /// Waits for room in the queue (counting the wait); fails once the writer has.
+    fn room<'q>(
+        &'q self,
+        mut q: MutexGuard<'q, Queue<R>>,
+    ) -> Result<MutexGuard<'q, Queue<R>>, WriteError> {
+        let shared = &*self.shared;
+        let full = |q: &Queue<R>| q.items.len() + q.reserved >= shared.options.queue;
+        if full(&q) {
             shared.stats.waits.fetch_add(1, Ordering::Relaxed);
-            while q.items.len() >= shared.options.queue && q.failed.is_none() && !q.closing {
+            while full(&q) && q.failed.is_none() && !q.closing {
                 q = shared.space.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         }
+        Self::open(&q)?;
+        Ok(q)
+    }
+
+    fn open(q: &Queue<R>) -> Result<(), WriteError> {
         if let Some(e) = &q.failed {
             return Err(WriteError::Failed(e.clone()));
         }
         if q.closing {
             return Err(WriteError::Closed);
+        }
+        Ok(())
+    }
+
+    fn push(&self, item: Item<R>, room: Room) -> Result<Seq, WriteError> {
+        let shared = &*self.shared;
+        let mut q = shared.lock();
+        match room {
+            Room::Wait => q = self.room(q)?,
+            Room::Reserved => {
+                q.reserved -= 1;
+                Self::open(&q)?;
+            }
+            Room::Try => {
+                Self::open(&q)?;
+                if q.items.len() + q.reserved >= shared.options.queue {
+                    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(WriteError::Full);
+                }
+            }
         }
         // Records nobody waits for do not wake the writer: it picks them up within
         // `linger`, or as soon as `wake_at` are queued, in one write.
@@ -285,14 +343,14 @@ impl<R: Encode> Writer<R> {
 
     /// Waits until everything queued so far is on disk.
     pub fn sync(&self) -> Result<(), WriteError> {
-        let seq = self.push(Item::Sync)?;
+        let seq = self.push(Item::Sync, Room::Wait)?;
         self.wait(seq)
     }
 
     /// Closes the current segment and starts the next; returns where the new one starts.
     /// Every record appended before this call is in an earlier segment.
     pub fn rotate(&self) -> Result<Position, WriteError> {
-        let seq = self.push(Item::Rotate)?;
+        let seq = self.push(Item::Rotate, Room::Wait)?;
         self.wait(seq)?;
         let q = self.shared.lock();
         debug_assert!(q.rotated.0 >= seq);
@@ -322,6 +380,50 @@ impl<R: Encode> Writer<R> {
         match &self.shared.lock().failed {
             Some(e) => Err(WriteError::Failed(e.clone())),
             None => Ok(()),
+        }
+    }
+}
+
+/// How [`Writer::push`] finds room for an item.
+#[derive(Clone, Copy)]
+enum Room {
+    /// Wait while the queue is full.
+    Wait,
+    /// Room was taken by a [`Permit`].
+    Reserved,
+    /// Refuse when the queue is full.
+    Try,
+}
+
+/// Room for one record in a [`Writer`]'s queue ([`Writer::reserve`]); given back if
+/// dropped unused.
+pub struct Permit<'a, R: Encode> {
+    writer: &'a Writer<R>,
+    used: bool,
+}
+
+impl<R: Encode> std::fmt::Debug for Permit<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("used", &self.used).finish()
+    }
+}
+
+impl<R: Encode> Permit<'_, R> {
+    /// Queues a record in the room taken; never waits. Fails only when the writer has
+    /// failed or is closing.
+    pub fn append(mut self, record: R, durable: bool) -> Result<Seq, WriteError> {
+        self.used = true;
+        self.writer
+            .push(Item::Record { record, durable }, Room::Reserved)
+    }
+}
+
+impl<R: Encode> Drop for Permit<'_, R> {
+    fn drop(&mut self) {
+        if !self.used {
+            let shared = &*self.writer.shared;
+            shared.lock().reserved -= 1;
+            shared.space.notify_one();
         }
     }
 }
@@ -492,6 +594,49 @@ mod tests {
 
     fn writer(dir: &Path, options: WriterOptions) -> Arc<Writer<Bytes>> {
         Arc::new(Writer::start(dir, Position::default(), 0, options).expect("writer"))
+    }
+
+    /// A writer that leaves records nobody waits for in the queue (for seconds).
+    fn lingering(dir: &Path, queue: usize) -> Arc<Writer<Bytes>> {
+        writer(
+            dir,
+            WriterOptions {
+                queue,
+                linger: Duration::from_secs(30),
+                flush_interval: Duration::from_secs(30),
+                wake_at: 1000,
+                ..WriterOptions::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_full_queue_refuses_try_append_and_a_permit_never_waits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = lingering(dir.path(), 3);
+        w.try_append(Bytes(b"a".to_vec()), false).expect("room");
+        let permit = w.reserve().expect("room for one more");
+        let unused = w.reserve().expect("room for the last");
+        assert_eq!(
+            w.try_append(Bytes(b"b".to_vec()), false),
+            Err(WriteError::Full),
+            "reserved room counts as taken"
+        );
+        drop(unused);
+        w.try_append(Bytes(b"c".to_vec()), false)
+            .expect("an unused permit gives its room back");
+        assert_eq!(
+            w.try_append(Bytes(b"d".to_vec()), false),
+            Err(WriteError::Full)
+        );
+        let seq = permit
+            .append(Bytes(b"e".to_vec()), false)
+            .expect("a permit's append never waits, even with the queue full");
+        assert_eq!(seq, 3);
+        assert_eq!(w.stats().refused.load(Ordering::Relaxed), 2);
+        assert_eq!(w.stats().waits.load(Ordering::Relaxed), 0, "nobody waited");
+        w.wait(seq).expect("written");
+        assert_eq!(w.stats().records.load(Ordering::Relaxed), 3);
     }
 
     #[test]
