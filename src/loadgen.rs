@@ -295,7 +295,25 @@ impl Target {
         }
     }
 
-    /// Sends request `i` of kind `op`.
+    /// The kind request `i` is sent as: drawn from the mix, except that an outcome due
+    /// before anything was shown is sent as a decide, as a real caller would decide first.
+    /// Once something was shown, something always is (`remember` replaces the oldest).
+    fn op(&self, config: &Config, i: u64) -> Op {
+        match config.mix.pick(draw(config.seed, i, 0)) {
+            Op::RecordOutcome
+                if self
+                    .shown
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty() =>
+            {
+                Op::Decide
+            }
+            op => op,
+        }
+    }
+
+    /// Sends request `i` of kind `op` (as chosen by [`Target::op`]).
     async fn call(&self, op: Op, config: &Config, i: u64) -> Result<(), tonic::Status> {
         let seed = config.seed;
         let n = i as usize;
@@ -358,9 +376,10 @@ impl Target {
                     (!shown.is_empty())
                         .then(|| shown[(draw(seed, i, 4) % shown.len() as u64) as usize].clone())
                 };
-                // Nothing shown yet: decide first, as a real caller would.
                 let Some((decision_id, offer_id)) = shown else {
-                    return Box::pin(self.call(Op::Decide, config, i)).await;
+                    return Err(tonic::Status::internal(
+                        "an outcome was due with no decision shown",
+                    ));
                 };
                 let kind = match draw(seed, i, 5) % 10 {
                     0 => proto::OutcomeKind::Click,
@@ -425,11 +444,13 @@ fn value(ty: &AttrType, h: u64) -> proto::Value {
     proto::Value { kind: Some(kind) }
 }
 
-/// Latencies and errors of one request kind.
+/// Latencies and errors of one request kind, and the requests of the warm-up.
 #[derive(Debug)]
 struct Tally {
     latency: Histogram<u64>,
     errors: u64,
+    warmup: u64,
+    warmup_errors: u64,
 }
 
 /// What a run measured, by request kind.
@@ -459,15 +480,19 @@ impl Recorder {
 
     /// A request that fell due (or was sent) at `due` and was answered `result` now.
     fn record(&self, op: Op, due: Instant, result: &Result<(), tonic::Status>) {
-        if due < self.measure_from {
-            return;
-        }
         let ns = u64::try_from(due.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
         let tally = tallies.entry(op).or_insert_with(|| Tally {
             latency: histogram(),
             errors: 0,
+            warmup: 0,
+            warmup_errors: 0,
         });
+        if due < self.measure_from {
+            tally.warmup += 1;
+            tally.warmup_errors += u64::from(result.is_err());
+            return;
+        }
         tally.latency.saturating_record(ns.max(1));
         if let Err(status) = result {
             tally.errors += 1;
@@ -499,7 +524,7 @@ pub async fn run(target: Arc<Target>, config: &Config) -> Report {
                     tokio::spawn(async move {
                         while Instant::now() < deadline {
                             let i = next.fetch_add(1, Ordering::Relaxed);
-                            let op = config.mix.pick(draw(config.seed, i, 0));
+                            let op = target.op(&config, i);
                             let sent = Instant::now();
                             let result = target.call(op, &config, i).await;
                             recorder.record(op, sent, &result);
@@ -540,7 +565,7 @@ pub async fn run(target: Arc<Target>, config: &Config) -> Report {
                         let (target, config) = (Arc::clone(&target), Arc::clone(&config));
                         let (recorder, waiting) = (Arc::clone(&recorder), Arc::clone(&waiting));
                         runtime.spawn(async move {
-                            let op = config.mix.pick(draw(config.seed, i, 0));
+                            let op = target.op(&config, i);
                             let result = target.call(op, &config, i).await;
                             recorder.record(op, due, &result);
                             waiting.fetch_sub(1, Ordering::Relaxed);
@@ -594,6 +619,10 @@ pub struct OpReport {
     pub errors: u64,
     pub per_second: f64,
     pub latency: Latency,
+    /// Sent during the warm-up and answered, not in the figures above.
+    pub warmup: u64,
+    /// Of those, answered with an error.
+    pub warmup_errors: u64,
 }
 
 /// What a run measured.
@@ -627,6 +656,8 @@ impl Report {
                 errors: tally.errors,
                 per_second: tally.latency.len() as f64 / seconds,
                 latency: Latency::of(&tally.latency),
+                warmup: tally.warmup,
+                warmup_errors: tally.warmup_errors,
             });
         }
         Report {
@@ -691,6 +722,14 @@ impl Report {
         for (code, n) in &self.errors_by_code {
             let _ = writeln!(out, "errors {code}: {n}");
         }
+        let warmup: u64 = self.ops.iter().map(|o| o.warmup).sum();
+        let warmup_errors: u64 = self.ops.iter().map(|o| o.warmup_errors).sum();
+        if warmup > 0 {
+            let _ = writeln!(
+                out,
+                "warm-up, not measured: {warmup} requests, {warmup_errors} errors"
+            );
+        }
         if self.overloaded > 0 {
             let _ = writeln!(
                 out,
@@ -738,6 +777,7 @@ mod tests {
         let report = Report::new(&recorder, &config, Duration::from_secs(1));
         assert_eq!(report.requests, 2);
         assert_eq!(report.errors, 1);
+        assert_eq!((report.ops[0].warmup, report.ops[0].warmup_errors), (1, 0));
         assert_eq!(report.errors_by_code.get("Unavailable"), Some(&1));
         assert!(report.table().contains("decide"));
     }
