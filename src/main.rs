@@ -1379,11 +1379,10 @@ fn check(rules: &std::path::Path, format: Format) -> ExitCode {
         Err(errors) => {
             match format {
                 Format::Text => {
-                    let text = errors.render();
                     if std::io::stderr().is_terminal() {
-                        eprint!("{}", highlight(&text));
+                        eprint!("{}", errors.render_ansi());
                     } else {
-                        eprint!("{text}");
+                        eprint!("{}", errors.render());
                     }
                 }
                 Format::Json => println!("{}", errors.to_json()),
@@ -1391,21 +1390,4 @@ fn check(rules: &std::path::Path, format: Format) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Colours `error:` red and carets with help yellow, as rustc does on a terminal.
-fn highlight(text: &str) -> String {
-    text.lines()
-        .map(|line| {
-            if let Some((head, rest)) = line.split_once(": error: ") {
-                format!("\x1b[1m{head}:\x1b[0m \x1b[1;31merror:\x1b[0m \x1b[1m{rest}\x1b[0m\n")
-            } else if line.trim_start_matches([' ', '|', '\t']).starts_with('^')
-                || line.contains("| ^")
-            {
-                format!("\x1b[1;33m{line}\x1b[0m\n")
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect()
 }

@@ -380,7 +380,7 @@ async fn decisions_outcomes_and_customers_round_trip() {
         "nextbest_customers 0",
         "nextbest_journal_bytes_total",
         "nextbest_journal_write_seconds_bucket",
-        "nextbest_grpc_errors_total{code=\"NotFound\",method=\"Get\"} 1",
+        "nextbest_grpc_errors_total{code=\"NOT_FOUND\",method=\"Get\"} 1",
     ] {
         assert!(
             scraped.contains(series),
@@ -533,6 +533,71 @@ async fn reload_swaps_a_good_catalog_and_keeps_the_running_one_on_errors() {
             .any(|e| e.contains("service.yaml") && e.contains("customer.agee")),
         "{:?}",
         bad.errors
+    );
+    server.stop().await;
+}
+
+/// Errors without a location (an offers file that cannot be read, two offer ids with one
+/// history key) are in the reply as `error: message`, beside located ones as
+/// `path:line:col: error: message`: one line per error, none dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_names_every_error_with_or_without_a_location() {
+    let server = start().await;
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let before = admin
+        .get_catalog(proto::GetCatalogRequest {})
+        .await
+        .expect("catalog")
+        .into_inner();
+
+    // A directory named like an offers file: reading it fails, at no line of any file.
+    let unreadable = server.rules.path().join("offers/unreadable.yaml");
+    std::fs::create_dir(&unreadable).expect("mkdir");
+    let reply = admin
+        .reload(proto::ReloadRequest {})
+        .await
+        .expect("reload")
+        .into_inner();
+    assert!(!reply.reloaded);
+    assert_eq!(reply.version, before.version, "the running catalog stays");
+    assert_eq!(reply.errors.len(), 1, "{:?}", reply.errors);
+    let wanted = format!("error: cannot read `{}`: ", unreadable.display());
+    assert!(reply.errors[0].starts_with(&wanted), "{:?}", reply.errors);
+
+    // With a located error as well: both, each on one line, the unlocated one first.
+    let offers = server.rules.path().join("offers/service.yaml");
+    let text = std::fs::read_to_string(&offers).expect("read");
+    std::fs::write(
+        &offers,
+        text.replacen(
+            "    propensity: 0.5\n",
+            "    propensity: 0.5\n    eligibility: customer.agee > 1\n",
+            1,
+        ),
+    )
+    .expect("write");
+    let reply = admin
+        .reload(proto::ReloadRequest {})
+        .await
+        .expect("reload")
+        .into_inner();
+    assert!(!reply.reloaded);
+    assert_eq!(reply.errors.len(), 2, "{:?}", reply.errors);
+    assert!(reply.errors[0].starts_with(&wanted), "{:?}", reply.errors);
+    let located = format!("{}:", offers.display());
+    let (position, message) = reply.errors[1]
+        .strip_prefix(&located)
+        .and_then(|rest| rest.split_once(": error: "))
+        .unwrap_or_else(|| panic!("not `path:line:col: error: message`: {:?}", reply.errors));
+    assert!(
+        position.split(':').count() == 2 && position.split(':').all(|n| n.parse::<usize>().is_ok()),
+        "{position}"
+    );
+    assert!(message.contains("`customer.agee`"), "{message}");
+    assert!(
+        reply.errors.iter().all(|e| !e.contains('\n')),
+        "{:?}",
+        reply.errors
     );
     server.stop().await;
 }
@@ -986,6 +1051,90 @@ async fn a_message_over_the_limit_is_resource_exhausted_and_changes_nothing() {
         })
         .await
         .expect("a message under the limit");
+    server.stop().await;
+}
+
+/// Every call is counted once, by method and by gRPC's canonical code name, wherever it
+/// was refused: by tonic before any handler ran (a message over the limit, a method
+/// nobody serves) or by a handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_is_counted_by_method_and_canonical_code() {
+    let mut transport = Transport::default();
+    transport.max_message_bytes = 1024;
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start_on(sample_rules(), data, transport).await;
+    let channel = server.channel().await;
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    let mut decisions = DecisionServiceClient::new(channel.clone());
+
+    let mut attributes = ada();
+    attributes.insert("segment".into(), string(&"x".repeat(4096)));
+    let e = customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes,
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let e = decisions
+        .decide(proto::DecideRequest::default())
+        .await
+        .expect_err("no placement");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes: ada(),
+        })
+        .await
+        .expect("a message under the limit");
+    // Paths nobody serves share one label, so a client cannot add series at will.
+    for path in [
+        "/nextbest.v1.DecisionService/Nope",
+        "/no.such.Service/Decide",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("ready");
+        let e = grpc
+            .unary::<proto::PingRequest, proto::PingReply, _>(
+                tonic::Request::new(proto::PingRequest {}),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(e.code(), Code::Unimplemented, "{path}: {e:?}");
+    }
+
+    let scraped = server.scrape().await;
+    let series = |name: &str| {
+        let mut lines: Vec<&str> = scraped
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .collect();
+        lines.sort_unstable();
+        lines
+    };
+    assert_eq!(
+        series("nextbest_grpc_errors_total"),
+        [
+            "nextbest_grpc_errors_total{code=\"INVALID_ARGUMENT\",method=\"Decide\"} 1",
+            "nextbest_grpc_errors_total{code=\"RESOURCE_EXHAUSTED\",method=\"Upsert\"} 1",
+            "nextbest_grpc_errors_total{code=\"UNIMPLEMENTED\",method=\"unknown\"} 2",
+        ],
+        "{scraped}"
+    );
+    assert_eq!(
+        series("nextbest_grpc_requests_total"),
+        [
+            "nextbest_grpc_requests_total{code=\"INVALID_ARGUMENT\",method=\"Decide\"} 1",
+            "nextbest_grpc_requests_total{code=\"OK\",method=\"Upsert\"} 1",
+            "nextbest_grpc_requests_total{code=\"RESOURCE_EXHAUSTED\",method=\"Upsert\"} 1",
+            "nextbest_grpc_requests_total{code=\"UNIMPLEMENTED\",method=\"unknown\"} 2",
+        ],
+        "{scraped}"
+    );
     server.stop().await;
 }
 

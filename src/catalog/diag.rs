@@ -42,32 +42,85 @@ pub struct LoadErrors {
     pub files: Vec<SourceFile>,
 }
 
+/// The escapes a rendering is marked up with: none, or rustc's colours for a terminal.
+#[derive(Debug, Clone, Copy)]
+struct Paint {
+    bold: &'static str,
+    error: &'static str,
+    caret: &'static str,
+    reset: &'static str,
+}
+
+impl Paint {
+    const PLAIN: Paint = Paint {
+        bold: "",
+        error: "",
+        caret: "",
+        reset: "",
+    };
+    const ANSI: Paint = Paint {
+        bold: "\x1b[1m",
+        error: "\x1b[1;31m",
+        caret: "\x1b[1;33m",
+        reset: "\x1b[0m",
+    };
+}
+
 impl LoadErrors {
     fn path(&self, loc: &Location) -> &str {
         self.files.get(loc.file).map_or("?", |f| f.path.as_str())
     }
 
+    /// Each error on one line: `path:line:col: error: message` where it has a location,
+    /// `error: message` where it has none (a file that cannot be read, two offer ids with
+    /// one history key). What a reply or a log line carries; [`render`](Self::render)
+    /// starts each of its blocks with the same line.
+    pub fn lines(&self) -> Vec<String> {
+        self.diagnostics
+            .iter()
+            .map(|d| self.headline(d, Paint::PLAIN))
+            .collect()
+    }
+
     /// `path:line:col: error: message`, then a snippet; one block per error.
     pub fn render(&self) -> String {
+        self.render_with(Paint::PLAIN)
+    }
+
+    /// As [`render`](Self::render), coloured for a terminal as rustc does: `error:` in
+    /// red, the location and message in bold, carets and help in yellow.
+    pub fn render_ansi(&self) -> String {
+        self.render_with(Paint::ANSI)
+    }
+
+    fn headline(&self, d: &Diagnostic, paint: Paint) -> String {
+        let Paint {
+            bold, error, reset, ..
+        } = paint;
+        match d.location {
+            Some(loc) => format!(
+                "{bold}{}:{}:{}:{reset} {error}error:{reset} {bold}{}{reset}",
+                self.path(&loc),
+                loc.line,
+                loc.column,
+                d.error
+            ),
+            None => format!("{error}error:{reset} {bold}{}{reset}", d.error),
+        }
+    }
+
+    fn render_with(&self, paint: Paint) -> String {
         let mut out = String::new();
         for d in &self.diagnostics {
             let help = d.error.help();
+            let _ = writeln!(out, "{}", self.headline(d, paint));
             let Some(loc) = d.location else {
-                let _ = writeln!(out, "error: {}", d.error);
                 if let Some(help) = help {
                     let _ = writeln!(out, "  = help: {help}");
                 }
                 out.push('\n');
                 continue;
             };
-            let _ = writeln!(
-                out,
-                "{}:{}:{}: error: {}",
-                self.path(&loc),
-                loc.line,
-                loc.column,
-                d.error
-            );
             let line_text = self
                 .files
                 .get(loc.file)
@@ -83,13 +136,12 @@ impl LoadErrors {
                 .take(loc.column - 1)
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
-            let _ = write!(out, "{gutter} | {pad}{}", "^".repeat(loc.len.max(1)));
-            match help {
-                Some(help) => {
-                    let _ = writeln!(out, " help: {help}");
-                }
-                None => out.push('\n'),
+            let carets = "^".repeat(loc.len.max(1));
+            let _ = write!(out, "{gutter} | {pad}{}{carets}", paint.caret);
+            if let Some(help) = help {
+                let _ = write!(out, " help: {help}");
             }
+            let _ = writeln!(out, "{}", paint.reset);
             out.push('\n');
         }
         let _ = writeln!(
@@ -231,6 +283,73 @@ mod tests {
             ),
             (3, 8)
         );
+    }
+
+    /// The text with its ANSI escapes (`ESC [ ... m`) taken out.
+    fn unpainted(text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find('\x1b') {
+            out.push_str(&rest[..at]);
+            let end = rest[at..].find('m').expect("an escape ends with `m`");
+            rest = &rest[at + end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    #[test]
+    fn every_error_has_one_line_with_its_location_when_known() {
+        let errors = LoadErrors {
+            diagnostics: vec![
+                Diagnostic {
+                    error: CatalogError::Io {
+                        path: "rules/offers/x.yaml".into(),
+                        message: "Is a directory (os error 21)".into(),
+                    },
+                    location: None,
+                },
+                Diagnostic {
+                    error: CatalogError::MissingKey {
+                        key: "id".into(),
+                        context: "offer 1".into(),
+                    },
+                    location: Some(Location {
+                        file: 0,
+                        line: 2,
+                        column: 5,
+                        len: 4,
+                    }),
+                },
+            ],
+            files: vec![SourceFile {
+                path: "rules/offers/cards.yaml".into(),
+                text: "offers:\n  - name: Gold\n".into(),
+            }],
+        };
+        assert_eq!(
+            errors.lines(),
+            [
+                "error: cannot read `rules/offers/x.yaml`: Is a directory (os error 21)",
+                "rules/offers/cards.yaml:2:5: error: missing required key `id` in offer 1",
+            ]
+        );
+        // The rendering opens each error's block with its line.
+        let rendered = errors.render();
+        let firsts: Vec<&str> = rendered
+            .split("\n\n")
+            .filter_map(|block| block.lines().next())
+            .collect();
+        assert_eq!(firsts[..2], errors.lines(), "{rendered}");
+        // Coloured, it is the same text, with `error:` red wherever it is.
+        let ansi = errors.render_ansi();
+        assert_eq!(unpainted(&ansi), rendered);
+        assert_eq!(
+            ansi.matches("\x1b[1;31merror:\x1b[0m").count(),
+            2,
+            "{ansi:?}"
+        );
+        assert!(ansi.contains("\x1b[1;33m^^^^\x1b[0m"), "{ansi:?}");
     }
 
     #[test]

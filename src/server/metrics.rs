@@ -3,9 +3,14 @@
 //!
 //! The explored share is `sum(rate(nextbest_offers_explored_total[5m])) /
 //! sum(rate(nextbest_offers_shown_total[5m]))`; counters that mirror the journal and the
-//! store are brought up to date when scraped.
+//! store are brought up to date when scraped. Calls are counted in one place, a layer
+//! around tonic's router (`CallsLayer`), not by the handlers: what tonic refuses before
+//! a handler runs counts too, and nothing counts twice.
 
+use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -13,6 +18,8 @@ use prometheus::{
 };
 
 use super::{Node, proto};
+use tonic::Code;
+use tonic::codegen::http;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -34,6 +41,7 @@ pub struct Metrics {
     /// a healed node starts its counters again from zero.
     seen: Arc<std::sync::Mutex<(usize, [u64; 5])>>,
     write_seconds: Histogram,
+    grpc_requests: IntCounterVec,
     grpc_errors: IntCounterVec,
 }
 
@@ -135,6 +143,11 @@ impl Metrics {
             )?,
             seen: Arc::default(),
             write_seconds,
+            grpc_requests: counter(
+                "nextbest_grpc_requests_total",
+                "Calls answered, by method and status code (OK included).",
+                &["method", "code"],
+            )?,
             grpc_errors: counter(
                 "nextbest_grpc_errors_total",
                 "Calls that ended with an error, by method and status code.",
@@ -180,10 +193,42 @@ impl Metrics {
         self.catalog.with_label_values(&[version]).set(1);
     }
 
-    pub fn error(&self, method: &str, status: &tonic::Status) {
-        self.grpc_errors
-            .with_label_values(&[method, &format!("{:?}", status.code())])
-            .inc();
+    /// The layer that counts every call [`run`](super::run) serves, by method and status
+    /// code. `descriptor_sets` (encoded) describe the services served: their methods get
+    /// a label each, any other path counts as `unknown`, so that clients cannot add
+    /// series at will.
+    pub(super) fn calls(&self, descriptor_sets: &[&[u8]]) -> CallsLayer {
+        use prost::Message as _;
+        let mut labels = vec![UNKNOWN.to_string()];
+        let mut methods = HashMap::new();
+        for set in descriptor_sets {
+            let set = prost_types::FileDescriptorSet::decode(*set)
+                .expect("the descriptor sets built with the crates are valid");
+            for file in &set.file {
+                let package = file.package();
+                for service in &file.service {
+                    let prefix = if package.is_empty() {
+                        format!("/{}/", service.name())
+                    } else {
+                        format!("/{package}.{}/", service.name())
+                    };
+                    for method in &service.method {
+                        let name = method.name();
+                        let label = labels.iter().position(|l| l == name).unwrap_or_else(|| {
+                            labels.push(name.to_string());
+                            labels.len() - 1
+                        });
+                        methods.insert(format!("{prefix}{name}"), label);
+                    }
+                }
+            }
+        }
+        CallsLayer(Arc::new(Calls {
+            requests: self.grpc_requests.clone(),
+            errors: self.grpc_errors.clone(),
+            methods,
+            labels,
+        }))
     }
 
     /// Brings the store and journal figures up to date (at scrape time).
@@ -220,6 +265,156 @@ impl Metrics {
     }
 }
 
+/// gRPC's canonical name of a status code, as its status table (and every other server's
+/// metrics) spell it: `INVALID_ARGUMENT` where tonic's `Debug` says `InvalidArgument`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The method label of a path no service serves.
+const UNKNOWN: &str = "unknown";
+
+/// Counts every call by method and status code. It wraps tonic's router, so it sees calls
+/// tonic refuses before any handler runs (a message over the size limit, a method nobody
+/// serves) as well as those a handler answers; it sits outside the layer that rewrites
+/// the oversize code, so it counts what the client is told.
+#[derive(Debug, Clone)]
+pub(super) struct CallsLayer(Arc<Calls>);
+
+#[derive(Debug)]
+struct Calls {
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    /// The label of each method served, as an index into `labels`, by request path
+    /// (`/nextbest.v1.DecisionService/Decide`); `labels[0]` is `unknown`.
+    methods: HashMap<String, usize>,
+    /// The bare method names (`Decide`), as the series name them.
+    labels: Vec<String>,
+}
+
+impl Calls {
+    fn method(&self, path: &str) -> usize {
+        self.methods.get(path).copied().unwrap_or(0)
+    }
+
+    fn count(&self, method: usize, code: Code) {
+        let method = self.labels.get(method).map_or(UNKNOWN, String::as_str);
+        let labels = [method, code_name(code)];
+        self.requests.with_label_values(&labels).inc();
+        if code != Code::Ok {
+            self.errors.with_label_values(&labels).inc();
+        }
+    }
+}
+
+/// The status of a call from its response headers. A call refused before its reply
+/// starts is answered trailers-only, with `grpc-status` among the headers; a reply that
+/// started has none there and counts as OK (a unary handler has succeeded by then; a
+/// stream that fails midway says so only in its trailers, which this does not read).
+fn status_of(headers: &http::HeaderMap) -> Code {
+    headers
+        .get("grpc-status")
+        .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()))
+}
+
+impl<S> tower::Layer<S> for CallsLayer {
+    type Service = CountCalls<S>;
+
+    fn layer(&self, inner: S) -> CountCalls<S> {
+        CountCalls {
+            inner,
+            calls: Arc::clone(&self.0),
+        }
+    }
+}
+
+/// The service [`CallsLayer`] makes.
+#[derive(Debug, Clone)]
+pub(super) struct CountCalls<S> {
+    inner: S,
+    calls: Arc<Calls>,
+}
+
+impl<S, R, B> tower::Service<http::Request<R>> for CountCalls<S>
+where
+    S: tower::Service<http::Request<R>, Response = http::Response<B>>,
+    // tonic's router boxes each handler's future, so its own is `Unpin`: the reply can be
+    // awaited here without a box (or `unsafe`) of our own per call.
+    S::Future: Unpin,
+{
+    type Response = http::Response<B>;
+    type Error = S::Error;
+    type Future = Counting<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<R>) -> Self::Future {
+        let method = self.calls.method(request.uri().path());
+        Counting {
+            inner: self.inner.call(request),
+            call: Some((Arc::clone(&self.calls), method)),
+        }
+    }
+}
+
+/// A call's reply, counted once: when it comes, or as CANCELLED when the call is dropped
+/// unanswered (tonic's timeout answers those CANCELLED, and a client that gave up has
+/// cancelled).
+#[derive(Debug)]
+pub(super) struct Counting<F> {
+    inner: F,
+    /// Taken when counted.
+    call: Option<(Arc<Calls>, usize)>,
+}
+
+impl<F, B, E> Future for Counting<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let result = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        if let Some((calls, method)) = self.call.take() {
+            // tonic's router never fails; an error below it would reset the stream, which
+            // the client sees as UNKNOWN.
+            let code = result
+                .as_ref()
+                .map_or(Code::Unknown, |r| status_of(r.headers()));
+            calls.count(method, code);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<F> Drop for Counting<F> {
+    fn drop(&mut self) {
+        if let Some((calls, method)) = self.call.take() {
+            calls.count(method, Code::Cancelled);
+        }
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -232,13 +427,11 @@ pub async fn serve(
         metrics.refresh(&node);
         let mut out = String::new();
         match TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
-            Ok(()) => (
-                [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                out,
-            )
-                .into_response(),
+            Ok(()) => {
+                ([(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], out).into_response()
+            }
             Err(e) => (
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                http::StatusCode::INTERNAL_SERVER_ERROR,
                 format!("encoding the metrics failed: {e}"),
             )
                 .into_response(),
@@ -254,3 +447,116 @@ pub async fn serve(
 }
 
 use axum::response::IntoResponse;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer as _, Service as _};
+
+    /// The series of `name` in the registry, sorted, as the text format writes them.
+    fn series(registry: &Registry, name: &str) -> Vec<String> {
+        let mut text = String::new();
+        TextEncoder::new()
+            .encode_utf8(&registry.gather(), &mut text)
+            .expect("encode");
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(str::to_string)
+            .collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::builder()
+            .uri(path)
+            .body(())
+            .expect("a valid request")
+    }
+
+    /// A reply with `grpc-status` in its headers (trailers-only), or none.
+    fn reply(status: Option<Code>) -> http::Response<()> {
+        let mut response = http::Response::new(());
+        if let Some(code) = status {
+            response
+                .headers_mut()
+                .insert("grpc-status", http::HeaderValue::from(code as i32));
+        }
+        response
+    }
+
+    #[tokio::test]
+    async fn every_call_counts_once_by_method_and_canonical_code() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let layer = metrics.calls(&[proto::DESCRIPTOR]);
+        for (path, status) in [
+            ("/nextbest.v1.DecisionService/Decide", None),
+            ("/nextbest.v1.DecisionService/Decide", Some(Code::Ok)),
+            (
+                "/nextbest.v1.DecisionService/Decide",
+                Some(Code::InvalidArgument),
+            ),
+            (
+                "/nextbest.v1.CustomerService/Upsert",
+                Some(Code::ResourceExhausted),
+            ),
+            ("/nextbest.v1.ProbeService/Ping", None),
+            (
+                "/nextbest.v1.DecisionService/Nope",
+                Some(Code::Unimplemented),
+            ),
+            ("/Decide", Some(Code::Unimplemented)),
+        ] {
+            let mut service = layer.layer(tower::service_fn(move |_: http::Request<()>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(reply(status)))
+            }));
+            service.call(request(path)).await.expect("answered");
+        }
+        // Dropped unanswered: a timeout, or a client that gave up.
+        let mut stuck = layer.layer(tower::service_fn(|_: http::Request<()>| {
+            std::future::pending::<Result<http::Response<()>, std::convert::Infallible>>()
+        }));
+        drop(stuck.call(request("/nextbest.v1.CustomerService/Forget")));
+
+        assert_eq!(
+            series(&registry, "nextbest_grpc_requests_total"),
+            [
+                r#"nextbest_grpc_requests_total{code="CANCELLED",method="Forget"} 1"#,
+                r#"nextbest_grpc_requests_total{code="INVALID_ARGUMENT",method="Decide"} 1"#,
+                r#"nextbest_grpc_requests_total{code="OK",method="Decide"} 2"#,
+                r#"nextbest_grpc_requests_total{code="OK",method="Ping"} 1"#,
+                r#"nextbest_grpc_requests_total{code="RESOURCE_EXHAUSTED",method="Upsert"} 1"#,
+                r#"nextbest_grpc_requests_total{code="UNIMPLEMENTED",method="unknown"} 2"#,
+            ]
+        );
+        assert_eq!(
+            series(&registry, "nextbest_grpc_errors_total"),
+            [
+                r#"nextbest_grpc_errors_total{code="CANCELLED",method="Forget"} 1"#,
+                r#"nextbest_grpc_errors_total{code="INVALID_ARGUMENT",method="Decide"} 1"#,
+                r#"nextbest_grpc_errors_total{code="RESOURCE_EXHAUSTED",method="Upsert"} 1"#,
+                r#"nextbest_grpc_errors_total{code="UNIMPLEMENTED",method="unknown"} 2"#,
+            ]
+        );
+    }
+
+    /// The canonical names are tonic's variant names in upper snake case, one per code
+    /// of gRPC's table (0 to 16).
+    #[test]
+    fn code_names_are_grpcs_canonical_ones() {
+        for i in 0..=16 {
+            let code = Code::from_i32(i);
+            assert_eq!(code as i32, i, "{code:?}");
+            let mut snake = String::new();
+            for (n, c) in format!("{code:?}").chars().enumerate() {
+                if c.is_uppercase() && n > 0 {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_uppercase());
+            }
+            assert_eq!(code_name(code), snake);
+        }
+    }
+}

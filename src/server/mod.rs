@@ -219,14 +219,6 @@ impl Service {
         }
     }
 
-    /// Counts an error reply by method and code.
-    fn counted<T>(&self, method: &str, result: Result<T, Status>) -> Result<T, Status> {
-        if let Err(status) = &result {
-            self.metrics.error(method, status);
-        }
-        result
-    }
-
     fn placement(catalog: &Catalog, id: &str) -> Result<PlacementIdx, Status> {
         catalog.placement(id).ok_or_else(|| {
             let ids: Vec<&str> = catalog.placements.iter().map(|p| p.id.as_str()).collect();
@@ -467,7 +459,7 @@ impl DecisionService for Service {
         &self,
         request: Request<proto::DecideRequest>,
     ) -> Result<Response<proto::Decision>, Status> {
-        let result = async {
+        async {
             let deadline = Deadline::of(&request);
             let r = request.into_inner();
             // One `Db` (and catalog) for the whole call: a heal may swap the node's.
@@ -498,15 +490,14 @@ impl DecisionService for Service {
                 .decision(&reply, started.elapsed().as_secs_f64());
             Ok(Response::new(reply))
         }
-        .await;
-        self.counted("Decide", result)
+        .await
     }
 
     async fn decide_batch(
         &self,
         request: Request<proto::DecideBatchRequest>,
     ) -> Result<Response<proto::DecideBatchResponse>, Status> {
-        let result = async {
+        async {
             let deadline = Deadline::of(&request);
             let r = request.into_inner();
             let db = self.node.db();
@@ -579,15 +570,14 @@ impl DecisionService for Service {
             }
             Ok(Response::new(proto::DecideBatchResponse { decisions }))
         }
-        .await;
-        self.counted("DecideBatch", result)
+        .await
     }
 
     async fn record_outcome(
         &self,
         request: Request<proto::Outcome>,
     ) -> Result<Response<proto::OutcomeAck>, Status> {
-        let result = async {
+        async {
             let deadline = Deadline::of(&request);
             let input = outcome_input(request.into_inner())?;
             let node = Arc::clone(&self.node);
@@ -604,15 +594,14 @@ impl DecisionService for Service {
                 duplicate: ack.duplicate,
             }))
         }
-        .await;
-        self.counted("RecordOutcome", result)
+        .await
     }
 
     async fn record_outcomes(
         &self,
         request: Request<proto::RecordOutcomesRequest>,
     ) -> Result<Response<proto::RecordOutcomesResponse>, Status> {
-        let result = async {
+        async {
             let deadline = Deadline::of(&request);
             let inputs = request
                 .into_inner()
@@ -657,8 +646,7 @@ impl DecisionService for Service {
             self.metrics.durable_write(started.elapsed().as_secs_f64());
             Ok(Response::new(proto::RecordOutcomesResponse { acks }))
         }
-        .await;
-        self.counted("RecordOutcomes", result)
+        .await
     }
 }
 
@@ -697,7 +685,7 @@ impl CustomerService for Service {
         &self,
         request: Request<proto::UpsertRequest>,
     ) -> Result<Response<proto::UpsertResponse>, Status> {
-        let result = async {
+        async {
             self.authorize(&request)?;
             let deadline = Deadline::of(&request);
             let r = request.into_inner();
@@ -716,15 +704,14 @@ impl CustomerService for Service {
             self.metrics.durable_write(started.elapsed().as_secs_f64());
             Ok(Response::new(proto::UpsertResponse {}))
         }
-        .await;
-        self.counted("Upsert", result)
+        .await
     }
 
     async fn get(
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::Customer>, Status> {
-        let result = async {
+        async {
             self.authorize(&request)?;
             let r = request.into_inner();
             let id = required("customer_id", &r.customer_id)?;
@@ -737,15 +724,14 @@ impl CustomerService for Service {
                 .map(Response::new)
                 .ok_or_else(|| Status::not_found(format!("no customer `{}`", printable(id))))
         }
-        .await;
-        self.counted("Get", result)
+        .await
     }
 
     async fn forget(
         &self,
         request: Request<proto::ForgetRequest>,
     ) -> Result<Response<proto::ForgetResponse>, Status> {
-        let result = async {
+        async {
             self.authorize(&request)?;
             let deadline = Deadline::of(&request);
             let id = required("customer_id", &request.into_inner().customer_id)?.to_string();
@@ -759,8 +745,7 @@ impl CustomerService for Service {
             self.metrics.durable_write(started.elapsed().as_secs_f64());
             Ok(Response::new(proto::ForgetResponse { existed }))
         }
-        .await;
-        self.counted("Forget", result)
+        .await
     }
 }
 
@@ -770,7 +755,7 @@ impl AdminService for Service {
         &self,
         request: Request<proto::ReloadRequest>,
     ) -> Result<Response<proto::ReloadResponse>, Status> {
-        let result = async {
+        async {
             self.authorize(&request)?;
             let node = Arc::clone(&self.node);
             let result = tokio::task::spawn_blocking(move || node.reload())
@@ -787,12 +772,7 @@ impl AdminService for Service {
                 Err(NodeError::Catalog { errors, .. }) => proto::ReloadResponse {
                     version,
                     reloaded: false,
-                    errors: errors
-                        .render()
-                        .lines()
-                        .filter(|l| l.contains(": error: "))
-                        .map(str::to_string)
-                        .collect(),
+                    errors: errors.lines(),
                 },
                 Err(e) => proto::ReloadResponse {
                     version,
@@ -801,15 +781,14 @@ impl AdminService for Service {
                 },
             }))
         }
-        .await;
-        self.counted("Reload", result)
+        .await
     }
 
     async fn get_catalog(
         &self,
         request: Request<proto::GetCatalogRequest>,
     ) -> Result<Response<proto::CatalogInfo>, Status> {
-        let result = async {
+        async {
             self.authorize(&request)?;
             let db = self.node.db();
             let catalog = db.catalog();
@@ -825,8 +804,7 @@ impl AdminService for Service {
                 customers: db.store().len() as u64,
             }))
         }
-        .await;
-        self.counted("GetCatalog", result)
+        .await
     }
 }
 
@@ -872,6 +850,12 @@ pub async fn run(
         .build_v1alpha()
         .expect("the descriptor sets built with the crate are valid");
     metrics.reload(true, &node.db().catalog().version);
+    let calls = metrics.calls(&[
+        proto::DESCRIPTOR,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]);
     let healing = tokio::spawn(heal_when_failed(Arc::clone(&node), HEAL_INTERVAL));
     let service = Service { node, metrics };
     let (draining_started, drain_started) = tokio::sync::oneshot::channel::<()>();
@@ -891,6 +875,9 @@ pub async fn run(
     let limit = transport.max_message_bytes;
     let serving = transport
         .builder()?
+        // First, so outermost: it counts the code the client gets, the oversize one
+        // already rewritten by the next layer.
+        .layer(calls)
         .layer(tower::util::MapResponseLayer::new(
             transport::oversize_is_resource_exhausted,
         ))
