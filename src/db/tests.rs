@@ -682,3 +682,90 @@ fn the_journal_since_the_snapshot_is_what_a_restart_replays() {
     assert_eq!(recovery.replayed, 0, "{recovery}");
     assert_eq!(db.journal_since_snapshot().expect("size"), after);
 }
+
+/// Every customer's state, by id.
+fn all_states(db: &Db) -> std::collections::BTreeMap<String, CustomerState> {
+    let mut out = std::collections::BTreeMap::new();
+    db.store().for_each(|s| {
+        out.insert(
+            s.id.clone().expect("a stored customer has an id"),
+            s.clone(),
+        );
+    });
+    out
+}
+
+/// Upserts and outcomes race to create each new customer (released together by a
+/// barrier): memory holds every write, as a replay of the journal does.
+#[test]
+fn concurrent_first_writes_are_in_memory_as_in_the_journal() {
+    const THREADS: usize = 4;
+    const CUSTOMERS: usize = 400;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = DbOptions::default();
+    // Durability is not under test: the journal is read back after `close`.
+    options.writer.sync = storage::writer::SyncMode::Never;
+    let (db, _) = Db::open(dir.path(), catalog(), options).expect("open");
+    let catalog = db.catalog();
+    let slot = |name: &str| catalog.schema.customer.slot(name).expect("attribute") as usize;
+    let (age, tenure) = (slot("age"), slot("tenure_months"));
+    let barrier = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let (db, catalog, barrier) = (&db, &catalog, &barrier);
+            scope.spawn(move || {
+                for c in 0..CUSTOMERS {
+                    let id = format!("c{c}");
+                    barrier.wait();
+                    if t < 2 {
+                        let mut values = vec![Value::Missing; catalog.schema.customer.len()];
+                        values[[age, tenure][t]] = Value::Int(c as i64);
+                        db.upsert(&id, values, NOW, false).expect("upsert");
+                    } else {
+                        let offer = ["fiber_broadband", "tv_bundle"][t - 2];
+                        db.record_outcome(&OutcomeInput {
+                            customer: Some(id),
+                            channel: Some("web".into()),
+                            ..outcome(
+                                decision_id((c * THREADS + t) as u64),
+                                offer,
+                                EventKind::Click,
+                            )
+                        })
+                        .expect("outcome");
+                    }
+                }
+            });
+        }
+    });
+    let in_memory = all_states(&db);
+    db.close().expect("close");
+    let (db, recovery) = open(dir.path());
+    assert_eq!(
+        recovery.replayed,
+        (THREADS * CUSTOMERS) as u64,
+        "{recovery}"
+    );
+    let replayed = all_states(&db);
+    assert_eq!(replayed.len(), CUSTOMERS);
+    for (id, state) in &replayed {
+        assert!(
+            !state.attributes[age].is_missing() && !state.attributes[tenure].is_missing(),
+            "replayed `{id}` has both attributes"
+        );
+        assert_eq!(state.history.events().len(), 2, "replayed `{id}`");
+    }
+    let differ: Vec<&String> = replayed
+        .iter()
+        .filter(|(id, s)| in_memory.get(*id) != Some(s))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} of {CUSTOMERS} customers differ in memory from the journal, e.g. `{}`: {:?} in memory, {:?} replayed",
+        differ.len(),
+        differ[0],
+        in_memory.get(differ[0]),
+        replayed.get(differ[0]),
+    );
+}

@@ -12,6 +12,7 @@ pub mod packed;
 use std::fmt;
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
 use crate::schema::{AttrType, EntitySchema, Schema, Value};
 pub use crate::schema::{Event, EventKind};
@@ -383,18 +384,26 @@ impl Store {
                 self.unpack(id, &entry, &mut state);
                 entry
             }
-            None => {
-                state.id = Some(id.to_string());
-                state.attributes.clear();
-                state.attributes.resize(self.width, Value::Missing);
-                state.history.events_mut().clear();
-                state.seq = 0;
-                let mut empty = Vec::new();
-                packed::encode(&state, &mut empty);
-                self.customers
-                    .entry(id.into())
-                    .or_insert(empty.into_boxed_slice())
-            }
+            // Not there when looked up, but another writer may create it before this
+            // one takes the shard's write lock: `f` must then start from that record,
+            // or its write would be lost in memory (the journal would still hold it).
+            None => match self.customers.entry(id.into()) {
+                Entry::Occupied(entry) => {
+                    let entry = entry.into_ref();
+                    self.unpack(id, &entry, &mut state);
+                    entry
+                }
+                Entry::Vacant(entry) => {
+                    state.id = Some(id.to_string());
+                    state.attributes.clear();
+                    state.attributes.resize(self.width, Value::Missing);
+                    state.history.events_mut().clear();
+                    state.seq = 0;
+                    let mut empty = Vec::new();
+                    packed::encode(&state, &mut empty);
+                    entry.insert(empty.into_boxed_slice())
+                }
+            },
         };
         let result = f(&mut state);
         let mut bytes = Vec::with_capacity(entry.len() + 16);
@@ -630,5 +639,65 @@ mod tests {
         });
         assert!(store.forget("c1"));
         store.with("c1", |s| assert!(s.is_none()));
+    }
+
+    /// Several threads write each new customer at once (released together by a barrier):
+    /// whoever creates the record, every write is kept.
+    #[test]
+    fn concurrent_first_writes_to_a_new_customer_are_all_kept() {
+        const THREADS: usize = 4;
+        const CUSTOMERS: usize = 2_000;
+        let mut customer = EntitySchema::default();
+        for t in 0..THREADS {
+            customer.push(Attribute {
+                name: format!("a{t}"),
+                ty: AttrType::Int,
+                default: Value::Missing,
+                description: None,
+            });
+        }
+        let schema = Schema::new(customer, EntitySchema::default());
+        let store = Store::new(HistoryLimits::default(), THREADS);
+        let barrier = std::sync::Barrier::new(THREADS);
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let (store, schema, barrier) = (&store, &schema, &barrier);
+                scope.spawn(move || {
+                    for c in 0..CUSTOMERS {
+                        let id = format!("c{c}");
+                        barrier.wait();
+                        // Half the threads set an attribute first, half record an event.
+                        let mut values = vec![Value::Missing; THREADS];
+                        values[t] = Value::Int(t as i64);
+                        let event = Event::new(t as i64, "o", None, "web", EventKind::Click);
+                        if t % 2 == 0 {
+                            store.upsert(&id, schema, values);
+                            store.record(&id, event);
+                        } else {
+                            store.record(&id, event);
+                            store.upsert(&id, schema, values);
+                        }
+                    }
+                });
+            }
+        });
+        let want: Vec<Value> = (0..THREADS as i64).map(Value::Int).collect();
+        let mut lost = Vec::new();
+        for c in 0..CUSTOMERS {
+            let id = format!("c{c}");
+            store.with(&id, |s| {
+                let s = s.expect("stored");
+                let ats: Vec<i64> = s.history.events().iter().map(|e| e.at).collect();
+                if s.attributes != want || ats != [0, 1, 2, 3] {
+                    lost.push((id.clone(), s.attributes.clone(), ats));
+                }
+            });
+        }
+        assert!(
+            lost.is_empty(),
+            "{} of {CUSTOMERS} customers lost writes, e.g. {:?}",
+            lost.len(),
+            lost.first()
+        );
     }
 }
