@@ -508,7 +508,7 @@ impl Db {
                     .append(Entry::Decision(Box::new(pending)), false);
                 self.count_unlogged(queued.err().map(DbError::from));
                 Some(reply)
-            });
+            })?;
             if let Some(reply) = done {
                 return Ok(reply);
             }

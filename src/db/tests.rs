@@ -40,6 +40,7 @@ fn decide_and_log(db: &Db, customer: &str, placement: &str, n: u64) -> (Uuid, Ve
     let state = db
         .store()
         .with(customer, |s| s.cloned())
+        .expect("decodes")
         .unwrap_or_else(|| CustomerState::anonymous(vec![]));
     let context = Context::for_placement(&catalog, p, vec![]);
     let id = decision_id(n);
@@ -67,7 +68,7 @@ fn outcome(decision: Uuid, offer: &str, kind: EventKind) -> OutcomeInput {
 }
 
 fn state_of(db: &Db, id: &str) -> Option<CustomerState> {
-    db.store().with(id, |s| s.cloned())
+    db.store().with(id, |s| s.cloned()).expect("decodes")
 }
 
 #[test]
