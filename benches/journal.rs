@@ -46,7 +46,7 @@ fn node(catalog: &Arc<Catalog>, writer: WriterOptions) -> (Db, tempfile::TempDir
     let attributes = json["attributes"].as_object().expect("attributes");
     db.upsert_json("ada", attributes, NOW).expect("upsert");
     let limits = HistoryLimits::for_catalog(catalog);
-    db.store().update("ada", |s| {
+    let history = db.store().update("ada", |s| {
         for i in 0..20i64 {
             let offer = &catalog.offers[i as usize % catalog.offers.len()];
             let event = Event {
@@ -58,7 +58,9 @@ fn node(catalog: &Arc<Catalog>, writer: WriterOptions) -> (Db, tempfile::TempDir
             };
             s.history.record(event, limits, NOW);
         }
+        Ok::<_, nextbest::state::StateError>(())
     });
+    history.expect("ada decodes");
     (db, dir)
 }
 
@@ -78,7 +80,8 @@ fn bench(c: &mut Criterion) {
             ..WriterOptions::default()
         },
     );
-    let state = db.store().with("ada", |s| s.cloned()).expect("ada");
+    let state = db.store().with("ada", |s| s.cloned()).expect("decodes");
+    let state = state.expect("ada");
     let placement = catalog
         .placement("call_center.next_best")
         .expect("placement");

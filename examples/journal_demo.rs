@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
             (uniform(seed, "who", n) * customers as f64) as u64
         );
         let placement = (uniform(seed, "where", n) * catalog.placements.len() as f64) as usize;
-        let Some(state) = db.store().with(&customer, |s| s.cloned()) else {
+        let Some(state) = db.store().with(&customer, |s| s.cloned())? else {
             continue;
         };
         let context = Context::for_placement(&catalog, placement, vec![]);

@@ -171,7 +171,7 @@ fn sigkill_loses_no_acknowledged_write() {
             match parts.as_slice() {
                 ["U", id, i] => {
                     let i: i64 = i.parse().expect("number");
-                    let state = db.store().with(id, |s| s.cloned());
+                    let state = db.store().with(id, |s| s.cloned()).expect("decodes");
                     let state = state.unwrap_or_else(|| {
                         panic!("seed {seed}: acknowledged upsert of {id} lost ({recovery})")
                     });
@@ -180,7 +180,8 @@ fn sigkill_loses_no_acknowledged_write() {
                 }
                 ["O", id, t, i] => {
                     let round = id[1..].split('t').next().expect("round");
-                    let state = db.store().with(id, |s| s.cloned()).expect("customer");
+                    let state = db.store().with(id, |s| s.cloned()).expect("decodes");
+                    let state = state.expect("customer");
                     assert_eq!(
                         state.history.events().len(),
                         1,

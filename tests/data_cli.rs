@@ -87,7 +87,8 @@ fn journal(data: &Path) {
         let id = format!("cust-{c}");
         db.upsert_json(&id, attributes, now).expect("upsert");
         for p in 0..catalog.placements.len() {
-            let state = db.store().with(&id, |s| s.cloned()).expect("customer");
+            let state = db.store().with(&id, |s| s.cloned()).expect("decodes");
+            let state = state.expect("customer");
             let context = Context::for_placement(&catalog, p, vec![]);
             let decision_id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
                 uuid::NoContext,

@@ -45,7 +45,7 @@ fn serve_answers_then_drains_on_sigterm_and_keeps_acknowledged_writes() {
     let catalog = std::sync::Arc::new(nextbest::catalog::Catalog::load(&rules).expect("catalog"));
     let (db, _) = nextbest::db::Db::open(data.path(), catalog, Default::default()).expect("reopen");
     assert!(
-        db.store().with("grace", |s| s.is_some()),
+        db.store().with("grace", |s| s.is_some()) == Ok(true),
         "the acknowledged upsert is kept"
     );
 }

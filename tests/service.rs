@@ -2997,3 +2997,182 @@ async fn a_frozen_disk_with_writers_piled_up_stalls_no_decide_health_or_metrics(
     drop(data);
     drop(disk);
 }
+
+/// A stored record that passes its checksum but does not decode (a format skew after an
+/// upgrade) refuses that customer's reads and writes with DATA_LOSS, counted; everyone
+/// else is served, and forgetting the customer still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_record_refuses_its_customer_and_no_one_else() {
+    let server = start().await;
+    let channel = server.channel().await;
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    let mut decisions = DecisionServiceClient::new(channel.clone());
+    customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "ada".into(),
+            attributes: ada(),
+        })
+        .await
+        .expect("upsert");
+    // An unterminated varint where the record's sequence number should be.
+    server
+        .node
+        .db()
+        .store()
+        .insert_packed("skewed".into(), Box::new([0xff, 0xff]));
+    let before = counted_series(&server.scrape().await);
+
+    let refused = |what: &str, result: Result<(), tonic::Status>| {
+        let e = result.expect_err(what);
+        assert_eq!(e.code(), Code::DataLoss, "{what}: {e:?}");
+        assert!(
+            e.message()
+                .starts_with("the stored record of customer `skewed` cannot be decoded (")
+                && e.message()
+                    .ends_with("); it is refused until repaired or forgotten"),
+            "{what}: {}",
+            e.message()
+        );
+    };
+    let outcome = proto::Outcome {
+        decision_id: uuid::Uuid::now_v7().to_string(),
+        offer_id: "fiber_broadband".into(),
+        kind: proto::OutcomeKind::Click as i32,
+        customer_id: "skewed".into(),
+        channel: "web".into(),
+        ..Default::default()
+    };
+    refused(
+        "Decide",
+        decisions
+            .decide(decide_request("skewed", "call_center.next_best"))
+            .await
+            .map(drop),
+    );
+    refused(
+        "Decide with attributes",
+        decisions
+            .decide(proto::DecideRequest {
+                attributes: with(&[("age", int(40))]),
+                ..decide_request("skewed", "call_center.next_best")
+            })
+            .await
+            .map(drop),
+    );
+    refused(
+        "Get",
+        customers
+            .get(proto::GetRequest {
+                customer_id: "skewed".into(),
+                history_limit: 0,
+            })
+            .await
+            .map(drop),
+    );
+    refused(
+        "Upsert",
+        customers
+            .upsert(proto::UpsertRequest {
+                customer_id: "skewed".into(),
+                attributes: ada(),
+            })
+            .await
+            .map(drop),
+    );
+    refused(
+        "RecordOutcome",
+        decisions.record_outcome(outcome.clone()).await.map(drop),
+    );
+    let scrape = server.scrape().await;
+    assert_eq!(
+        counted_series(&scrape),
+        before,
+        "refused: nothing decided, logged or stored"
+    );
+    assert!(
+        scrape.contains("\nnextbest_undecodable_records_total 5\n"),
+        "five refused reads counted: {scrape}"
+    );
+
+    let d = decisions
+        .decide(decide_request("ada", "call_center.next_best"))
+        .await
+        .expect("another customer is decided")
+        .into_inner();
+    assert!(!d.offers.is_empty());
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "nextbest.v1.DecisionService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let forgot = customers
+        .forget(proto::ForgetRequest {
+            customer_id: "skewed".into(),
+        })
+        .await
+        .expect("an undecodable customer can be forgotten")
+        .into_inner();
+    assert!(forgot.existed);
+    let e = customers
+        .get(proto::GetRequest {
+            customer_id: "skewed".into(),
+            history_limit: 0,
+        })
+        .await
+        .expect_err("forgotten");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let ack = decisions
+        .record_outcome(outcome)
+        .await
+        .expect("the refused outcome, retried once the customer is gone")
+        .into_inner();
+    assert!(!ack.duplicate, "a refused outcome was not counted");
+    server.shut_down().await;
+}
+
+/// `RecordOutcomes` appends its whole batch and waits once: 100 outcomes cost one group
+/// commit, not one fsync after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_outcomes_waits_for_one_fsync() {
+    let server = start().await;
+    let channel = server.channel().await;
+    let mut decisions = DecisionServiceClient::new(channel.clone());
+    let offer = server.node.db().catalog().offers[0].id.clone();
+    // Decisions this node never made: any offer is taken, and every outcome is new.
+    let outcomes: Vec<proto::Outcome> = (0..100)
+        .map(|_| proto::Outcome {
+            decision_id: uuid::Uuid::now_v7().to_string(),
+            offer_id: offer.clone(),
+            kind: proto::OutcomeKind::Impression as i32,
+            ..Default::default()
+        })
+        .collect();
+    let fsyncs = || {
+        server
+            .node
+            .db()
+            .journal_stats()
+            .fsyncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    server.node.db().sync().expect("sync");
+    let before = fsyncs();
+    let acks = decisions
+        .record_outcomes(proto::RecordOutcomesRequest { outcomes })
+        .await
+        .expect("the batch")
+        .into_inner()
+        .acks;
+    assert_eq!(acks.len(), 100);
+    assert!(acks.iter().all(|a| !a.duplicate));
+    let taken = fsyncs() - before;
+    assert!(taken <= 2, "a batch of 100 outcomes took {taken} fsyncs");
+    server.stop().await;
+}

@@ -288,8 +288,8 @@ not json
             "line 5: unknown attribute `customer.segmnt` (did you mean `segment`?)"
         );
         assert!(errors[2].starts_with("line 6: not JSON"), "{}", errors[2]);
-        assert!(db.store().with("c5", |s| s.is_some()));
-        assert!(db.store().with("c3", |s| s.is_none()));
+        assert_eq!(db.store().with("c5", |s| s.is_some()), Ok(true));
+        assert_eq!(db.store().with("c3", |s| s.is_none()), Ok(true));
     }
 
     #[test]
@@ -313,7 +313,11 @@ not json
             report.errors[0].to_string(),
             "line 4: attribute `customer.age` must be a whole number, found `x`"
         );
-        let c1 = db.store().with("c1", |s| s.cloned()).expect("c1");
+        let c1 = db
+            .store()
+            .with("c1", |s| s.cloned())
+            .expect("decodes")
+            .expect("c1");
         let schema = &db.catalog().schema.customer;
         let slot = |n: &str| schema.slot(n).expect("attribute") as usize;
         assert_eq!(c1.attributes[slot("age")], Value::Int(38));

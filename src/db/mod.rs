@@ -493,6 +493,11 @@ impl Db {
                 .find(|p| p.channel_key == key)
                 .map(|p| p.channel.clone())
         });
+        // A customer whose stored record does not decode refuses the outcome here, before
+        // anything of its batch is written.
+        if let (Some(c), Some(_)) = (&customer, &channel) {
+            self.store.with(c, |_| ())?;
+        }
         Ok(CheckedOutcome {
             key: offer.key,
             group: offer.group.clone(),
@@ -647,7 +652,7 @@ impl Db {
                     .try_append(Entry::Decision(Box::new(pending)), false);
                 self.count_unlogged(queued.err().map(DbError::from));
                 Some(reply)
-            });
+            })?;
             if let Some(reply) = done {
                 return Ok(reply);
             }

@@ -459,17 +459,23 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                     None => recovery.dropped_values += 1,
                 }
             }
-            db.store.update(&r.customer, |state| {
+            // A customer whose stored record does not decode stays refused (counted, as
+            // when serving); its journal records stay for a repair.
+            let _refused = db.store.update(&r.customer, |state| {
                 if seq > state.seq {
                     state.merge(schema, values);
                     state.seq = seq;
                 }
+                Ok::<_, crate::state::StateError>(())
             });
         }
         Record::Forget(r) => {
+            // A record that does not decode holds no sequence number to go by: the
+            // forget applies, as it does when serving.
             let newer = db
                 .store
-                .with(&r.customer, |s| s.is_some_and(|s| s.seq > seq));
+                .with(&r.customer, |s| s.is_some_and(|s| s.seq > seq))
+                .unwrap_or(false);
             if !newer {
                 db.store.forget(&r.customer);
             }
@@ -499,11 +505,12 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                     kind: r.kind,
                 };
                 let limits = db.store.limits();
-                db.store.update(customer, |state| {
+                let _refused = db.store.update(customer, |state| {
                     if seq > state.seq {
                         state.history.record(event, limits, r.accepted);
                         state.seq = seq;
                     }
+                    Ok::<_, crate::state::StateError>(())
                 });
             }
         }

@@ -40,6 +40,7 @@ fn decide_and_log(db: &Db, customer: &str, placement: &str, n: u64) -> (Uuid, Ve
     let state = db
         .store()
         .with(customer, |s| s.cloned())
+        .expect("decodes")
         .unwrap_or_else(|| CustomerState::anonymous(vec![]));
     let context = Context::for_placement(&catalog, p, vec![]);
     let id = decision_id(n);
@@ -67,7 +68,7 @@ fn outcome(decision: Uuid, offer: &str, kind: EventKind) -> OutcomeInput {
 }
 
 fn state_of(db: &Db, id: &str) -> Option<CustomerState> {
-    db.store().with(id, |s| s.cloned())
+    db.store().with(id, |s| s.cloned()).expect("decodes")
 }
 
 #[test]
@@ -827,5 +828,95 @@ fn a_batch_of_outcomes_is_all_or_nothing_and_waits_once() {
     assert!(
         batch_fsyncs <= 2 && single_fsyncs >= 20,
         "a batch of 100 took {batch_fsyncs} fsyncs, 20 single calls {single_fsyncs}"
+    );
+}
+
+/// Every customer's state, by id.
+fn all_states(db: &Db) -> std::collections::BTreeMap<String, CustomerState> {
+    let mut out = std::collections::BTreeMap::new();
+    db.store().for_each(|s| {
+        out.insert(
+            s.id.clone().expect("a stored customer has an id"),
+            s.clone(),
+        );
+    });
+    out
+}
+
+/// Upserts and outcomes race to create each new customer (released together by a
+/// barrier): memory holds every write, as a replay of the journal does.
+#[test]
+fn concurrent_first_writes_are_in_memory_as_in_the_journal() {
+    const THREADS: usize = 4;
+    const CUSTOMERS: usize = 400;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = DbOptions::default();
+    // Durability is not under test: the journal is read back after `close`.
+    options.writer.sync = storage::writer::SyncMode::Never;
+    let (db, _) = Db::open(dir.path(), catalog(), options).expect("open");
+    let catalog = db.catalog();
+    let slot = |name: &str| catalog.schema.customer.slot(name).expect("attribute") as usize;
+    let (age, tenure) = (slot("age"), slot("tenure_months"));
+    let barrier = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let (db, catalog, barrier) = (&db, &catalog, &barrier);
+            scope.spawn(move || {
+                for c in 0..CUSTOMERS {
+                    let id = format!("c{c}");
+                    barrier.wait();
+                    if t < 2 {
+                        let mut values = vec![Value::Missing; catalog.schema.customer.len()];
+                        values[[age, tenure][t]] = Value::Int(c as i64);
+                        db.upsert(&id, values, NOW, false).expect("upsert");
+                    } else {
+                        let offer = ["fiber_broadband", "tv_bundle"][t - 2];
+                        db.record_outcome(
+                            &OutcomeInput {
+                                customer: Some(id),
+                                channel: Some("web".into()),
+                                ..outcome(
+                                    decision_id((c * THREADS + t) as u64),
+                                    offer,
+                                    EventKind::Click,
+                                )
+                            },
+                            NOW,
+                        )
+                        .expect("outcome");
+                    }
+                }
+            });
+        }
+    });
+    let in_memory = all_states(&db);
+    db.close().expect("close");
+    let (db, recovery) = open(dir.path());
+    assert_eq!(
+        recovery.replayed,
+        (THREADS * CUSTOMERS) as u64,
+        "{recovery}"
+    );
+    let replayed = all_states(&db);
+    assert_eq!(replayed.len(), CUSTOMERS);
+    for (id, state) in &replayed {
+        assert!(
+            !state.attributes[age].is_missing() && !state.attributes[tenure].is_missing(),
+            "replayed `{id}` has both attributes"
+        );
+        assert_eq!(state.history.events().len(), 2, "replayed `{id}`");
+    }
+    let differ: Vec<&String> = replayed
+        .iter()
+        .filter(|(id, s)| in_memory.get(*id) != Some(s))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} of {CUSTOMERS} customers differ in memory from the journal, e.g. `{}`: {:?} in memory, {:?} replayed",
+        differ.len(),
+        differ[0],
+        in_memory.get(differ[0]),
+        replayed.get(differ[0]),
     );
 }

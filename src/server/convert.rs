@@ -16,7 +16,20 @@ use crate::storage::WriteError;
 /// Every error the service returns goes through here.
 pub fn status(e: DbError) -> Status {
     match e {
-        DbError::Attribute(e) => Status::invalid_argument(e.to_string()),
+        // DATA_LOSS rather than FAILED_PRECONDITION: the server's own stored record is
+        // unreadable (a format skew or corruption), which is what gRPC's table keeps
+        // DATA_LOSS for; FAILED_PRECONDITION names a state the caller is to fix, maps to
+        // HTTP 400 and would hide a server fault from alerts on server-side codes. Not
+        // INVALID_ARGUMENT either, as the other `Attribute` errors are: the request is
+        // fine. A retry fails alike until the customer is repaired or forgotten.
+        DbError::Attribute(e @ StateError::Undecodable { .. }) => Status::data_loss(e.to_string()),
+        DbError::Attribute(
+            e @ (StateError::UnknownAttribute { .. }
+            | StateError::WrongType { .. }
+            | StateError::BadEvent { .. }
+            | StateError::TooLarge { .. }
+            | StateError::Time(_)),
+        ) => Status::invalid_argument(e.to_string()),
         DbError::Time(_) | DbError::NotShown { .. } => Status::invalid_argument(e.to_string()),
         DbError::UnknownOffer { .. } => Status::not_found(e.to_string()),
         DbError::Write(WriteError::Failed(_) | WriteError::Closed | WriteError::Full) => {

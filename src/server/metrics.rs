@@ -37,9 +37,10 @@ pub struct Metrics {
     journal_waits: IntCounter,
     journal_failed: IntGauge,
     unlogged: IntCounter,
-    /// The node's journal counters as last seen, and which `Db` they were read from:
-    /// a healed node starts its counters again from zero.
-    seen: Arc<std::sync::Mutex<(usize, [u64; 5])>>,
+    undecodable: IntCounter,
+    /// The node's journal and store counters as last seen, and which `Db` they were read
+    /// from: a healed node starts its counters again from zero.
+    seen: Arc<std::sync::Mutex<(usize, [u64; 6])>>,
     write_seconds: Histogram,
     grpc_requests: IntCounterVec,
     grpc_errors: IntCounterVec,
@@ -140,6 +141,10 @@ impl Metrics {
             unlogged: plain(
                 "nextbest_decisions_unlogged_total",
                 "Decisions answered while the journal had failed, so not logged.",
+            )?,
+            undecodable: plain(
+                "nextbest_undecodable_records_total",
+                "Reads and writes refused (DATA_LOSS) because the customer's stored record does not decode; forget or repair the customer.",
             )?,
             seen: Arc::default(),
             write_seconds,
@@ -245,11 +250,12 @@ impl Metrics {
             load(&stats.fsyncs),
             load(&stats.waits),
             db.unlogged_decisions(),
+            db.store().undecodable_reads(),
         ];
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let identity = Arc::as_ptr(&db) as usize;
         if seen.0 != identity {
-            *seen = (identity, [0; 5]);
+            *seen = (identity, [0; 6]);
         }
         let counters = [
             &self.journal_bytes,
@@ -257,6 +263,7 @@ impl Metrics {
             &self.journal_fsyncs,
             &self.journal_waits,
             &self.unlogged,
+            &self.undecodable,
         ];
         for ((counter, now), before) in counters.into_iter().zip(now).zip(&mut seen.1) {
             counter.inc_by(now.saturating_sub(*before));

@@ -283,8 +283,11 @@ impl Service {
                 .decide(catalog, customer, &context, placement, at, &options, reply)
                 .map_err(status),
             Some(values) => {
-                let mut state = customer
-                    .and_then(|id| db.store().with(id, |s| s.cloned()))
+                let stored = customer.map(|id| db.store().with(id, |s| s.cloned()));
+                let mut state = stored
+                    .transpose()
+                    .map_err(|e| status(e.into()))?
+                    .flatten()
                     .unwrap_or_else(|| CustomerState {
                         id: customer.map(str::to_string),
                         ..CustomerState::default()
@@ -721,6 +724,7 @@ impl CustomerService for Service {
                 .with(id, |s| {
                     s.map(|s| convert::customer(&catalog, s, r.history_limit as usize))
                 })
+                .map_err(|e| status(e.into()))?
                 .map(Response::new)
                 .ok_or_else(|| Status::not_found(format!("no customer `{}`", printable(id))))
         }

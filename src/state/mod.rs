@@ -10,8 +10,10 @@
 pub mod packed;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
 use crate::schema::{AttrType, EntitySchema, Schema, Value};
 pub use crate::schema::{Event, EventKind};
@@ -114,7 +116,8 @@ impl CustomerState {
     }
 }
 
-/// A bad attribute in a request or an upsert: the record is left unchanged.
+/// A bad attribute in a request or an upsert (the record is left unchanged), or a stored
+/// record that cannot be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StateError {
     #[error("unknown attribute `{entity}.{name}`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
@@ -144,6 +147,10 @@ pub enum StateError {
     /// message says it all, once.
     #[error("attribute {0}")]
     Time(crate::schema::time::TimeError),
+    #[error(
+        "the stored record of customer `{customer}` cannot be decoded ({reason}); it is refused until repaired or forgotten"
+    )]
+    Undecodable { customer: String, reason: String },
 }
 
 impl From<crate::schema::time::TimeError> for StateError {
@@ -319,12 +326,19 @@ pub(crate) fn shown(text: &str) -> String {
 /// Readers get a decoded copy (into a per-thread scratch state, so a read allocates only
 /// for string values) and hold no lock while they use it; writers decode, change and
 /// re-encode one customer under its shard's write lock.
+///
+/// A stored record that does not decode (it passed its checksum, but another version of
+/// the format wrote it, say) refuses its customer with [`StateError::Undecodable`] on
+/// every read and write, counted in [`Store::undecodable_reads`]; everyone else is served,
+/// and [`Store::forget`], which decodes nothing, still removes it.
 #[derive(Default)]
 pub struct Store {
     customers: DashMap<Box<str>, Box<[u8]>>,
     limits: HistoryLimits,
     /// The number of customer slots of the schema the records are written in.
     width: usize,
+    /// Reads and writes refused because the customer's record does not decode.
+    undecodable: AtomicU64,
 }
 
 impl fmt::Debug for Store {
@@ -367,6 +381,7 @@ impl Store {
             customers: DashMap::new(),
             limits,
             width,
+            undecodable: AtomicU64::new(0),
         }
     }
 
@@ -382,47 +397,85 @@ impl Store {
         self.limits
     }
 
-    fn unpack(&self, id: &str, bytes: &[u8], into: &mut CustomerState) {
+    /// Reads and writes refused since the store was made because the customer's stored
+    /// record does not decode.
+    pub fn undecodable_reads(&self) -> u64 {
+        self.undecodable.load(Ordering::Relaxed)
+    }
+
+    fn unpack(&self, id: &str, bytes: &[u8], into: &mut CustomerState) -> Result<(), StateError> {
         let slot = into.id.get_or_insert_with(String::new);
         slot.clear();
         slot.push_str(id);
-        packed::decode(bytes, self.width, into)
-            .expect("a stored record decodes: the store encoded it (or loaded it checksummed)");
+        packed::decode(bytes, self.width, into).ok_or_else(|| {
+            self.undecodable.fetch_add(1, Ordering::Relaxed);
+            StateError::Undecodable {
+                customer: id.to_string(),
+                reason: format!(
+                    "{} bytes that are not a packed record of {} attributes",
+                    bytes.len(),
+                    self.width
+                ),
+            }
+        })
     }
 
     /// Merges the given attributes (already parsed against `schema`) into a customer,
     /// creating it if needed. Missing values in `values` leave the stored ones as they are.
-    pub fn upsert(&self, id: &str, schema: &Schema, values: Vec<Value>) {
-        self.update(id, |state| state.merge(schema, values));
+    pub fn upsert(&self, id: &str, schema: &Schema, values: Vec<Value>) -> Result<(), StateError> {
+        self.update(id, |state| {
+            state.merge(schema, values);
+            Ok(())
+        })
     }
 
     /// Records an interaction accepted at `now`; an unknown customer is created with no
     /// attributes.
-    pub fn record(&self, id: &str, event: Event, now: i64) {
-        self.update(id, |state| state.history.record(event, self.limits, now));
+    pub fn record(&self, id: &str, event: Event, now: i64) -> Result<(), StateError> {
+        self.update(id, |state| {
+            state.history.record(event, self.limits, now);
+            Ok(())
+        })
     }
 
     /// Runs `f` on a customer's state, creating it empty if needed, holding the lock on
     /// that customer: updates to one customer happen in the order of their `update` calls
-    /// (the durable layer appends to the journal inside `f` for that reason).
-    pub fn update<R>(&self, id: &str, f: impl FnOnce(&mut CustomerState) -> R) -> R {
+    /// (the durable layer appends to the journal inside `f` for that reason). When the
+    /// stored record does not decode, `f` is not run and the record stays as it is: the
+    /// error is `f`'s own type, so that a caller's `f` and the refusal share one `?`.
+    pub fn update<T, E: From<StateError>>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut CustomerState) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut state = scratch();
-        let mut entry = match self.customers.get_mut(id) {
-            Some(entry) => {
-                self.unpack(id, &entry, &mut state);
-                entry
-            }
-            None => {
-                state.id = Some(id.to_string());
-                state.attributes.clear();
-                state.attributes.resize(self.width, Value::Missing);
-                state.history.events_mut().clear();
-                state.seq = 0;
-                let mut empty = Vec::new();
-                packed::encode(&state, &mut empty);
-                self.customers
-                    .entry(id.into())
-                    .or_insert(empty.into_boxed_slice())
+        let entry = match self.customers.get_mut(id) {
+            Some(entry) => self.unpack(id, &entry, &mut state).map(|()| entry),
+            // Not there when looked up, but another writer may create it before this
+            // one takes the shard's write lock: `f` must then start from that record,
+            // or its write would be lost in memory (the journal would still hold it).
+            None => match self.customers.entry(id.into()) {
+                Entry::Occupied(entry) => {
+                    let entry = entry.into_ref();
+                    self.unpack(id, &entry, &mut state).map(|()| entry)
+                }
+                Entry::Vacant(entry) => {
+                    state.id = Some(id.to_string());
+                    state.attributes.clear();
+                    state.attributes.resize(self.width, Value::Missing);
+                    state.history.events_mut().clear();
+                    state.seq = 0;
+                    let mut empty = Vec::new();
+                    packed::encode(&state, &mut empty);
+                    Ok(entry.insert(empty.into_boxed_slice()))
+                }
+            },
+        };
+        let mut entry = match entry {
+            Ok(entry) => entry,
+            Err(refused) => {
+                recycle(state);
+                return Err(refused.into());
             }
         };
         let result = f(&mut state);
@@ -446,17 +499,19 @@ impl Store {
         self.customers.insert(id, bytes);
     }
 
-    /// Runs `f` on a copy of one customer's state, taken under a short read lock.
-    pub fn with<R>(&self, id: &str, f: impl FnOnce(Option<&CustomerState>) -> R) -> R {
+    /// Runs `f` on a copy of one customer's state, taken under a short read lock; refused
+    /// (and `f` not run) when the stored record does not decode.
+    pub fn with<R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(Option<&CustomerState>) -> R,
+    ) -> Result<R, StateError> {
         let mut state = scratch();
         let found = match self.customers.get(id) {
-            Some(bytes) => {
-                self.unpack(id, &bytes, &mut state);
-                true
-            }
-            None => false,
+            Some(bytes) => self.unpack(id, &bytes, &mut state).map(|()| true),
+            None => Ok(false),
         };
-        let result = f(found.then_some(&state));
+        let result = found.map(|found| f(found.then_some(&state)));
         recycle(state);
         result
     }
@@ -467,36 +522,38 @@ impl Store {
         &self,
         id: &str,
         f: impl FnOnce(Option<(&CustomerState, &[u8])>) -> R,
-    ) -> R {
+    ) -> Result<R, StateError> {
         let mut state = scratch();
         let mut record = RECORD.take();
         let found = match self.customers.get(id) {
-            Some(bytes) => {
-                self.unpack(id, &bytes, &mut state);
+            Some(bytes) => self.unpack(id, &bytes, &mut state).map(|()| {
                 record.clear();
                 record.extend_from_slice(&bytes);
                 true
-            }
-            None => false,
+            }),
+            None => Ok(false),
         };
-        let result = f(found.then_some((&state, &record[..])));
+        let result = found.map(|found| f(found.then_some((&state, &record[..]))));
         RECORD.set(record);
         recycle(state);
         result
     }
 
     /// Calls `f` on every customer, each under its shard's read lock in turn: each state
-    /// is consistent, the whole is not a point-in-time view.
+    /// is consistent, the whole is not a point-in-time view. A customer whose record does
+    /// not decode is skipped (and counted).
     pub fn for_each(&self, mut f: impl FnMut(&CustomerState)) {
         let mut state = scratch();
         for entry in self.customers.iter() {
-            self.unpack(entry.key(), entry.value(), &mut state);
-            f(&state);
+            if self.unpack(entry.key(), entry.value(), &mut state).is_ok() {
+                f(&state);
+            }
         }
         recycle(state);
     }
 
-    /// Calls `f` on every customer's id and packed record.
+    /// Calls `f` on every customer's id and packed record, as stored: a snapshot carries
+    /// a record that does not decode over as it is.
     pub fn for_each_packed(&self, mut f: impl FnMut(&str, &[u8])) {
         for entry in self.customers.iter() {
             f(entry.key(), entry.value());
@@ -504,14 +561,15 @@ impl Store {
     }
 
     /// Carries every record over from the schema `from` to `to` ([`packed::remap`]);
-    /// returns how many values no longer fit and were dropped.
+    /// returns how many values no longer fit and were dropped. A record that does not
+    /// decode is left as it is: its customer stays refused.
     pub fn remap(&mut self, from: &packed::SlotTypes, to: &EntitySchema) -> usize {
         let mut dropped = 0;
         for mut entry in self.customers.iter_mut() {
-            let (bytes, n) = packed::remap(entry.value(), from, to)
-                .expect("a stored record decodes: the store encoded it");
-            *entry.value_mut() = bytes.into_boxed_slice();
-            dropped += n;
+            if let Some((bytes, n)) = packed::remap(entry.value(), from, to) {
+                *entry.value_mut() = bytes.into_boxed_slice();
+                dropped += n;
+            }
         }
         self.width = to.len();
         dropped
@@ -677,15 +735,149 @@ mod tests {
         }
         let schema = Schema::new(customer, EntitySchema::default());
         let store = Store::new(HistoryLimits::default(), 2);
-        store.upsert("c1", &schema, vec![Value::Int(1), Value::Missing]);
-        store.upsert("c1", &schema, vec![Value::Missing, Value::Int(2)]);
-        store.record("c1", Event::new(5, "o", None, "web", EventKind::Accept), 5);
-        store.with("c1", |s| {
-            let s = s.expect("stored");
-            assert_eq!(s.attributes, [Value::Int(1), Value::Int(2)]);
-            assert_eq!(s.history.events().len(), 1);
-        });
+        let write = "a decodable record takes writes";
+        store
+            .upsert("c1", &schema, vec![Value::Int(1), Value::Missing])
+            .expect(write);
+        store
+            .upsert("c1", &schema, vec![Value::Missing, Value::Int(2)])
+            .expect(write);
+        store
+            .record("c1", Event::new(5, "o", None, "web", EventKind::Accept), 5)
+            .expect(write);
+        let s = store.with("c1", |s| s.cloned()).expect("decodes");
+        let s = s.expect("stored");
+        assert_eq!(s.attributes, [Value::Int(1), Value::Int(2)]);
+        assert_eq!(s.history.events().len(), 1);
         assert!(store.forget("c1"));
-        store.with("c1", |s| assert!(s.is_none()));
+        assert_eq!(store.with("c1", |s| s.is_none()), Ok(true));
+    }
+
+    /// Several threads write each new customer at once (released together by a barrier):
+    /// whoever creates the record, every write is kept.
+    #[test]
+    fn concurrent_first_writes_to_a_new_customer_are_all_kept() {
+        const THREADS: usize = 4;
+        const CUSTOMERS: usize = 2_000;
+        let mut customer = EntitySchema::default();
+        for t in 0..THREADS {
+            customer.push(Attribute {
+                name: format!("a{t}"),
+                ty: AttrType::Int,
+                default: Value::Missing,
+                description: None,
+            });
+        }
+        let schema = Schema::new(customer, EntitySchema::default());
+        let store = Store::new(HistoryLimits::default(), THREADS);
+        let barrier = std::sync::Barrier::new(THREADS);
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let (store, schema, barrier) = (&store, &schema, &barrier);
+                scope.spawn(move || {
+                    for c in 0..CUSTOMERS {
+                        let id = format!("c{c}");
+                        barrier.wait();
+                        // Half the threads set an attribute first, half record an event.
+                        let mut values = vec![Value::Missing; THREADS];
+                        values[t] = Value::Int(t as i64);
+                        let event = Event::new(t as i64, "o", None, "web", EventKind::Click);
+                        let write = "a decodable record takes writes";
+                        if t % 2 == 0 {
+                            store.upsert(&id, schema, values).expect(write);
+                            store.record(&id, event, t as i64).expect(write);
+                        } else {
+                            store.record(&id, event, t as i64).expect(write);
+                            store.upsert(&id, schema, values).expect(write);
+                        }
+                    }
+                });
+            }
+        });
+        let want: Vec<Value> = (0..THREADS as i64).map(Value::Int).collect();
+        let mut lost = Vec::new();
+        for c in 0..CUSTOMERS {
+            let id = format!("c{c}");
+            let s = store.with(&id, |s| s.cloned()).expect("decodes");
+            let s = s.expect("stored");
+            let ats: Vec<i64> = s.history.events().iter().map(|e| e.at).collect();
+            if s.attributes != want || ats != [0, 1, 2, 3] {
+                lost.push((id, s.attributes, ats));
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "{} of {CUSTOMERS} customers lost writes, e.g. {:?}",
+            lost.len(),
+            lost.first()
+        );
+    }
+
+    /// A record that passed its checksum but does not decode refuses its customer, counted,
+    /// without a panic: the other customers are read and written as before, and
+    /// forgetting it works.
+    #[test]
+    fn an_undecodable_record_is_refused_and_counted_and_others_are_served() {
+        let store = Store::new(HistoryLimits::default(), 2);
+        let ok = CustomerState {
+            attributes: vec![Value::Int(1), Value::Missing],
+            ..CustomerState::default()
+        };
+        store.insert("ok", &ok);
+        // An unterminated varint where the sequence number should be.
+        let skewed: Box<[u8]> = Box::new([0xff, 0xff]);
+        store.insert_packed("skewed".into(), skewed.clone());
+        let refused = StateError::Undecodable {
+            customer: "skewed".into(),
+            reason: "2 bytes that are not a packed record of 2 attributes".into(),
+        };
+        let ran = std::cell::Cell::new(false);
+        assert_eq!(
+            store.with("skewed", |_| ran.set(true)),
+            Err(refused.clone())
+        );
+        assert_eq!(
+            refused.to_string(),
+            "the stored record of customer `skewed` cannot be decoded (2 bytes that are not a packed record of 2 attributes); it is refused until repaired or forgotten"
+        );
+        assert_eq!(store.undecodable_reads(), 1);
+
+        let read = |s: Option<&CustomerState>| s.map(|s| s.attributes.clone());
+        assert_eq!(store.with("ok", read), Ok(Some(ok.attributes.clone())));
+        assert_eq!(
+            store.with_record("ok", |s| s.map(|(s, _)| s.attributes.clone())),
+            Ok(Some(ok.attributes.clone()))
+        );
+        assert_eq!(store.with("nobody", read), Ok(None));
+        assert_eq!(store.undecodable_reads(), 1, "only refusals count");
+
+        assert_eq!(
+            store.with_record("skewed", |_| ran.set(true)),
+            Err(refused.clone())
+        );
+        let written = store.update("skewed", |_| {
+            ran.set(true);
+            Ok::<_, StateError>(())
+        });
+        assert_eq!(written, Err(refused));
+        assert!(!ran.get(), "nothing runs on a refused record");
+        let mut record = None;
+        store.for_each_packed(|id, bytes| {
+            if id == "skewed" {
+                record = Some(Box::<[u8]>::from(bytes));
+            }
+        });
+        assert_eq!(
+            record,
+            Some(skewed),
+            "a refused write leaves the record as it was"
+        );
+        let mut seen = Vec::new();
+        store.for_each(|s| seen.push(s.id.clone()));
+        assert_eq!(seen, [Some("ok".to_string())], "skipped, and counted");
+        assert_eq!(store.undecodable_reads(), 4);
+
+        assert!(store.forget("skewed"), "forgetting decodes nothing");
+        assert_eq!(store.with("skewed", read), Ok(None));
     }
 }
