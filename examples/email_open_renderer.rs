@@ -1,8 +1,8 @@
 //! An email renderer that decides when the email is opened: the image in an email's hero
 //! block points here, and every open asks nextbest for `email.hero`, records the
-//! impression and returns the HTML block. The same customer then sees a consistent offer
-//! on the web: exploration draws are stable per customer and time window, so a customer
-//! who is being shown a challenger offer sees it in every channel.
+//! impression and returns the HTML block. Exploration draws are stable per customer and
+//! time window, so the web banner explores exactly when the email does, and shows the same
+//! explored offer where the offer ranked first is a candidate in both placements.
 //!
 //! ```sh
 //! cargo run --release -- serve                     # in one terminal

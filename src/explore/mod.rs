@@ -1,11 +1,12 @@
 //! Exploration: epsilon-greedy draws that are stable hashes, not per-request random numbers.
 //!
 //! Every draw is xxh3 (seeded by the experiment's salt) of the customer and a few integers,
-//! so one customer gets the same arm, the same explore/exploit outcome per slot and the same
-//! explored offer in every channel and on every repeated call within a time window, and
-//! another window redraws. The explored offer is chosen rendezvous-style, by ranking the
-//! eligible offers on hash(customer, window, offer): placements whose eligible sets overlap
-//! then show the same explored offer. docs/decisions.md gives the propensities this yields.
+//! so one customer gets the same arm and the same explore/exploit outcome per slot in every
+//! placement of the experiment and on every repeated call within a time window, and another
+//! window redraws. The explored offer is chosen rendezvous-style, by ranking the eligible
+//! offers on hash(customer, window, offer): every placement ranks them in the same order,
+//! so two placements that explore show the same offer when the highest-ranked of all their
+//! candidates is a candidate in both. docs/decisions.md gives the propensities this yields.
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
