@@ -169,5 +169,27 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Finding an offer by id, as every outcome and export row does: the catalog's index
+/// against the linear scan it replaced, for the last offer of the catalog.
+fn lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("offer_by_id");
+    for n in [10usize, 100, 1000] {
+        let catalog = synthetic::catalog(n);
+        let id = catalog.offers[n - 1].id.clone();
+        group.bench_with_input(BenchmarkId::new("index", n), &n, |b, _| {
+            b.iter(|| black_box(&catalog).offer(black_box(&id)))
+        });
+        group.bench_with_input(BenchmarkId::new("scan", n), &n, |b, _| {
+            b.iter(|| {
+                black_box(&catalog)
+                    .offers
+                    .iter()
+                    .position(|o| o.id == *black_box(&id))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, lookup);
 criterion_main!(benches);

@@ -96,6 +96,18 @@ fn the_base_catalog_loads() {
 }
 
 #[test]
+fn every_offer_is_found_by_its_id_and_its_key() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let c = Catalog::load(root.join("rules")).expect("the sample catalog loads");
+    for (i, o) in c.offers.iter().enumerate() {
+        assert_eq!(c.offer(&o.id), Some(i), "{}", o.id);
+        assert_eq!(c.offer_by_key(o.key), Some(i), "{}", o.id);
+    }
+    assert_eq!(c.offer("no_such_offer"), None);
+    assert_eq!(c.offer_by_key(0), None, "0 stands for none");
+}
+
+#[test]
 fn policies_and_budgets_load() {
     let placements = format!(
         "{PLACEMENTS}contact_policy:\n  fatigue: {{ max_impressions: [{{ count: 5, within: 1d }}] }}\n  \
