@@ -753,7 +753,6 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         let scrapes = tokio::spawn(nextbest::server::metrics::serve(
             metrics_listener,
             registry,
-            Arc::clone(&metrics),
             Arc::clone(&node),
             until_stopped(),
         ));

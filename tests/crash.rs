@@ -192,12 +192,13 @@ fn sigkill_loses_no_acknowledged_write() {
                         offer: OFFER.into(),
                         kind: EventKind::Impression,
                         value: None,
-                        at: 0,
+                        at: 1_795_428_000_000,
                         customer: Some(id.to_string()),
                         channel: Some(CHANNEL.into()),
                     };
+                    // A retry a day after the writes.
                     assert!(
-                        db.record_outcome(&retry, retry.at)
+                        db.record_outcome(&retry, retry.at + 86_400_000)
                             .expect("retry")
                             .duplicate
                     );

@@ -43,7 +43,8 @@ struct Published {
 
 /// One scope's counter as two atomics. The day and today's count share one word (day in
 /// the high 32 bits, today's count, saturated, in the low 32), so a reader never sees
-/// yesterday's count under today's date.
+/// yesterday's count under today's date. The total is stored after it: a reader may see
+/// today's count one ahead of the total for a moment, which no budget check compares.
 #[derive(Debug, Default)]
 struct Cell {
     day_today: AtomicU64,

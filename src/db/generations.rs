@@ -60,7 +60,14 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
             if g[1].contains_key(&key) {
                 return false;
             }
-            let new = g[0].insert(key, value).is_none();
+            // An entry already current keeps its value.
+            let new = match g[0].entry(key) {
+                dashmap::Entry::Occupied(_) => false,
+                dashmap::Entry::Vacant(e) => {
+                    e.insert(value);
+                    true
+                }
+            };
             (new, new && self.added())
         };
         if full {
@@ -107,6 +114,16 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
         g[0].get(key)
             .or_else(|| g[1].get(key))
             .map(|r| r.value().clone())
+    }
+
+    /// Replaces the value of a remembered key, in whichever generation holds it.
+    pub fn update(&self, key: &K, value: V) {
+        let g = self.read();
+        if let Some(mut e) = g[0].get_mut(key) {
+            *e = value;
+        } else if let Some(mut e) = g[1].get_mut(key) {
+            *e = value;
+        }
     }
 
     pub fn remove(&self, key: &K) {

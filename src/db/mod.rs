@@ -91,6 +91,22 @@ pub enum DbError {
     /// A time a caller sent, outside what the node accepts.
     #[error(transparent)]
     Time(#[from] time::TimeError),
+    /// An outcome whose `decision_id` is no decision id (a UUIDv7).
+    #[error("`decision_id`: `{decision}` is not a decision id (decisions are UUIDv7, this is version {})", decision.get_version_num())]
+    NotADecision { decision: Uuid },
+    /// An outcome's customer or channel other than its decision's.
+    #[error(
+        "`{field}`: decision `{decision}` was made for `{its}`, not `{given}` (leave it out: the decision's is taken)"
+    )]
+    NotTheDecisions {
+        field: &'static str,
+        given: String,
+        decision: Uuid,
+        its: String,
+    },
+    /// An outcome's channel that no placement has.
+    #[error("`channel`: unknown channel `{channel}`; the catalog's placements are in {channels}")]
+    UnknownChannel { channel: String, channels: String },
     /// An outcome of an offer its decision did not show.
     #[error("`offer_id`: decision `{decision}` did not show offer `{offer}`; it showed {}", if shown.is_empty() { "nothing".to_string() } else { shown.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ") })]
     NotShown {
@@ -142,6 +158,9 @@ pub struct Compaction {
 /// Outcome identity: (decision, offer key, kind).
 type OutcomeKey = (u128, u32, EventKind);
 
+/// An outcome whose identity is claimed and whose record is not yet queued.
+const PENDING: u64 = u64::MAX;
+
 /// An outcome that passed every check, with what the node resolved for it.
 #[derive(Debug)]
 struct CheckedOutcome {
@@ -164,7 +183,9 @@ pub struct Db {
     catalog: ArcSwap<Catalog>,
     store: Store,
     journal: Writer<Entry>,
-    outcomes: Generations<OutcomeKey, ()>,
+    /// The outcomes counted, with the sequence number of their record ([`PENDING`]
+    /// while it is being queued; 0 for one restored, which is durable).
+    outcomes: Generations<OutcomeKey, u64>,
     decisions: Generations<u128, Recent>,
     /// Forgotten since the last compaction, in order: their records are still in the
     /// journal until the next one.
@@ -399,24 +420,53 @@ impl Db {
             .collect::<Result<Vec<_>, _>>()?;
         let mut acks = Vec::with_capacity(checked.len());
         let mut counted = Vec::with_capacity(checked.len());
-        let mut last = None;
-        let mut retried = false;
+        // The highest record to wait for: this call's own, and the first writes its
+        // retries repeat (acknowledged only once those are durable).
+        let mut last = 0;
         let mut failed = None;
         for (i, outcome) in checked.into_iter().enumerate() {
-            let identity = outcome.identity(&inputs[i]);
-            if !self.outcomes.insert_new(identity, ()) {
-                retried = true;
+            let input = &inputs[i];
+            let identity = outcome.identity(input);
+            let joined = outcome.channel.is_some();
+            // Room first, then the identity: from claiming it to queueing its record
+            // nothing waits for the disk, so a retry that finds it pending finds its
+            // record queued a moment later.
+            let permit = match self.journal.reserve() {
+                Ok(permit) => permit,
+                Err(e) => {
+                    failed = Some((None, e.into()));
+                    break;
+                }
+            };
+            if !self.outcomes.insert_new(identity, PENDING) {
+                drop(permit);
+                match self.first_write(&identity) {
+                    Some(seq) => last = last.max(seq),
+                    None => {
+                        // The first write failed: the journal has; say so.
+                        failed = Some((
+                            None,
+                            self.journal
+                                .sync()
+                                .err()
+                                .map_or(DbError::Write(storage::WriteError::Closed), DbError::from),
+                        ));
+                        break;
+                    }
+                }
                 acks.push(OutcomeAck {
                     duplicate: true,
-                    customer: outcome.customer,
+                    customer: outcome.customer.filter(|_| joined),
                 });
                 continue;
             }
             counted.push(identity);
             let customer = outcome.customer.clone();
-            let joined = outcome.channel.is_some();
-            match self.append_outcome(&inputs[i], outcome, now) {
-                Ok(seq) => last = Some(seq),
+            match self.append_outcome(input, outcome, now, permit) {
+                Ok(seq) => {
+                    self.outcomes.update(&identity, seq);
+                    last = last.max(seq);
+                }
                 Err(e) => {
                     failed = Some((None, e));
                     break;
@@ -427,22 +477,33 @@ impl Db {
                 customer: customer.filter(|_| joined),
             });
         }
-        // A retry is acknowledged once the first write is durable: a sync covers it (and
-        // everything appended here); otherwise waiting for the last record is enough.
         let waited = match failed {
             Some(failure) => Err(failure),
-            None if retried => self.journal.sync().map_err(|e| (None, e.into())),
-            None => last.map_or(Ok(()), |seq| {
-                self.journal.wait(seq).map_err(|e| (None, e.into()))
-            }),
+            None => self.journal.wait(last).map_err(|e| (None, e.into())),
         };
         if let Err(e) = waited {
+            // Only the journal fails here (every refusal came from the checks, before
+            // anything was appended). Outcomes of this call already applied in memory are
+            // not acknowledged; the node heals by reopening its directory, rebuilding
+            // memory, these identities included, from what is durable.
             for identity in &counted {
                 self.outcomes.remove(identity);
             }
             return Err(e);
         }
         Ok(acks)
+    }
+
+    /// The sequence number of the first write of an outcome a retry repeats, once its
+    /// record is queued (a moment after its identity was claimed: it yields meanwhile);
+    /// `None` if that write failed.
+    fn first_write(&self, identity: &OutcomeKey) -> Option<u64> {
+        loop {
+            match self.outcomes.get(identity) {
+                Some(PENDING) => std::thread::yield_now(),
+                other => return other,
+            }
+        }
     }
 
     /// Everything about an outcome that can be refused, before anything is written:
@@ -462,9 +523,65 @@ impl Db {
                 ),
             });
         };
-        time::outcome("at", input.at, now, self.store.limits().max_age)?;
+        // As old as the longest history any catalog keeps, whatever this one's look-back
+        // (which may be none at all): an outcome is data for retraining beyond the history.
+        let horizon = self
+            .options
+            .attribution_window
+            .max(HistoryLimits::default().max_age);
+        time::outcome("at", input.at, now, horizon)?;
+        if input.decision.get_version_num() != 7 {
+            return Err(DbError::NotADecision {
+                decision: input.decision,
+            });
+        }
+        time::outcome("decision_id", uuid_time(input.decision), now, i64::MAX)?;
         let offer = &catalog.offers[index];
         let recent = self.decisions.get(&input.decision.as_u128());
+        if let Some(channel) = &input.channel
+            && !catalog.placements.iter().any(|p| p.channel == *channel)
+        {
+            let mut channels: Vec<&str> = catalog
+                .placements
+                .iter()
+                .map(|p| p.channel.as_str())
+                .collect();
+            channels.sort_unstable();
+            channels.dedup();
+            return Err(DbError::UnknownChannel {
+                channel: crate::schema::printable(channel).into_owned(),
+                channels: channels.join(", "),
+            });
+        }
+        // A caller's customer and channel must be the decision's, when it is known: they
+        // decide whose history and which channel's caps and budgets count the outcome.
+        if let Some(r) = &recent {
+            if let Some(c) = &input.customer
+                && **c != *r.customer
+            {
+                return Err(DbError::NotTheDecisions {
+                    field: "customer_id",
+                    given: crate::schema::printable(c).into_owned(),
+                    decision: input.decision,
+                    its: r.customer.to_string(),
+                });
+            }
+            if let Some(ch) = &input.channel
+                && key(ch) != r.channel
+            {
+                let its = catalog
+                    .placements
+                    .iter()
+                    .find(|p| p.channel_key == r.channel)
+                    .map_or_else(|| format!("{:08x}", r.channel), |p| p.channel.clone());
+                return Err(DbError::NotTheDecisions {
+                    field: "channel",
+                    given: crate::schema::printable(ch).into_owned(),
+                    decision: input.decision,
+                    its,
+                });
+            }
+        }
         if let Some(shown) = recent.as_ref().and_then(|r| r.shown.as_deref())
             && !shown.contains(&offer.key)
         {
@@ -516,8 +633,8 @@ impl Db {
         input: &OutcomeInput,
         outcome: CheckedOutcome,
         now: i64,
+        permit: storage::Permit<'_, Entry>,
     ) -> Result<u64, DbError> {
-        let permit = self.journal.reserve()?;
         let record = Record::Outcome(OutcomeRecord {
             decision: input.decision.into_bytes(),
             offer: input.offer.clone(),
@@ -599,10 +716,13 @@ impl Db {
     ) -> Result<(), DbError> {
         let channel = catalog.placements[decision.placement].channel_key;
         let id = decision.id.as_u128();
-        let shown = shown_keys(catalog, &decision);
+        let shown = customer
+            .id
+            .is_some()
+            .then(|| shown_keys(catalog, &decision));
         let pending =
             PendingDecision::new(Arc::clone(catalog), customer, &context.values, decision);
-        if let Some(customer) = &pending.customer {
+        if let (Some(customer), Some(shown)) = (&pending.customer, shown) {
             self.remember(id, Arc::clone(customer), channel, shown);
         }
         self.journal
@@ -746,10 +866,14 @@ impl Db {
             .retain(|d, _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
         // Budget counters exactly as of the rotation: no impression is counted while it
         // happens (see `budget`).
-        let (position, spending) = {
+        // The rotation is queued holding the counters (no impression is counted in
+        // between) and waited for after letting go: the disk is never waited for under
+        // a lock appenders take.
+        let (rotation, spending) = {
             let counters = self.spending.lock();
-            (self.journal.rotate()?, counters.counters().clone())
+            (self.journal.queue_rotation()?, counters.counters().clone())
         };
+        let position = self.journal.rotated(rotation)?;
         let (snapshot, customers) = recovery::write_snapshot(self, position, &spending, now)?;
         *self.replay_from.lock().unwrap_or_else(|e| e.into_inner()) = position;
         let erase: HashSet<&str> = forgotten.iter().map(String::as_str).collect();

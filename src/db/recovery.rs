@@ -209,7 +209,7 @@ pub(super) fn write_snapshot(
             }
         });
         result?;
-        let keys: Vec<_> = db.outcomes.entries().into_iter().map(|(k, ())| k).collect();
+        let keys: Vec<_> = db.outcomes.entries().into_iter().map(|(k, _)| k).collect();
         for chunk in keys.chunks(CHUNK) {
             put(w, &Item::Outcomes(chunk.to_vec()))?;
         }
@@ -381,7 +381,7 @@ fn load_snapshot(
             }
             Item::Outcomes(keys) => {
                 for k in keys {
-                    db.outcomes.insert(k, ());
+                    db.outcomes.insert(k, 0);
                 }
             }
             Item::Spending(counters) => {
@@ -495,7 +495,7 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                     .count(&budget::scopes(offer, group, channel), r.at);
             }
             db.outcomes
-                .insert((Uuid::from_bytes(r.decision).as_u128(), offer, r.kind), ());
+                .insert((Uuid::from_bytes(r.decision).as_u128(), offer, r.kind), 0);
             if let (Some(customer), Some(channel)) = (&r.customer, &r.channel) {
                 let event = Event {
                     at: r.at,

@@ -71,7 +71,8 @@ struct DecisionHeadShown<'a> {
     shown: Vec<ShownHead<'a>>,
 }
 
-/// The leading field of a [`ShownRecord`] (postcard reads the rest and it is dropped).
+/// A [`ShownRecord`], borrowed: every field is read (the next one starts after it), only
+/// the offer is kept.
 #[derive(Deserialize)]
 #[allow(dead_code)]
 struct ShownHead<'a> {

@@ -2,9 +2,9 @@
 //!
 //! Every time inside is milliseconds since the Unix epoch (UTC). What a caller sends is
 //! checked against a documented window before anything is applied (docs/data.md):
-//! - an outcome's time: at most [`MAX_CLOCK_SKEW`] ahead of the node's clock, and no older
-//!   than the history the node keeps (older would be trimmed at once, and a time in the
-//!   far future would otherwise stand as the customer's newest event);
+//! - an outcome's time: at most [`MAX_CLOCK_SKEW`] ahead of the node's clock (a time in the
+//!   far future would otherwise stand as the customer's newest event), and no older than
+//!   the longest history a node keeps (400 days; the caller passes it);
 //! - a decision's time: within [`DECISIONS_FROM`] to [`DECISIONS_UNTIL`], the years a
 //!   replay or a what-if may ask about (a time in seconds sent as milliseconds, or the
 //!   reverse, lands far outside);
@@ -34,7 +34,7 @@ pub enum TimeError {
     )]
     Ahead { field: String, at: i64, now: i64 },
     #[error(
-        "`{field}` is {}, older than the {} of history the node keeps (the oldest accepted now is {})",
+        "`{field}` is {}, older than the {} a node keeps history for (the oldest accepted now is {})",
         rfc3339(*at), duration(*horizon), rfc3339(now.saturating_sub(*horizon))
     )]
     TooOld {
@@ -162,7 +162,7 @@ mod tests {
         let old = outcome("at", NOW - 401 * DAY, NOW, 400 * DAY).expect_err("too old");
         assert_eq!(
             old.to_string(),
-            "`at` is 2024-10-26T00:00:00Z, older than the 400d of history the node keeps \
+            "`at` is 2024-10-26T00:00:00Z, older than the 400d a node keeps history for \
              (the oldest accepted now is 2024-10-27T00:00:00Z)"
         );
         // Seconds given as milliseconds: January 1970.

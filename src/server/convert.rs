@@ -30,7 +30,11 @@ pub fn status(e: DbError) -> Status {
             | StateError::TooLarge { .. }
             | StateError::Time(_)),
         ) => Status::invalid_argument(e.to_string()),
-        DbError::Time(_) | DbError::NotShown { .. } => Status::invalid_argument(e.to_string()),
+        DbError::Time(_)
+        | DbError::NotShown { .. }
+        | DbError::NotADecision { .. }
+        | DbError::NotTheDecisions { .. }
+        | DbError::UnknownChannel { .. } => Status::invalid_argument(e.to_string()),
         DbError::UnknownOffer { .. } => Status::not_found(e.to_string()),
         DbError::Write(WriteError::Failed(_) | WriteError::Closed | WriteError::Full) => {
             Status::unavailable(format!("{e}; nothing was acknowledged"))

@@ -12,9 +12,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use super::{Node, proto};
@@ -30,20 +31,9 @@ pub struct Metrics {
     outcomes: IntCounterVec,
     catalog: IntGaugeVec,
     reloads: IntCounterVec,
-    customers: IntGauge,
-    journal_bytes: IntCounter,
-    journal_records: IntCounter,
-    journal_fsyncs: IntCounter,
-    journal_waits: IntCounter,
-    journal_failed: IntGauge,
-    unlogged: IntCounter,
-    undecodable: IntCounter,
-    /// The node's journal and store counters as last seen, and which `Db` they were read
-    /// from: a healed node starts its counters again from zero.
-    seen: Arc<std::sync::Mutex<(usize, [u64; 6])>>,
-    write_seconds: Histogram,
     grpc_requests: IntCounterVec,
     grpc_errors: IntCounterVec,
+    grpc_seconds: HistogramVec,
 }
 
 /// Latency buckets from 10 µs to 1 s.
@@ -58,11 +48,6 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok::<_, prometheus::Error>(c)
         };
-        let plain = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok::<_, prometheus::Error>(c)
-        };
         let decide_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "nextbest_decide_seconds",
@@ -72,14 +57,15 @@ impl Metrics {
             &["placement"],
         )?;
         registry.register(Box::new(decide_seconds.clone()))?;
-        let write_seconds = Histogram::with_opts(
+        let grpc_seconds = HistogramVec::new(
             HistogramOpts::new(
-                "nextbest_journal_write_seconds",
-                "Time until an upsert, outcome or forget was durable (group commit included).",
+                "nextbest_grpc_request_duration_seconds",
+                "Time from a call's arrival to its reply (or its end unanswered), by method.",
             )
             .buckets(buckets()),
+            &["method"],
         )?;
-        registry.register(Box::new(write_seconds.clone()))?;
+        registry.register(Box::new(grpc_seconds.clone()))?;
         let catalog = IntGaugeVec::new(
             Opts::new(
                 "nextbest_catalog_info",
@@ -88,13 +74,6 @@ impl Metrics {
             &["version"],
         )?;
         registry.register(Box::new(catalog.clone()))?;
-        let customers = IntGauge::new("nextbest_customers", "Customers in the store.")?;
-        registry.register(Box::new(customers.clone()))?;
-        let journal_failed = IntGauge::new(
-            "nextbest_journal_failed",
-            "1 while the journal refuses writes (disk full or read-only): writes answer UNAVAILABLE, decisions are answered but not logged.",
-        )?;
-        registry.register(Box::new(journal_failed.clone()))?;
         Ok(Metrics {
             decide_seconds,
             decisions: counter(
@@ -123,31 +102,6 @@ impl Metrics {
                 "Catalog reloads, by result (ok, refused).",
                 &["result"],
             )?,
-            customers,
-            journal_bytes: plain(
-                "nextbest_journal_bytes_total",
-                "Bytes written to the journal.",
-            )?,
-            journal_records: plain(
-                "nextbest_journal_records_total",
-                "Records written to the journal.",
-            )?,
-            journal_fsyncs: plain("nextbest_journal_fsyncs_total", "Journal fsyncs.")?,
-            journal_waits: plain(
-                "nextbest_journal_queue_full_total",
-                "Appends that waited for room in the journal's queue (backpressure).",
-            )?,
-            journal_failed,
-            unlogged: plain(
-                "nextbest_decisions_unlogged_total",
-                "Decisions answered while the journal had failed, so not logged.",
-            )?,
-            undecodable: plain(
-                "nextbest_undecodable_records_total",
-                "Reads and writes refused (DATA_LOSS) because the customer's stored record does not decode; forget or repair the customer.",
-            )?,
-            seen: Arc::default(),
-            write_seconds,
             grpc_requests: counter(
                 "nextbest_grpc_requests_total",
                 "Calls answered, by method and status code (OK included).",
@@ -158,6 +112,7 @@ impl Metrics {
                 "Calls that ended with an error, by method and status code.",
                 &["method", "code"],
             )?,
+            grpc_seconds,
         })
     }
 
@@ -182,10 +137,6 @@ impl Metrics {
         if !duplicate {
             self.outcomes.with_label_values(&[kind.as_str()]).inc();
         }
-    }
-
-    pub fn durable_write(&self, seconds: f64) {
-        self.write_seconds.observe(seconds);
     }
 
     pub fn reload(&self, ok: bool, version: &str) {
@@ -231,44 +182,14 @@ impl Metrics {
         CallsLayer(Arc::new(Calls {
             requests: self.grpc_requests.clone(),
             errors: self.grpc_errors.clone(),
+            seconds: labels
+                .iter()
+                .map(|l| self.grpc_seconds.with_label_values(&[l]))
+                .collect(),
+            counted: labels.iter().map(|_| Default::default()).collect(),
             methods,
             labels,
         }))
-    }
-
-    /// Brings the store and journal figures up to date (at scrape time).
-    fn refresh(&self, node: &Node) {
-        let db = node.db();
-        self.customers
-            .set(i64::try_from(db.store().len()).unwrap_or(i64::MAX));
-        self.journal_failed.set(i64::from(db.failed().is_some()));
-        let stats = db.journal_stats();
-        let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
-        let now = [
-            load(&stats.bytes),
-            load(&stats.records),
-            load(&stats.fsyncs),
-            load(&stats.waits),
-            db.unlogged_decisions(),
-            db.store().undecodable_reads(),
-        ];
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let identity = Arc::as_ptr(&db) as usize;
-        if seen.0 != identity {
-            *seen = (identity, [0; 6]);
-        }
-        let counters = [
-            &self.journal_bytes,
-            &self.journal_records,
-            &self.journal_fsyncs,
-            &self.journal_waits,
-            &self.unlogged,
-            &self.undecodable,
-        ];
-        for ((counter, now), before) in counters.into_iter().zip(now).zip(&mut seen.1) {
-            counter.inc_by(now.saturating_sub(*before));
-            *before = now;
-        }
     }
 }
 
@@ -306,10 +227,18 @@ const UNKNOWN: &str = "unknown";
 #[derive(Debug, Clone)]
 pub(super) struct CallsLayer(Arc<Calls>);
 
+/// One method's counters for one status code: its calls, and its errors (none for OK).
+type CallCounters = (IntCounter, Option<IntCounter>);
+
 #[derive(Debug)]
 struct Calls {
     requests: IntCounterVec,
     errors: IntCounterVec,
+    /// Per method label: its duration histogram, and its request and error counters per
+    /// status code once a call has ended with it (resolved once, not per call; a series
+    /// appears with its first call).
+    seconds: Vec<Histogram>,
+    counted: Vec<[std::sync::OnceLock<CallCounters>; 17]>,
     /// The label of each method served, as an index into `labels`, by request path
     /// (`/nextbest.v1.DecisionService/Decide`); `labels[0]` is `unknown`.
     methods: HashMap<String, usize>,
@@ -322,12 +251,18 @@ impl Calls {
         self.methods.get(path).copied().unwrap_or(0)
     }
 
-    fn count(&self, method: usize, code: Code) {
-        let method = self.labels.get(method).map_or(UNKNOWN, String::as_str);
-        let labels = [method, code_name(code)];
-        self.requests.with_label_values(&labels).inc();
-        if code != Code::Ok {
-            self.errors.with_label_values(&labels).inc();
+    fn count(&self, method: usize, code: Code, started: std::time::Instant) {
+        self.seconds[method].observe(started.elapsed().as_secs_f64());
+        let (requests, errors) = self.counted[method][code as usize].get_or_init(|| {
+            let labels = [self.labels[method].as_str(), code_name(code)];
+            (
+                self.requests.with_label_values(&labels),
+                (code != Code::Ok).then(|| self.errors.with_label_values(&labels)),
+            )
+        });
+        requests.inc();
+        if let Some(errors) = errors {
+            errors.inc();
         }
     }
 }
@@ -379,7 +314,7 @@ where
         let method = self.calls.method(request.uri().path());
         Counting {
             inner: self.inner.call(request),
-            call: Some((Arc::clone(&self.calls), method)),
+            call: Some((Arc::clone(&self.calls), method, std::time::Instant::now())),
         }
     }
 }
@@ -390,8 +325,8 @@ where
 #[derive(Debug)]
 pub(super) struct Counting<F> {
     inner: F,
-    /// Taken when counted.
-    call: Option<(Arc<Calls>, usize)>,
+    /// Taken when counted: the calls, the method's label and when the call arrived.
+    call: Option<(Arc<Calls>, usize, std::time::Instant)>,
 }
 
 impl<F, B, E> Future for Counting<F>
@@ -402,13 +337,13 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let result = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
-        if let Some((calls, method)) = self.call.take() {
+        if let Some((calls, method, started)) = self.call.take() {
             // tonic's router never fails; an error below it would reset the stream, which
             // the client sees as UNKNOWN.
             let code = result
                 .as_ref()
                 .map_or(Code::Unknown, |r| status_of(r.headers()));
-            calls.count(method, code);
+            calls.count(method, code, started);
         }
         Poll::Ready(result)
     }
@@ -416,22 +351,26 @@ where
 
 impl<F> Drop for Counting<F> {
     fn drop(&mut self) {
-        if let Some((calls, method)) = self.call.take() {
-            calls.count(method, Code::Cancelled);
+        if let Some((calls, method, started)) = self.call.take() {
+            calls.count(method, Code::Cancelled, started);
         }
     }
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// The node's figures (journal, store) are registered here, read when scraped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
-    metrics: Arc<Metrics>,
     node: Arc<Node>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    registry
+        .register(Box::new(
+            NodeFigures::new(node).map_err(std::io::Error::other)?,
+        ))
+        .map_err(std::io::Error::other)?;
     let scrape = move || {
-        metrics.refresh(&node);
         let mut out = String::new();
         match TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
             Ok(()) => {
@@ -454,6 +393,155 @@ pub async fn serve(
 }
 
 use axum::response::IntoResponse;
+
+/// The node's journal and store figures, read from their atomics at every scrape (a
+/// collector, not counters kept in step with them). A node that healed has a new
+/// journal whose counters start again from zero: Prometheus reads that as a counter
+/// reset, as after a restart.
+struct NodeFigures {
+    node: Arc<Node>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+/// Name, help and type of each figure, in the order `NodeFigures::collect` reads them.
+const FIGURES: [(&str, &str, MetricType); 10] = [
+    (
+        "nextbest_journal_bytes_total",
+        "Bytes written to the journal.",
+        MetricType::COUNTER,
+    ),
+    (
+        "nextbest_journal_records_total",
+        "Records written to the journal.",
+        MetricType::COUNTER,
+    ),
+    (
+        "nextbest_journal_fsyncs_total",
+        "Journal fsyncs.",
+        MetricType::COUNTER,
+    ),
+    (
+        "nextbest_journal_queue_full_total",
+        "Appends that waited for room in the journal's queue (backpressure).",
+        MetricType::COUNTER,
+    ),
+    (
+        "nextbest_decisions_unlogged_total",
+        "Decisions answered but not logged: the journal had failed, or its queue was full (the disk not keeping up).",
+        MetricType::COUNTER,
+    ),
+    (
+        "nextbest_undecodable_records_total",
+        "Reads and writes refused (DATA_LOSS) because the customer's stored record does not decode; forget or repair the customer.",
+        MetricType::COUNTER,
+    ),
+    (
+        "nextbest_customers",
+        "Customers in the store.",
+        MetricType::GAUGE,
+    ),
+    (
+        "nextbest_journal_failed",
+        "1 while the journal refuses writes (disk full or read-only): writes answer UNAVAILABLE, decisions are answered but not logged.",
+        MetricType::GAUGE,
+    ),
+    (
+        "nextbest_journal_write_seconds",
+        "Time the journal thread took to write a batch, and fsync it when someone waits.",
+        MetricType::HISTOGRAM,
+    ),
+    (
+        "nextbest_journal_batches_total",
+        "Batches the journal thread wrote (one write each).",
+        MetricType::COUNTER,
+    ),
+];
+
+impl NodeFigures {
+    fn new(node: Arc<Node>) -> prometheus::Result<NodeFigures> {
+        let descs = FIGURES
+            .iter()
+            .map(|(name, help, _)| {
+                prometheus::core::Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    Vec::new(),
+                    HashMap::new(),
+                )
+            })
+            .collect::<prometheus::Result<_>>()?;
+        Ok(NodeFigures { node, descs })
+    }
+}
+
+impl prometheus::core::Collector for NodeFigures {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use prometheus::proto::{Bucket, Counter, Gauge, Histogram, Metric};
+        let db = self.node.db();
+        let stats = db.journal_stats();
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+        let values = [
+            load(&stats.bytes),
+            load(&stats.records),
+            load(&stats.fsyncs),
+            load(&stats.waits),
+            db.unlogged_decisions(),
+            db.store().undecodable_reads(),
+            db.store().len() as u64,
+            u64::from(db.failed().is_some()),
+            0,
+            load(&stats.batches),
+        ];
+        FIGURES
+            .iter()
+            .zip(values)
+            .map(|(&(name, help, kind), value)| {
+                let mut metric = Metric::default();
+                match kind {
+                    MetricType::COUNTER => {
+                        let mut c = Counter::default();
+                        c.set_value(value as f64);
+                        metric.set_counter(c);
+                    }
+                    MetricType::GAUGE => {
+                        let mut g = Gauge::default();
+                        g.set_value(value as f64);
+                        metric = Metric::from_gauge(g);
+                    }
+                    _ => {
+                        let (below, count, sum) = stats.write_seconds.read();
+                        let mut h = Histogram::default();
+                        h.set_sample_count(count);
+                        h.set_sample_sum(sum);
+                        h.set_bucket(
+                            crate::storage::Durations::BOUNDS
+                                .iter()
+                                .zip(below)
+                                .map(|(bound, n)| {
+                                    let mut b = Bucket::default();
+                                    b.set_upper_bound(*bound);
+                                    b.set_cumulative_count(n);
+                                    b
+                                })
+                                .collect(),
+                        );
+                        metric.set_histogram(h);
+                    }
+                }
+                let mut family = MetricFamily::default();
+                family.set_name(name.to_string());
+                family.set_help(help.to_string());
+                family.set_field_type(kind);
+                family.set_metric(vec![metric]);
+                family
+            })
+            .collect()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -54,8 +54,10 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// A decision id: a UUIDv7 of the decision time (its random bits keep ids of one
-/// millisecond apart).
+/// A decision id: a UUIDv7 of when it was made, by the node's clock (its random bits keep
+/// ids of one millisecond apart). Never of a caller's `at`: the node remembers decisions
+/// and their outcomes' identities by the id's time, and an outcome's `decision_id` may be
+/// no later than the node's clock.
 fn decision_id(at: i64) -> uuid::Uuid {
     uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
         uuid::NoContext,
@@ -270,7 +272,7 @@ impl Service {
             slots,
             exclude,
             budgets: &budgets,
-            ..Options::new(decision_id(at))
+            ..Options::new(decision_id(now_ms()))
         };
         let reply = |_: &CustomerState, d: &Decision| {
             (
@@ -378,6 +380,9 @@ fn slots(field: &str, slots: Option<u32>) -> Result<Option<u32>, Status> {
 
 /// The most placements one `DecideBatch` (a page) may ask for.
 pub const MAX_PAGE_PLACEMENTS: usize = 64;
+
+/// The most outcomes one `RecordOutcomes` may carry (one group commit for all of them).
+pub const MAX_BATCH_OUTCOMES: usize = 1000;
 
 /// An id that may be left empty.
 fn optional<'a>(field: &str, value: &'a str) -> Result<Option<&'a str>, Status> {
@@ -585,13 +590,11 @@ impl DecisionService for Service {
             let input = outcome_input(request.into_inner())?;
             let node = Arc::clone(&self.node);
             let kind = input.kind;
-            let started = std::time::Instant::now();
             let ack = blocking(move || {
                 deadline.check()?;
                 node.db().record_outcome(&input, now_ms()).map_err(status)
             })
             .await?;
-            self.metrics.durable_write(started.elapsed().as_secs_f64());
             self.metrics.outcome(kind, ack.duplicate);
             Ok(Response::new(proto::OutcomeAck {
                 duplicate: ack.duplicate,
@@ -606,9 +609,14 @@ impl DecisionService for Service {
     ) -> Result<Response<proto::RecordOutcomesResponse>, Status> {
         async {
             let deadline = Deadline::of(&request);
-            let inputs = request
-                .into_inner()
-                .outcomes
+            let outcomes = request.into_inner().outcomes;
+            if outcomes.len() > MAX_BATCH_OUTCOMES {
+                return Err(Status::invalid_argument(format!(
+                    "`outcomes` has {} entries; a call carries at most {MAX_BATCH_OUTCOMES}",
+                    outcomes.len()
+                )));
+            }
+            let inputs = outcomes
                 .into_iter()
                 .enumerate()
                 .map(|(i, o)| {
@@ -618,7 +626,6 @@ impl DecisionService for Service {
                 })
                 .collect::<Result<Vec<_>, Status>>()?;
             let node = Arc::clone(&self.node);
-            let started = std::time::Instant::now();
             let acks = blocking(move || {
                 deadline.check()?;
                 node.db()
@@ -646,7 +653,6 @@ impl DecisionService for Service {
                     }
                 })
                 .collect();
-            self.metrics.durable_write(started.elapsed().as_secs_f64());
             Ok(Response::new(proto::RecordOutcomesResponse { acks }))
         }
         .await
@@ -696,7 +702,6 @@ impl CustomerService for Service {
             let catalog = self.node.db().catalog();
             let values = convert::values("customer", &catalog.schema.customer, &r.attributes)?;
             let node = Arc::clone(&self.node);
-            let started = std::time::Instant::now();
             blocking(move || {
                 deadline.check()?;
                 node.db()
@@ -704,7 +709,6 @@ impl CustomerService for Service {
                     .map_err(status)
             })
             .await?;
-            self.metrics.durable_write(started.elapsed().as_secs_f64());
             Ok(Response::new(proto::UpsertResponse {}))
         }
         .await
@@ -740,13 +744,11 @@ impl CustomerService for Service {
             let deadline = Deadline::of(&request);
             let id = required("customer_id", &request.into_inner().customer_id)?.to_string();
             let node = Arc::clone(&self.node);
-            let started = std::time::Instant::now();
             let existed = blocking(move || {
                 deadline.check()?;
                 node.db().forget(&id, now_ms()).map_err(status)
             })
             .await?;
-            self.metrics.durable_write(started.elapsed().as_secs_f64());
             Ok(Response::new(proto::ForgetResponse { existed }))
         }
         .await

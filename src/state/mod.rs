@@ -449,6 +449,8 @@ impl Store {
         f: impl FnOnce(&mut CustomerState) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut state = scratch();
+        // The empty record this call created, if it did: taken back if `f` fails.
+        let mut created = None;
         let entry = match self.customers.get_mut(id) {
             Some(entry) => self.unpack(id, &entry, &mut state).map(|()| entry),
             // Not there when looked up, but another writer may create it before this
@@ -467,7 +469,9 @@ impl Store {
                     state.seq = 0;
                     let mut empty = Vec::new();
                     packed::encode(&state, &mut empty);
-                    Ok(entry.insert(empty.into_boxed_slice()))
+                    let empty = empty.into_boxed_slice();
+                    created = Some(empty.clone());
+                    Ok(entry.insert(empty))
                 }
             },
         };
@@ -479,11 +483,18 @@ impl Store {
             }
         };
         let result = f(&mut state);
-        let mut bytes = Vec::with_capacity(entry.len() + 16);
-        packed::encode(&state, &mut bytes);
-        *entry = bytes.into_boxed_slice();
+        if result.is_ok() {
+            let mut bytes = Vec::with_capacity(entry.len() + 16);
+            packed::encode(&state, &mut bytes);
+            *entry = bytes.into_boxed_slice();
+        }
         drop(entry);
         recycle(state);
+        // A refused first write leaves no customer behind: the empty record goes, unless
+        // another writer has written to it since.
+        if let (Err(_), Some(empty)) = (&result, created) {
+            self.customers.remove_if(id, |_, bytes| *bytes == empty);
+        }
         result
     }
 
@@ -720,6 +731,41 @@ mod tests {
             Ok((2, Value::set(["tv", "mobile"])))
         );
         assert!(parse_text_attribute("context", &s, "age", "old").is_err());
+    }
+
+    /// A first write that fails (its journal append refused, say) creates no customer.
+    #[test]
+    fn a_failed_first_write_leaves_no_customer_behind() {
+        let store = Store::new(HistoryLimits::default(), 2);
+        let refused: Result<(), StateError> = store.update("new", |state| {
+            state.attributes[0] = Value::Int(1);
+            Err(StateError::BadEvent {
+                index: 0,
+                message: "refused".into(),
+            })
+        });
+        assert!(refused.is_err());
+        assert!(
+            store.is_empty(),
+            "no record for a customer nothing durable created"
+        );
+        store
+            .update("old", |state| {
+                state.attributes[0] = Value::Int(1);
+                Ok::<_, StateError>(())
+            })
+            .expect("a write");
+        let _ = store.update("old", |state| {
+            state.attributes[0] = Value::Int(2);
+            Err::<(), _>(StateError::BadEvent {
+                index: 0,
+                message: "refused".into(),
+            })
+        });
+        let kept = store
+            .with("old", |s| s.map(|s| s.attributes[0].clone()))
+            .expect("decodes");
+        assert_eq!(kept, Some(Value::Int(1)), "a failed write changes nothing");
     }
 
     #[test]

@@ -6,4 +6,4 @@ pub mod segment;
 pub mod writer;
 
 pub use segment::{Damage, Position, SegmentReader};
-pub use writer::{Encode, Permit, Stats, SyncMode, WriteError, Writer, WriterOptions};
+pub use writer::{Durations, Encode, Permit, Stats, SyncMode, WriteError, Writer, WriterOptions};

@@ -100,6 +100,50 @@ pub struct Stats {
     pub waits: AtomicU64,
     /// Records [`Writer::try_append`] refused because the queue was full.
     pub refused: AtomicU64,
+    /// How long each batch's write (and fsync, when it had one) took.
+    pub write_seconds: Durations,
+}
+
+/// A histogram of durations in atomics: cumulative counts below fixed bounds (10 µs to
+/// about 1.5 s, ×2.5 apart), their count and their sum. Read it whenever; each field is
+/// exact, the three are not one snapshot.
+#[derive(Debug, Default)]
+pub struct Durations {
+    /// `below[i]`: observations of at most `BOUNDS[i]` seconds.
+    below: [AtomicU64; Durations::BOUNDS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Durations {
+    /// The upper bounds of the buckets, in seconds.
+    pub const BOUNDS: [f64; 14] = [
+        1e-5, 2.5e-5, 6.25e-5, 1.5625e-4, 3.906e-4, 9.766e-4, 2.441e-3, 6.104e-3, 1.526e-2,
+        3.815e-2, 9.537e-2, 0.2384, 0.5960, 1.490,
+    ];
+
+    pub fn observe(&self, d: Duration) {
+        let seconds = d.as_secs_f64();
+        for (bound, below) in Self::BOUNDS.iter().zip(&self.below) {
+            if seconds <= *bound {
+                below.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Cumulative counts per bound, the count and the sum in seconds.
+    pub fn read(&self) -> ([u64; Durations::BOUNDS.len()], u64, f64) {
+        (
+            self.below.each_ref().map(|b| b.load(Ordering::Relaxed)),
+            self.count.load(Ordering::Relaxed),
+            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        )
+    }
 }
 
 /// A record's sequence number: the order of `append` calls, from 1.
@@ -294,11 +338,15 @@ impl<R: Encode> Writer<R> {
             }
             Room::Try => {
                 Self::open(&q)?;
-                if q.items.len() + q.reserved >= shared.options.queue {
+                // An eighth of the queue is left to writes someone waits for: records
+                // that never wait must not take every slot a waiting writer is woken for.
+                let limit = shared.options.queue - shared.options.queue / 8;
+                if q.items.len() + q.reserved >= limit.max(1) {
                     shared.stats.refused.fetch_add(1, Ordering::Relaxed);
                     return Err(WriteError::Full);
                 }
             }
+            Room::Control => Self::open(&q)?,
         }
         // Records nobody waits for do not wake the writer: it picks them up within
         // `linger`, or as soon as `wake_at` are queued, in one write.
@@ -350,7 +398,19 @@ impl<R: Encode> Writer<R> {
     /// Closes the current segment and starts the next; returns where the new one starts.
     /// Every record appended before this call is in an earlier segment.
     pub fn rotate(&self) -> Result<Position, WriteError> {
-        let seq = self.push(Item::Rotate, Room::Wait)?;
+        let seq = self.queue_rotation()?;
+        self.rotated(seq)
+    }
+
+    /// Queues a rotation without waiting, not even for room (it is no record), so it can
+    /// be queued while holding a lock that appenders take; wait for it with
+    /// [`Writer::rotated`] after letting go.
+    pub fn queue_rotation(&self) -> Result<Seq, WriteError> {
+        self.push(Item::Rotate, Room::Control)
+    }
+
+    /// Waits for the rotation queued as `seq`; returns where the new segment starts.
+    pub fn rotated(&self, seq: Seq) -> Result<Position, WriteError> {
         self.wait(seq)?;
         let q = self.shared.lock();
         debug_assert!(q.rotated.0 >= seq);
@@ -391,8 +451,10 @@ enum Room {
     Wait,
     /// Room was taken by a [`Permit`].
     Reserved,
-    /// Refuse when the queue is full.
+    /// Refuse when the queue is full (or all but its last eighth is taken).
     Try,
+    /// A control item (a rotation): queued whatever the room, never waiting.
+    Control,
 }
 
 /// Room for one record in a [`Writer`]'s queue ([`Writer::reserve`]); given back if
@@ -469,6 +531,7 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
         shared.space.notify_all();
         // Records nobody waits for are synced at least every `flush_interval`.
         let overdue = dirty && synced_at.elapsed() >= options.flush_interval;
+        let writing = Instant::now();
         let result = write_batch(
             shared,
             &dir,
@@ -479,6 +542,7 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
             last,
             closing || overdue || waited_for,
         );
+        shared.stats.write_seconds.observe(writing.elapsed());
         match result {
             Ok(synced) => {
                 dirty = !synced;
@@ -608,6 +672,25 @@ mod tests {
                 ..WriterOptions::default()
             },
         )
+    }
+
+    /// Records nobody waits for leave the last eighth of the queue to writers, and a
+    /// rotation queues whatever the room (compaction queues it holding the budget lock).
+    #[test]
+    fn try_append_leaves_room_for_writers_and_a_rotation_always_queues() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = lingering(dir.path(), 16);
+        for i in 0..14u8 {
+            w.try_append(Bytes(vec![i]), false).expect("room");
+        }
+        assert_eq!(w.try_append(Bytes(vec![14]), false), Err(WriteError::Full));
+        let a = w.reserve().expect("a writer's room");
+        let b = w.reserve().expect("a writer's room");
+        let rotation = w.queue_rotation().expect("a rotation with the queue full");
+        a.append(Bytes(vec![15]), false).expect("append");
+        b.append(Bytes(vec![16]), false).expect("append");
+        assert_eq!(w.stats().waits.load(Ordering::Relaxed), 0, "nobody waited");
+        w.rotated(rotation).expect("rotated");
     }
 
     #[test]
