@@ -102,11 +102,7 @@ fn read_customers(
             // An unknown column would fail every row the same way: refuse the file.
             for h in headers.iter().filter(|h| *h != "id") {
                 if schema.slot(h).is_none() {
-                    let e = crate::state::StateError::UnknownAttribute {
-                        entity: "customer",
-                        name: h.clone(),
-                        suggestion: crate::expr::did_you_mean(h, schema.names()),
-                    };
+                    let e = crate::state::unknown("customer", schema, h);
                     return Err(DbError::Io {
                         context: "reading the import file".into(),
                         source: std::io::Error::other(format!("line 1: {e}")),
@@ -152,8 +148,13 @@ fn parse_json_line(schema: &crate::schema::EntitySchema, line: &str) -> Parsed {
         return Err("expected a JSON object".into());
     };
     let id = match object.remove("id") {
-        Some(serde_json::Value::String(id)) if !id.is_empty() => id,
-        Some(other) => return Err(format!("`id` must be a non-empty string, found {other}")),
+        Some(serde_json::Value::String(id)) if !id.is_empty() => checked_id(id)?,
+        Some(other) => {
+            return Err(format!(
+                "`id` must be a non-empty string, found {}",
+                crate::state::shown(&other.to_string())
+            ));
+        }
         None => return Err("no `id`".into()),
     };
     let attributes = match object.remove("attributes") {
@@ -188,7 +189,19 @@ fn parse_csv_row(
             .map_err(|e| e.to_string())?;
         values[slot as usize] = value;
     }
-    Ok((id.ok_or("empty `id`")?, values))
+    Ok((checked_id(id.ok_or("empty `id`")?)?, values))
+}
+
+/// An id as long as the service allows ([`MAX_ID_BYTES`](crate::schema::MAX_ID_BYTES)).
+fn checked_id(id: String) -> Result<String, String> {
+    if id.len() > crate::schema::MAX_ID_BYTES {
+        return Err(format!(
+            "`id` is {} bytes long; ids have at most {}",
+            id.len(),
+            crate::schema::MAX_ID_BYTES
+        ));
+    }
+    Ok(id)
 }
 
 /// Imports customers into `db`. `progress` is called with the bytes read so far.
@@ -290,6 +303,36 @@ not json
         assert!(errors[2].starts_with("line 6: not JSON"), "{}", errors[2]);
         assert_eq!(db.store().with("c5", |s| s.is_some()), Ok(true));
         assert_eq!(db.store().with("c3", |s| s.is_none()), Ok(true));
+    }
+
+    /// Import rows are held to the service's ranges: id length, timestamp values, and
+    /// what an error shows of a cell is escaped.
+    #[test]
+    fn import_rows_are_checked_as_requests_are() {
+        let long = "x".repeat(300);
+        let jsonl = format!(
+            "{{\"id\": \"{long}\", \"age\": 3}}\n{{\"id\": \"c1\", \"contract_end\": \"0000-01-01T00:00:00Z\"}}\n"
+        );
+        let (report, db, _dir) = run(
+            ImportFormat::JsonLines,
+            Box::leak(jsonl.into_boxed_str()),
+            false,
+        );
+        let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "line 1: `id` is 300 bytes long; ids have at most 256".to_string(),
+                "line 2: attribute `customer.contract_end` is 0000-01-01T00:00:00Z, outside 0001-01-01T00:00:00Z to 9999-12-30T22:00:00Z".to_string(),
+            ]
+        );
+        assert!(db.store().is_empty());
+        let csv = "id,age\nc2,\"4\u{0}\n2\"\n";
+        let (report, _db, _dir) = run(ImportFormat::Csv, csv, false);
+        assert_eq!(
+            report.errors[0].to_string(),
+            "line 2: attribute `customer.age` must be a whole number, found `4\\0\\n2`"
+        );
     }
 
     #[test]

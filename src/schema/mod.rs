@@ -33,6 +33,10 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// The longest id (customer, offer, placement, channel, decision) a request or an import
+/// may carry, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
 /// A stable 32-bit key for an id (offer, group, channel): the same on every machine and
 /// across versions, so history recorded under one catalog counts under the next. Never 0,
 /// which stands for "none". A catalog refuses two ids with one key (`catalog::load`).

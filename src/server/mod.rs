@@ -365,8 +365,7 @@ fn inline_attributes(
     convert::values("customer", &catalog.schema.customer, attributes).map(Some)
 }
 
-/// The longest id (customer, offer, placement, channel, decision) a request may carry.
-pub const MAX_ID_BYTES: usize = 256;
+pub use crate::schema::MAX_ID_BYTES;
 
 /// A request's `slots`: absent (the placement's number) or 1 to [`MAX_SLOTS`].
 fn slots(field: &str, slots: Option<u32>) -> Result<Option<u32>, Status> {

@@ -267,7 +267,7 @@ pub fn parse_text_attribute(
         entity,
         name: name.to_string(),
         expected: expected(&attr.ty),
-        found: format!("`{text}`"),
+        found: shown(text),
     })?;
     Ok((slot, within_limits(entity, name, value)?))
 }
