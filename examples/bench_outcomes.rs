@@ -58,7 +58,7 @@ fn run(
                         offer: offers[(i as usize) % offers.len()].clone(),
                         kind: EventKind::Impression,
                         value: None,
-                        at: 1_795_428_000_000 + i as i64,
+                        at: jiff::Timestamp::now().as_millisecond(),
                         customer: Some(format!("w{w}-c{}", i % 1000)),
                         channel: Some("web".into()),
                     };

@@ -462,7 +462,8 @@ impl Db {
             }
             counted.push(identity);
             let customer = outcome.customer.clone();
-            match self.append_outcome(input, outcome, now, permit) {
+            let is_last = i + 1 == inputs.len();
+            match self.append_outcome(input, outcome, now, permit, is_last) {
                 Ok(seq) => {
                     self.outcomes.update(&identity, seq);
                     last = last.max(seq);
@@ -634,6 +635,7 @@ impl Db {
         outcome: CheckedOutcome,
         now: i64,
         permit: storage::Permit<'_, Entry>,
+        last: bool,
     ) -> Result<u64, DbError> {
         let record = Record::Outcome(OutcomeRecord {
             decision: input.decision.into_bytes(),
@@ -656,8 +658,8 @@ impl Db {
         });
         let append = |record: Record| -> Result<u64, DbError> {
             let mut counters = impression.as_ref().map(|_| self.spending.lock());
-            // Not urgent: the caller waits once for the last of its records.
-            let seq = permit.append(Entry::Record(record), false)?;
+            // Only a call's last record is waited for (one group commit for them all).
+            let seq = permit.append(Entry::Record(record), last)?;
             if let (Some(counters), Some(scopes)) = (counters.as_mut(), &impression) {
                 counters.count(scopes, input.at);
             }
