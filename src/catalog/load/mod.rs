@@ -119,8 +119,9 @@ impl Catalog {
         let schema = schema_file
             .and_then(|f| d.parse(f).ok())
             .map(|top| schema::decode(&mut d, &top));
-        // Rules are only checked against a schema that loaded cleanly; against a broken one
-        // every rule would report the schema's mistakes again.
+        // Rules are only checked against a schema that loaded cleanly (it is read first, so
+        // every error so far is its own); against a broken one every rule would report the
+        // schema's mistakes again.
         let schema_ok = schema.is_some() && d.diags.is_empty();
         let schema =
             schema.unwrap_or_else(|| Schema::new(EntitySchema::default(), EntitySchema::default()));

@@ -173,21 +173,19 @@ pub(super) fn vocabulary(
 ) -> Vocabulary {
     let mut v = Vocabulary::default();
     for (file, top) in tops {
-        // A file refused for a duplicate key alone is still YAML: read it again, without
-        // that check, for its names, so that rules naming its offers elsewhere are not
-        // reported too. This is the only second parse of any file.
+        // A file refused for a duplicate key alone is still YAML: its names are read from
+        // it without that check, so that rules naming its offers elsewhere are not
+        // reported too.
         let lenient;
         let top = match top {
             Ok(top) => top,
-            Err(YamlError::DuplicateKey { .. }) => {
-                match marked_yaml::parse_yaml(*file, d.files[*file].text.as_ref()) {
-                    Ok(Node::Mapping(m)) => {
-                        lenient = m;
-                        &lenient
-                    }
-                    _ => continue,
+            Err(YamlError::DuplicateKey { .. }) => match d.parse_allowing_duplicates(*file) {
+                Some(m) => {
+                    lenient = m;
+                    &lenient
                 }
-            }
+                None => continue,
+            },
             Err(_) => continue,
         };
         let Some(offers) = top.get_sequence("offers") else {

@@ -71,6 +71,16 @@ impl Decoder {
         Err(error)
     }
 
+    /// The file parsed again with the last of duplicate keys winning, reporting nothing:
+    /// only for the offer names of a file [`parse`](Self::parse) refused for a duplicate
+    /// key. The only second parse of any file.
+    pub fn parse_allowing_duplicates(&self, file: usize) -> Option<MarkedMappingNode> {
+        match marked_yaml::parse_yaml(file, self.files[file].text.as_ref()) {
+            Ok(Node::Mapping(m)) => Some(m),
+            _ => None,
+        }
+    }
+
     /// The keys of `map`, in `context`. Keys not in `allowed` are reported, each with the
     /// allowed key closest to it.
     pub fn fields<'n>(
