@@ -311,8 +311,8 @@ mod tests {
                 },
                 Diagnostic {
                     error: CatalogError::MissingKey {
-                        key: "id".into(),
-                        context: "offer 1".into(),
+                        key: "id",
+                        context: crate::catalog::Context::Unnamed(crate::catalog::Kind::Offer),
                     },
                     location: Some(Location {
                         file: 0,
@@ -331,7 +331,7 @@ mod tests {
             errors.lines(),
             [
                 "error: cannot read `rules/offers/x.yaml`: Is a directory (os error 21)",
-                "rules/offers/cards.yaml:2:5: error: missing required key `id` in offer 1",
+                "rules/offers/cards.yaml:2:5: error: missing required key `id` in an offer",
             ]
         );
         // The rendering opens each error's block with its line.

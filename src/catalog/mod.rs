@@ -297,46 +297,78 @@ pub struct Arm {
 }
 
 /// What can be wrong with a catalog. Messages follow the house style: lowercase, user
-/// input in backticks; the location is carried beside, in [`Diagnostic`].
+/// input in backticks; the location is carried beside, in [`Diagnostic`]. Each variant
+/// holds what its message is made of, typed, so a tool can match on it rather than parse
+/// the text.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CatalogError {
+    /// A catalog file, or the offers directory, could not be read.
     #[error("cannot read `{path}`: {message}")]
     Io { path: String, message: String },
-    #[error("invalid YAML: {message}")]
-    Yaml { message: String },
+    /// A file is not YAML, or uses YAML the catalog does not take.
+    #[error("invalid YAML: {0}")]
+    Yaml(YamlError),
+    /// A key the mapping does not take; `suggestion` is the allowed key closest to it.
     #[error("unknown key `{key}` in {context}")]
     UnknownKey {
         key: String,
-        context: String,
+        context: Context,
         suggestion: Option<String>,
     },
+    /// A key the mapping must have.
     #[error("missing required key `{key}` in {context}")]
-    MissingKey { key: String, context: String },
+    MissingKey { key: &'static str, context: Context },
+    /// A value that is not what its key takes.
     #[error("`{key}` in {context} must be {expected}")]
     Invalid {
         key: String,
-        context: String,
-        expected: String,
+        context: Context,
+        expected: Expected,
     },
+    /// A second item of one kind with an id already taken.
     #[error("duplicate {kind} `{id}` (first defined at {first})")]
     Duplicate {
-        kind: String,
+        kind: Kind,
         id: String,
-        first: String,
+        first: FirstDefined,
     },
+    /// A reference to an id that no item of its kind has; `suggestion` is the closest
+    /// one that exists.
     #[error("unknown {kind} `{id}` in {context}")]
     Dangling {
-        kind: String,
+        kind: Kind,
         id: String,
-        context: String,
+        context: Context,
         suggestion: Option<String>,
     },
-    #[error("{message}")]
-    Inconsistent { message: String },
-    #[error("{error} in {what} of {owner}")]
+    /// A placement's channel that is not a value of the `context.channel` enum.
+    #[error(
+        "unknown channel `{channel}` in placement `{placement}` (channels are the values of `context.channel`)"
+    )]
+    UnknownChannel {
+        channel: String,
+        placement: String,
+        suggestion: Option<String>,
+    },
+    /// A placement's fallback offer that has no content for the placement, so could not
+    /// be shown in it.
+    #[error("fallback offer `{offer}` of placement `{placement}` has no content for it")]
+    FallbackWithoutContent { offer: String, placement: String },
+    /// An offer's active window that ends at or before its start.
+    #[error("the active window of offer `{offer}` ends before it starts")]
+    EmptyWindow { offer: String },
+    /// The shares of an experiment's arms do not add up to 1.
+    #[error("the arm shares of experiment `{experiment}` add up to {total}, not 1")]
+    ArmShares { experiment: String, total: f64 },
+    /// Two offer ids with one history [`key`](crate::schema::key), which would share
+    /// their history.
+    #[error("offer ids `{first}` and `{second}` have the same history key; rename one")]
+    KeyCollision { first: String, second: String },
+    /// An error in a rule, with the field that holds the rule and the item of the field.
+    #[error("{error} in {field} of {owner}")]
     Rule {
-        what: String,
-        owner: String,
+        field: RuleField,
+        owner: Owner,
         error: ExprError,
     },
 }
@@ -351,10 +383,327 @@ impl CatalogError {
             | CatalogError::Dangling {
                 suggestion: Some(s),
                 ..
+            }
+            | CatalogError::UnknownChannel {
+                suggestion: Some(s),
+                ..
             } => Some(format!("did you mean `{s}`?")),
             CatalogError::Rule { error, .. } => error.help(),
             _ => None,
         }
+    }
+}
+
+/// What is wrong with a file as YAML.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum YamlError {
+    /// The file holds a list or a single value where the catalog needs a mapping.
+    #[error("the top level must be a mapping")]
+    TopLevelNotMapping,
+    /// The file holds a mapping or a single value where a list is needed.
+    #[error("the top level must be a list")]
+    TopLevelNotList,
+    /// `&anchor` or `*alias`, which the catalog does not take.
+    #[error("anchors and aliases are not supported")]
+    Anchor,
+    /// A mapping key that is a list or a mapping.
+    #[error("mapping keys must be plain strings")]
+    KeyNotScalar,
+    /// A `!tag`, which the catalog does not take.
+    #[error("tags are not supported")]
+    Tag,
+    /// The YAML scanner's own message: the text is not YAML.
+    #[error("{0}")]
+    Syntax(String),
+    /// A key given twice in one mapping.
+    #[error("duplicate key `{key}` (first at line {first_line})")]
+    DuplicateKey { key: String, first_line: usize },
+    /// Any other error of the YAML loader, in its words.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The kinds of item of a catalog that have ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Offer,
+    Placement,
+    Experiment,
+    Arm,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Offer => "offer",
+            Kind::Placement => "placement",
+            Kind::Experiment => "experiment",
+            Kind::Arm => "arm",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A named thing of the catalog that keys, parts and rules belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// ``offer `gold_card` ``
+    Offer(String),
+    /// ``placement `web.banner` ``
+    Placement(String),
+    /// ``experiment `explore` ``
+    Experiment(String),
+    /// ``arm `challenger` of experiment `explore` ``
+    Arm { id: String, experiment: String },
+    /// ``attribute `customer.age` ``, qualified by its entity.
+    Attribute(String),
+    /// ``channel `web` `` in the contact policy of placements.yaml.
+    Channel(String),
+    /// ``group `cards` `` in the contact policy of placements.yaml.
+    Group(String),
+    /// `the fatigue policy`: the caps over every offer, in placements.yaml.
+    Fatigue,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Offer(id) => write!(f, "offer `{id}`"),
+            Owner::Placement(id) => write!(f, "placement `{id}`"),
+            Owner::Experiment(id) => write!(f, "experiment `{id}`"),
+            Owner::Arm { id, experiment } => write!(f, "arm `{id}` of experiment `{experiment}`"),
+            Owner::Attribute(name) => write!(f, "attribute `{name}`"),
+            Owner::Channel(id) => write!(f, "channel `{id}`"),
+            Owner::Group(id) => write!(f, "group `{id}`"),
+            Owner::Fatigue => f.write_str("the fatigue policy"),
+        }
+    }
+}
+
+/// A part of an [`Owner`] that has keys of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// `an arm of`, before the arm's id is read.
+    Arm,
+    /// `the budget of`
+    Budget,
+    /// `the active window of`
+    ActiveWindow,
+    /// `the contact policy of`
+    ContactPolicy,
+    /// `the reject suppression of`
+    RejectSuppression,
+    /// `an impression cap of`
+    ImpressionCap,
+    /// `the content of`: the mapping from placement ids.
+    Content,
+    /// ``the `web.banner` content of``: the fields shown in one placement.
+    ContentFor(String),
+    /// `the fallback of`
+    Fallback,
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Part::Arm => f.write_str("an arm of"),
+            Part::Budget => f.write_str("the budget of"),
+            Part::ActiveWindow => f.write_str("the active window of"),
+            Part::ContactPolicy => f.write_str("the contact policy of"),
+            Part::RejectSuppression => f.write_str("the reject suppression of"),
+            Part::ImpressionCap => f.write_str("an impression cap of"),
+            Part::Content => f.write_str("the content of"),
+            Part::ContentFor(placement) => write!(f, "the `{placement}` content of"),
+            Part::Fallback => f.write_str("the fallback of"),
+        }
+    }
+}
+
+/// The catalog files, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileRole {
+    Schema,
+    Placements,
+    Experiments,
+    /// One of `offers/*.yaml`.
+    Offers,
+}
+
+/// Where in the catalog a key or a reference is, as a message says it after `in`.
+/// (Not the request context that deciding reads.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Context {
+    /// The top level of a file: `schema.yaml`, `placements.yaml`, `experiments.yaml`,
+    /// `an offers file`.
+    File(FileRole),
+    /// An item whose id is not read yet: `an offer`, `a placement`, `an experiment`,
+    /// `an arm`.
+    Unnamed(Kind),
+    /// A named item itself: ``offer `gold_card` ``.
+    Of(Owner),
+    /// A part of a named item: ``the budget of offer `gold_card` ``.
+    Part(Part, Owner),
+    /// `the contact policy`: the section of placements.yaml.
+    ContactPolicy,
+}
+
+impl std::fmt::Display for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Context::File(FileRole::Schema) => f.write_str("schema.yaml"),
+            Context::File(FileRole::Placements) => f.write_str("placements.yaml"),
+            Context::File(FileRole::Experiments) => f.write_str("experiments.yaml"),
+            Context::File(FileRole::Offers) => f.write_str("an offers file"),
+            Context::Unnamed(Kind::Offer) => f.write_str("an offer"),
+            Context::Unnamed(Kind::Placement) => f.write_str("a placement"),
+            Context::Unnamed(Kind::Experiment) => f.write_str("an experiment"),
+            Context::Unnamed(Kind::Arm) => f.write_str("an arm"),
+            Context::Of(owner) => write!(f, "{owner}"),
+            Context::Part(part, owner) => write!(f, "{part} {owner}"),
+            Context::ContactPolicy => f.write_str("the contact policy"),
+        }
+    }
+}
+
+/// The attribute types `schema.yaml` takes, in the order messages list them.
+pub const ATTRIBUTE_TYPES: [&str; 7] =
+    ["bool", "int", "float", "string", "enum", "set", "timestamp"];
+
+/// What a key's value must be, as a message says it after `must be`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// `a mapping`
+    Mapping,
+    /// `a list`
+    List,
+    /// `a single value`: a scalar, not a list or a mapping.
+    Scalar,
+    /// `a list of strings`, said of an item that is not one.
+    Strings,
+    /// `a string`, said of a content field.
+    String,
+    /// An id of offers, placements, experiments and arms.
+    Id,
+    /// An attribute name: an identifier of the rule language.
+    Name,
+    /// `` `true` or `false` ``
+    Bool,
+    /// `a whole number of at least 1`
+    Count,
+    /// `a whole number from 1 to` [`MAX_SLOTS`]
+    Slots,
+    /// A positive duration as the rule language writes it.
+    Duration,
+    /// `a number from 0 to 1`
+    Fraction,
+    /// `a number above 0 and at most 1`: an arm's share.
+    Share,
+    /// An RFC 3339 timestamp.
+    Timestamp,
+    /// The values of an enum: a non-empty list of distinct, non-empty strings.
+    EnumValues,
+    /// One of [`ATTRIBUTE_TYPES`], with the one closest to what was written.
+    AttributeType { suggestion: Option<String> },
+    /// `values`, which only an enum takes.
+    OnlyForEnum,
+    /// A default of the attribute's type (its name, as [`AttrType::name`](crate::schema::AttrType::name) gives it).
+    ValueOf { ty: &'static str },
+    /// An offer's content, which must name at least one placement.
+    Content,
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expected::Mapping => f.write_str("a mapping"),
+            Expected::List => f.write_str("a list"),
+            Expected::Scalar => f.write_str("a single value"),
+            Expected::Strings => f.write_str("a list of strings"),
+            Expected::String => f.write_str("a string"),
+            Expected::Id => f.write_str("an id of letters, digits, `_`, `-` and `.`"),
+            Expected::Name => {
+                f.write_str("a name of letters, digits and `_`, not starting with a digit")
+            }
+            Expected::Bool => f.write_str("`true` or `false`"),
+            Expected::Count => f.write_str("a whole number of at least 1"),
+            Expected::Slots => write!(f, "a whole number from 1 to {MAX_SLOTS}"),
+            Expected::Duration => f.write_str("a duration such as `7d`, `12h`, `30m`, `45s`"),
+            Expected::Fraction => f.write_str("a number from 0 to 1"),
+            Expected::Share => f.write_str("a number above 0 and at most 1"),
+            Expected::Timestamp => f.write_str("a timestamp such as `2026-01-31T00:00:00Z`"),
+            Expected::EnumValues => f.write_str("a non-empty list of distinct, non-empty strings"),
+            Expected::AttributeType { suggestion } => {
+                write!(f, "one of {}", ATTRIBUTE_TYPES.join(", "))?;
+                match suggestion {
+                    Some(s) => write!(f, " (did you mean `{s}`?)"),
+                    None => Ok(()),
+                }
+            }
+            Expected::OnlyForEnum => f.write_str("given only for `type: enum`"),
+            Expected::ValueOf { ty } => write!(f, "a value of type `{ty}`"),
+            Expected::Content => f.write_str("content for at least one placement"),
+        }
+    }
+}
+
+/// Where the first of two items with one id is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstDefined {
+    /// `path:line:column` in a catalog file.
+    At {
+        path: String,
+        line: usize,
+        column: usize,
+    },
+    /// `?`: its position was not known.
+    Unknown,
+    /// Within an item (an arm, within its experiment).
+    In(Owner),
+}
+
+impl std::fmt::Display for FirstDefined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FirstDefined::At { path, line, column } => write!(f, "{path}:{line}:{column}"),
+            FirstDefined::Unknown => f.write_str("?"),
+            FirstDefined::In(owner) => write!(f, "{owner}"),
+        }
+    }
+}
+
+/// The fields of the catalog that hold a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleField {
+    Eligibility,
+    Propensity,
+    Value,
+    Weight,
+    ContextWeight,
+    Score,
+}
+
+impl RuleField {
+    /// The key in the YAML, and the rule's name in messages of the rule language.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleField::Eligibility => "eligibility",
+            RuleField::Propensity => "propensity",
+            RuleField::Value => "value",
+            RuleField::Weight => "weight",
+            RuleField::ContextWeight => "context_weight",
+            RuleField::Score => "score",
+        }
+    }
+}
+
+impl std::fmt::Display for RuleField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

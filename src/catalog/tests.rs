@@ -436,3 +436,56 @@ fn missing_files_are_named() {
     assert!(text.contains("offers"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn errors_are_typed() {
+    let placements = PLACEMENTS.replace("slots: 2", "slots: 65");
+    let e = Catalog::from_yaml(SCHEMA, &placements, EXPERIMENTS, &[OFFERS]).expect_err("65 slots");
+    assert_eq!(
+        e.diagnostics[0].error,
+        CatalogError::Invalid {
+            key: "slots".into(),
+            context: Context::Of(Owner::Placement("web.banner".into())),
+            expected: Expected::Slots,
+        }
+    );
+    let offers = OFFERS.replace("propensity: 0.1", "propensity: customer.agee");
+    let e = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[&offers]).expect_err("typo");
+    assert!(
+        matches!(
+            &e.diagnostics[0].error,
+            CatalogError::Rule {
+                field: RuleField::Propensity,
+                owner: Owner::Offer(id),
+                ..
+            } if id == "gold_card"
+        ),
+        "{:?}",
+        e.diagnostics[0].error
+    );
+}
+
+/// A second offers file whose rule names an offer of the first.
+const MORE_OFFERS: &str = "\
+offers:
+  - id: gold_upgrade
+    eligibility: impressions(30d, 'gold_card') > 0
+    content:
+      web.banner: { title: Upgrade }
+";
+
+#[test]
+fn rules_name_offers_of_any_file() {
+    let c = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[OFFERS, MORE_OFFERS])
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    assert_eq!(c.offers.len(), 3);
+    // A file refused for a duplicate key still names its offers: the rule that names one
+    // is not reported beside the duplicate.
+    let offers = OFFERS.replace("    value: 100\n", "    value: 100\n    value: 101\n");
+    let e = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[&offers, MORE_OFFERS])
+        .expect_err("a duplicate key");
+    assert_eq!(
+        e.lines(),
+        ["offers/0.yaml:10:5: error: invalid YAML: duplicate key `value` (first at line 9)"]
+    );
+}
