@@ -37,7 +37,7 @@ use crate::state::{CustomerState, HistoryLimits, StateError, Store};
 use crate::storage::{self, Stats, Writer, WriterOptions};
 
 use generations::{Generations, Recent};
-pub use recovery::Recovery;
+pub use recovery::{Recovery, SnapshotDefect};
 
 #[derive(Debug, Clone)]
 pub struct DbOptions {
@@ -87,7 +87,11 @@ pub enum DbError {
         suggestion: Option<String>,
     },
     #[error("the snapshot `{path}` is unreadable: {reason}")]
-    Snapshot { path: PathBuf, reason: String },
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        reason: SnapshotDefect,
+    },
     /// A time a caller sent, outside what the node accepts.
     #[error(transparent)]
     Time(#[from] time::TimeError),
@@ -688,7 +692,7 @@ impl Db {
     }
 
     /// Why the journal takes no more writes, once it has failed.
-    pub fn failed(&self) -> Option<String> {
+    pub fn failed(&self) -> Option<Arc<std::io::Error>> {
         self.journal.failed()
     }
 

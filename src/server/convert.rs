@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn a_failed_or_closed_journal_is_unavailable_and_says_nothing_was_acknowledged() {
         for e in [
-            WriteError::Failed("No space left on device (os error 28)".into()),
+            WriteError::Failed(std::sync::Arc::new(std::io::Error::from_raw_os_error(28))),
             WriteError::Closed,
         ] {
             let s = status(DbError::Write(e));
