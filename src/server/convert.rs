@@ -32,13 +32,18 @@ pub fn status(e: DbError) -> Status {
         ) => Status::invalid_argument(e.to_string()),
         DbError::Time(_) | DbError::NotShown { .. } => Status::invalid_argument(e.to_string()),
         DbError::UnknownOffer { .. } => Status::not_found(e.to_string()),
+        // Only `nextbest import` reads files; the file is the caller's to fix.
+        DbError::Import(_) => Status::invalid_argument(e.to_string()),
         DbError::Write(WriteError::Failed(_) | WriteError::Closed | WriteError::Full) => {
             Status::unavailable(format!("{e}; nothing was acknowledged"))
         }
         // The node's own files: the detail (paths on the server, OS errors) is for the
         // operator, so it goes to the log and rides along as the status's source (which
         // is never sent); the caller learns only that the fault is the server's.
-        DbError::Io { .. } | DbError::Snapshot { .. } | DbError::Locked { .. } => {
+        DbError::Io { .. }
+        | DbError::Snapshot { .. }
+        | DbError::Damaged { .. }
+        | DbError::Locked { .. } => {
             eprintln!("internal error answered UNAVAILABLE: {e}");
             let what = match e {
                 DbError::Snapshot { .. } => "the node cannot read its snapshot",
