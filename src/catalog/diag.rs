@@ -1,11 +1,19 @@
 //! Where a catalog error is, and how it is shown: `path:line:col: error: message`, then
 //! the source line with a caret under the offending token, as rustc does.
 //!
+//! The first line is ours (editors and the tests jump to `path:line:col`, which
+//! annotate-snippets' header would put on a line of its own); the snippet under it is
+//! drawn by annotate-snippets, rustc's renderer, from the diagnostic's location: the
+//! gutter, tabs and wide characters measured the way a terminal shows them.
+//!
 //! Rule errors carry byte spans inside an expression string; [`scalar_location`] maps them
 //! back through the YAML scalar (plain, quoted or block) to the file's line and column.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+
+use annotate_snippets::renderer::{AnsiColor, Effects};
+use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 
 use super::CatalogError;
 
@@ -43,26 +51,30 @@ pub struct LoadErrors {
 }
 
 /// The escapes a rendering is marked up with: none, or rustc's colours for a terminal.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Paint {
     bold: &'static str,
     error: &'static str,
-    caret: &'static str,
     reset: &'static str,
+    /// What draws the snippet under the first line.
+    snippet: Renderer,
 }
 
 impl Paint {
     const PLAIN: Paint = Paint {
         bold: "",
         error: "",
-        caret: "",
         reset: "",
+        snippet: Renderer::plain(),
     };
     const ANSI: Paint = Paint {
         bold: "\x1b[1m",
         error: "\x1b[1;31m",
-        caret: "\x1b[1;33m",
         reset: "\x1b[0m",
+        // Carets and their help in yellow, as this rendering always had them.
+        snippet: Renderer::styled()
+            .hyperlink(false)
+            .error(AnsiColor::Yellow.on_default().effects(Effects::BOLD)),
     };
 }
 
@@ -78,25 +90,26 @@ impl LoadErrors {
     pub fn lines(&self) -> Vec<String> {
         self.diagnostics
             .iter()
-            .map(|d| self.headline(d, Paint::PLAIN))
+            .map(|d| self.headline(d, &Paint::PLAIN))
             .collect()
     }
 
     /// `path:line:col: error: message`, then a snippet; one block per error.
     pub fn render(&self) -> String {
-        self.render_with(Paint::PLAIN)
+        self.render_with(&Paint::PLAIN)
     }
 
     /// As [`render`](Self::render), coloured for a terminal as rustc does: `error:` in
-    /// red, the location and message in bold, carets and help in yellow.
+    /// red, the location and message in bold, the gutter in blue, carets and help in
+    /// yellow.
     pub fn render_ansi(&self) -> String {
-        self.render_with(Paint::ANSI)
+        self.render_with(&Paint::ANSI)
     }
 
-    fn headline(&self, d: &Diagnostic, paint: Paint) -> String {
+    fn headline(&self, d: &Diagnostic, paint: &Paint) -> String {
         let Paint {
             bold, error, reset, ..
-        } = paint;
+        } = *paint;
         match d.location {
             Some(loc) => format!(
                 "{bold}{}:{}:{}:{reset} {error}error:{reset} {bold}{}{reset}",
@@ -109,39 +122,29 @@ impl LoadErrors {
         }
     }
 
-    fn render_with(&self, paint: Paint) -> String {
+    fn render_with(&self, paint: &Paint) -> String {
         let mut out = String::new();
         for d in &self.diagnostics {
             let help = d.error.help();
             let _ = writeln!(out, "{}", self.headline(d, paint));
-            let Some(loc) = d.location else {
+            let located = d
+                .location
+                .and_then(|loc| Some((loc, self.files.get(loc.file)?)));
+            let Some((loc, file)) = located else {
                 if let Some(help) = help {
                     let _ = writeln!(out, "  = help: {help}");
                 }
                 out.push('\n');
                 continue;
             };
-            let line_text = self
-                .files
-                .get(loc.file)
-                .and_then(|f| f.text.lines().nth(loc.line - 1))
-                .unwrap_or("");
-            let number = loc.line.to_string();
-            let gutter = " ".repeat(number.len());
-            let _ = writeln!(out, "{gutter} |");
-            let _ = writeln!(out, "{number} | {}", line_text.trim_end());
-            // Tabs keep their width in the caret line so the caret stays under the token.
-            let pad: String = line_text
-                .chars()
-                .take(loc.column - 1)
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
-                .collect();
-            let carets = "^".repeat(loc.len.max(1));
-            let _ = write!(out, "{gutter} | {pad}{}{carets}", paint.caret);
-            if let Some(help) = help {
-                let _ = write!(out, " help: {help}");
-            }
-            let _ = writeln!(out, "{}", paint.reset);
+            // The help goes on the caret line, where the eye already is.
+            let label = help.map(|h| format!("help: {h}"));
+            let primary = AnnotationKind::Primary
+                .span(byte_span(&file.text, &loc))
+                .label(label);
+            let report = [Group::with_level(Level::ERROR)
+                .element(Snippet::source(&*file.text).annotation(primary))];
+            let _ = writeln!(out, "{}", paint.snippet.render(&report));
             out.push('\n');
         }
         let _ = writeln!(
@@ -173,6 +176,26 @@ impl LoadErrors {
             .collect();
         serde_json::json!({ "ok": false, "errors": errors })
     }
+}
+
+/// The byte range in `text` of `loc` (a line, a column and a length in characters), cut
+/// to the end of its line: a location past the last character points just after it.
+fn byte_span(text: &str, loc: &Location) -> std::ops::Range<usize> {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(loc.line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let line = text.get(line_start..).unwrap_or("");
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    let byte = |chars: usize| {
+        line.char_indices()
+            .nth(chars)
+            .map_or(line.len(), |(i, _)| i)
+    };
+    let start = byte(loc.column.saturating_sub(1));
+    let end = byte(loc.column.saturating_sub(1) + loc.len.max(1)).max(start);
+    line_start + start..line_start + end
 }
 
 /// Line and column (1-based, in characters) of byte offset `at` in `text`.
@@ -349,7 +372,63 @@ mod tests {
             2,
             "{ansi:?}"
         );
-        assert!(ansi.contains("\x1b[1;33m^^^^\x1b[0m"), "{ansi:?}");
+        // Carets in bold yellow (anstyle writes the two attributes apart).
+        assert!(ansi.contains("\x1b[1m\x1b[33m^^^^\x1b[0m"), "{ansi:?}");
+    }
+
+    /// A one-error catalog whose file is `text`, the error at `line`, `column`, `len`.
+    fn one_error(text: &str, line: usize, column: usize, len: usize) -> LoadErrors {
+        LoadErrors {
+            diagnostics: vec![Diagnostic {
+                error: CatalogError::MissingKey {
+                    key: "id".into(),
+                    context: crate::catalog::Context::Unnamed(crate::catalog::Kind::Offer),
+                },
+                location: Some(Location {
+                    file: 0,
+                    line,
+                    column,
+                    len,
+                }),
+            }],
+            files: vec![SourceFile {
+                path: "o.yaml".into(),
+                text: text.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn carets_stand_under_the_token_after_wide_characters_and_tabs() {
+        // `日本` is two characters that a terminal shows four columns wide.
+        let e = one_error("x:\n  a: '日本' && customer.agee\n", 2, 14, 13);
+        // Thirteen characters before it, two of them double width: fifteen columns.
+        let under = format!("{}{}", " ".repeat(15), "^".repeat(13));
+        assert_eq!(
+            e.render(),
+            format!(
+                "o.yaml:2:14: error: missing required key `id` in an offer\n  \
+                 |\n\
+                 2 |   a: '日本' && customer.agee\n  \
+                 | {under}\n\
+                 \n\
+                 1 error(s); the catalog was not loaded\n"
+            )
+        );
+        // A tab is drawn as four spaces, and the caret moves with it.
+        let e = one_error("a:\tb\n", 1, 4, 1);
+        assert!(
+            e.render().contains("1 | a:    b\n  |       ^\n"),
+            "{}",
+            e.render()
+        );
+        // A location past the end of its line points just after the last character.
+        let e = one_error("a: b\n", 1, 5, 1);
+        assert!(
+            e.render().contains("1 | a: b\n  |     ^\n"),
+            "{}",
+            e.render()
+        );
     }
 
     #[test]

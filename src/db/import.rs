@@ -31,6 +31,19 @@ impl ImportFormat {
     }
 }
 
+/// A file `import` refuses whole, before importing any of it.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("line 1: the CSV header has no `id` column")]
+    NoIdColumn,
+    /// A header naming no customer attribute: every row would fail alike.
+    #[error("line 1: {0}")]
+    UnknownColumn(#[source] crate::state::StateError),
+    /// The CSV header does not read.
+    #[error(transparent)]
+    Csv(#[from] csv::Error),
+}
+
 /// A refused line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {
@@ -89,24 +102,18 @@ fn read_customers(
             let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(input);
             let headers = reader
                 .headers()
-                .map_err(|e| csv_error(&e))?
+                .map_err(ImportError::Csv)?
                 .iter()
                 .map(str::to_string)
                 .collect::<Vec<_>>();
             let Some(id_column) = headers.iter().position(|h| h == "id") else {
-                return Err(DbError::Io {
-                    context: "reading the import file".into(),
-                    source: std::io::Error::other("line 1: the CSV header has no `id` column"),
-                });
+                return Err(ImportError::NoIdColumn.into());
             };
             // An unknown column would fail every row the same way: refuse the file.
             for h in headers.iter().filter(|h| *h != "id") {
                 if schema.slot(h).is_none() {
                     let e = crate::state::unknown("customer", schema, h);
-                    return Err(DbError::Io {
-                        context: "reading the import file".into(),
-                        source: std::io::Error::other(format!("line 1: {e}")),
-                    });
+                    return Err(ImportError::UnknownColumn(e).into());
                 }
             }
             let mut record = csv::StringRecord::new();
@@ -131,13 +138,6 @@ fn read_customers(
                 }
             }
         }
-    }
-}
-
-fn csv_error(e: &csv::Error) -> DbError {
-    DbError::Io {
-        context: "reading the import file".into(),
-        source: std::io::Error::other(e.to_string()),
     }
 }
 
@@ -275,6 +275,41 @@ mod tests {
         )
         .expect("import");
         (report, db, dir)
+    }
+
+    #[test]
+    fn a_csv_header_without_id_or_with_an_unknown_column_refuses_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = std::sync::Arc::new(
+            Catalog::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"))
+                .expect("sample catalog"),
+        );
+        let (db, _) =
+            Db::open(dir.path(), catalog, super::super::DbOptions::default()).expect("open");
+        let refuse = |text: &'static str| {
+            let open = || -> std::io::Result<Box<dyn Read>> { Ok(Box::new(text.as_bytes())) };
+            import(&db, ImportFormat::Csv, open, false, 0, &mut |_| {}).expect_err("refused whole")
+        };
+        let e = refuse("age,segment\n38,premium\n");
+        assert!(
+            matches!(e, DbError::Import(ImportError::NoIdColumn)),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "reading the import file: line 1: the CSV header has no `id` column"
+        );
+        let e = refuse("id,agee\nc1,38\n");
+        assert!(
+            matches!(e, DbError::Import(ImportError::UnknownColumn(_))),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("reading the import file: line 1: unknown attribute `customer.agee`"),
+            "{e}"
+        );
+        assert!(db.store().is_empty());
     }
 
     const JSONL: &str = r#"{"id": "c1", "attributes": {"age": 38, "segment": "premium"}}

@@ -34,10 +34,10 @@ use crate::journal::{
 };
 use crate::schema::{Event, EventKind, Feature, Value, key, time};
 use crate::state::{CustomerState, HistoryLimits, StateError, Store};
-use crate::storage::{self, Stats, Writer, WriterOptions};
+use crate::storage::{self, Damage, Stats, Writer, WriterOptions};
 
 use generations::{Generations, Recent};
-pub use recovery::Recovery;
+pub use recovery::{Recovery, SnapshotDefect};
 
 #[derive(Debug, Clone)]
 pub struct DbOptions {
@@ -86,8 +86,19 @@ pub enum DbError {
         offer: String,
         suggestion: Option<String>,
     },
+    /// Erasure met a torn or corrupt frame in a segment it must rewrite: it cannot
+    /// rewrite what it cannot read, so it stops rather than drop the rest.
+    #[error("erasing from segment {segment}: {damage}")]
+    Damaged { segment: u64, damage: Damage },
+    /// A file `import` refuses whole.
+    #[error("reading the import file: {0}")]
+    Import(#[from] import::ImportError),
     #[error("the snapshot `{path}` is unreadable: {reason}")]
-    Snapshot { path: PathBuf, reason: String },
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        reason: SnapshotDefect,
+    },
     /// A time a caller sent, outside what the node accepts.
     #[error(transparent)]
     Time(#[from] time::TimeError),
@@ -810,7 +821,7 @@ impl Db {
     }
 
     /// Why the journal takes no more writes, once it has failed.
-    pub fn failed(&self) -> Option<String> {
+    pub fn failed(&self) -> Option<Arc<std::io::Error>> {
         self.journal.failed()
     }
 
@@ -947,9 +958,9 @@ fn erase_customers(
             }
         }
         if let Some(damage) = reader.damage() {
-            return Err(DbError::Io {
-                context: format!("erasing from segment {number}"),
-                source: std::io::Error::other(damage.to_string()),
+            return Err(DbError::Damaged {
+                segment: number,
+                damage: damage.clone(),
             });
         }
         if dropped > 0 {

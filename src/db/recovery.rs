@@ -17,6 +17,31 @@ use crate::schema::{Event, EventKind, key};
 use crate::storage::segment::{self, SegmentReader};
 use crate::storage::{Damage, Position};
 
+/// What is wrong inside a snapshot file that has a sound frame structure (a checksum
+/// that held): a format skew, or a bug in the writer.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotDefect {
+    #[error("a customer record is cut short")]
+    CutShort,
+    /// A customer id that is not UTF-8.
+    #[error(transparent)]
+    CustomerId(#[from] std::str::Utf8Error),
+    /// A customer's packed record that does not carry over to the catalog's attributes.
+    #[error("customer `{customer}` does not decode")]
+    Undecodable { customer: String },
+    #[error(transparent)]
+    Postcard(#[from] postcard::Error),
+    #[error("unknown snapshot record")]
+    UnknownItem,
+    #[error("unknown attribute type")]
+    UnknownAttributeType,
+    #[error("unknown budget scope {0}")]
+    UnknownBudgetScope(u8),
+    /// The end marker's count differs from the customers read.
+    #[error("{announced} customers announced, {found} found")]
+    CustomerCount { announced: u64, found: usize },
+}
+
 const MAGIC: &[u8; 8] = b"NBSNAP01";
 /// The first byte of a frame: a postcard-encoded [`Item`], or a customer as
 /// `id length (u32 LE), id, packed record` written without serde for speed.
@@ -329,7 +354,7 @@ fn load_snapshot(
         .map_err(io(format!("opening `{}`", path.display())))?;
     let mut payload = Vec::new();
     let mut position = None;
-    let bad = |reason: String| DbError::Snapshot {
+    let bad = |reason: SnapshotDefect| DbError::Snapshot {
         path: path.to_path_buf(),
         reason,
     };
@@ -342,18 +367,22 @@ fn load_snapshot(
             Some((&CUSTOMER, rest)) => {
                 let (len, rest) = rest
                     .split_first_chunk::<4>()
-                    .ok_or_else(|| bad("a customer record is cut short".into()))?;
+                    .ok_or_else(|| bad(SnapshotDefect::CutShort))?;
                 let len = u32::from_le_bytes(*len) as usize;
                 if rest.len() < len || position.is_none() {
-                    return Err(bad("a customer record is cut short".into()));
+                    return Err(bad(SnapshotDefect::CutShort));
                 }
                 let (id, packed) = rest.split_at(len);
-                let id = std::str::from_utf8(id).map_err(|e| bad(e.to_string()))?;
+                let id = std::str::from_utf8(id).map_err(|e| bad(e.into()))?;
                 let packed = match &remap {
                     None => Box::from(packed),
                     Some(from) => {
                         let (bytes, dropped) = crate::state::packed::remap(packed, from, schema)
-                            .ok_or_else(|| bad(format!("customer `{id}` does not decode")))?;
+                            .ok_or_else(|| {
+                                bad(SnapshotDefect::Undecodable {
+                                    customer: id.to_string(),
+                                })
+                            })?;
                         recovery.dropped_values += dropped;
                         bytes.into_boxed_slice()
                     }
@@ -362,8 +391,8 @@ fn load_snapshot(
                 recovery.customers_loaded += 1;
                 continue;
             }
-            Some((&ITEM, rest)) => postcard::from_bytes(rest).map_err(|e| bad(e.to_string()))?,
-            _ => return Err(bad("unknown snapshot record".into())),
+            Some((&ITEM, rest)) => postcard::from_bytes(rest).map_err(|e| bad(e.into()))?,
+            _ => return Err(bad(SnapshotDefect::UnknownItem)),
         };
         match item {
             Item::Header {
@@ -374,7 +403,8 @@ fn load_snapshot(
             } => {
                 if slots != current {
                     remap = Some(
-                        slot_types(&slots).ok_or_else(|| bad("unknown attribute type".into()))?,
+                        slot_types(&slots)
+                            .ok_or_else(|| bad(SnapshotDefect::UnknownAttributeType))?,
                     );
                 }
                 position = Some(Position { segment, offset });
@@ -391,7 +421,7 @@ fn load_snapshot(
                         0 => BudgetScope::Offer(key),
                         1 => BudgetScope::Group(key),
                         2 => BudgetScope::Channel(key),
-                        _ => return Err(bad(format!("unknown budget scope {kind}"))),
+                        _ => return Err(bad(SnapshotDefect::UnknownBudgetScope(kind))),
                     };
                     spending.set(scope, Counter { day, today, total });
                 }
@@ -422,10 +452,10 @@ fn load_snapshot(
             }
             Item::End { customers } => {
                 if customers as usize != recovery.customers_loaded {
-                    return Err(bad(format!(
-                        "{} customers announced, {} found",
-                        customers, recovery.customers_loaded
-                    )));
+                    return Err(bad(SnapshotDefect::CustomerCount {
+                        announced: customers,
+                        found: recovery.customers_loaded,
+                    }));
                 }
                 return Ok(position);
             }

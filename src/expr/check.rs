@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::Vocabulary;
 use super::ast::{BinaryOp, Expr, ExprKind, Span, UnaryOp};
-use super::error::{ExprError, did_you_mean};
+use super::error::{ExprError, ExprErrorKind, did_you_mean};
 use super::ir::{ArithOp, CmpOp, Count, FUNCTIONS, Func, Ir, Kind, Target, Ty, history_function};
 use crate::schema::{AttrType, Entity, EventKind, Schema, Value, key};
 
@@ -87,12 +87,14 @@ fn types(a: &Ty, b: &Ty) -> String {
 
 impl Checker<'_> {
     fn mismatch(&mut self, span: &Span, what: impl Into<String>, expected: &str, found: String) {
-        self.errors.push(ExprError::TypeMismatch {
-            span: span.clone(),
-            what: what.into(),
-            expected: expected.to_string(),
-            found,
-        });
+        self.errors.push(ExprError::new(
+            span.clone(),
+            ExprErrorKind::TypeMismatch {
+                what: what.into(),
+                expected: expected.to_string(),
+                found,
+            },
+        ));
     }
 
     fn infer(&mut self, e: &Expr) -> Option<Typed> {
@@ -103,9 +105,8 @@ impl Checker<'_> {
             ExprKind::Duration(ms) => Some((Ir::Const(Value::Int(*ms)), Ty::Duration)),
             ExprKind::Str(s) => Some((Ir::Const(Value::Str(s.as_str().into())), Ty::String)),
             ExprKind::List(_) => {
-                self.errors.push(ExprError::ListOutsideIn {
-                    span: e.span.clone(),
-                });
+                self.errors
+                    .push(ExprError::new(e.span.clone(), ExprErrorKind::ListOutsideIn));
                 None
             }
             ExprKind::Path(path) => self.attribute(path, &e.span),
@@ -194,19 +195,23 @@ impl Checker<'_> {
         let (root, name) = match path.split_once('.') {
             Some(parts) => parts,
             None => {
-                self.errors.push(ExprError::BareName {
-                    span: span.clone(),
-                    name: path.to_string(),
-                });
+                self.errors.push(ExprError::new(
+                    span.clone(),
+                    ExprErrorKind::BareName {
+                        name: path.to_string(),
+                    },
+                ));
                 return None;
             }
         };
         let entity = Entity::from_name(root);
         if entity == Some(Entity::Offer) && !self.allow_offer {
-            self.errors.push(ExprError::OfferOutsideScore {
-                span: span.clone(),
-                name: path.to_string(),
-            });
+            self.errors.push(ExprError::new(
+                span.clone(),
+                ExprErrorKind::OfferOutsideScore {
+                    name: path.to_string(),
+                },
+            ));
             return None;
         }
         let found = entity.and_then(|ent| Some((ent, self.schema.entity(ent).slot(name)?)));
@@ -221,11 +226,13 @@ impl Checker<'_> {
                         .map(move |n| format!("{}.{n}", e.as_str()))
                 })
                 .collect();
-            self.errors.push(ExprError::UnknownAttribute {
-                span: span.clone(),
-                name: path.to_string(),
-                suggestion: did_you_mean(path, candidates.iter().map(String::as_str)),
-            });
+            self.errors.push(ExprError::new(
+                span.clone(),
+                ExprErrorKind::UnknownAttribute {
+                    name: path.to_string(),
+                    suggestion: did_you_mean(path, candidates.iter().map(String::as_str)),
+                },
+            ));
             return None;
         };
         let attr = self
@@ -370,12 +377,14 @@ impl Checker<'_> {
         };
         let index = def.index_of(name);
         if index.is_none() {
-            self.errors.push(ExprError::UnknownVariant {
-                span: span.clone(),
-                value: name.to_string(),
-                attribute: attribute.to_string(),
-                suggestion: did_you_mean(name, def.variants.iter().map(|v| &**v)),
-            });
+            self.errors.push(ExprError::new(
+                span.clone(),
+                ExprErrorKind::UnknownVariant {
+                    value: name.to_string(),
+                    attribute: attribute.to_string(),
+                    suggestion: did_you_mean(name, def.variants.iter().map(|v| &**v)),
+                },
+            ));
         }
         index
     }
@@ -456,9 +465,10 @@ impl Checker<'_> {
                     continue;
                 };
                 let Ir::Const(value) = ir else {
-                    self.errors.push(ExprError::NonConstantList {
-                        span: expr.span.clone(),
-                    });
+                    self.errors.push(ExprError::new(
+                        expr.span.clone(),
+                        ExprErrorKind::NonConstantList,
+                    ));
                     ok = false;
                     continue;
                 };
@@ -533,12 +543,14 @@ impl Checker<'_> {
         span: &Span,
     ) -> Option<Typed> {
         if !(1..=2).contains(&args.len()) {
-            self.errors.push(ExprError::Arity {
-                span: span.clone(),
-                name: name.to_string(),
-                expected: "1 or 2".to_string(),
-                found: args.len(),
-            });
+            self.errors.push(ExprError::new(
+                span.clone(),
+                ExprErrorKind::Arity {
+                    name: name.to_string(),
+                    expected: "1 or 2".to_string(),
+                    found: args.len(),
+                },
+            ));
             return None;
         }
         let (within, ty) = self.infer(&args[0])?;
@@ -557,22 +569,26 @@ impl Checker<'_> {
             None => Target::ThisOffer,
             Some(arg) => {
                 let ExprKind::Str(id) = &arg.kind else {
-                    self.errors.push(ExprError::HistoryTarget {
-                        span: arg.span.clone(),
-                        function: name.to_string(),
-                        kind: what,
-                    });
+                    self.errors.push(ExprError::new(
+                        arg.span.clone(),
+                        ExprErrorKind::HistoryTarget {
+                            function: name.to_string(),
+                            kind: what,
+                        },
+                    ));
                     return None;
                 };
                 if let Some(v) = self.vocabulary {
                     let known = if group { &v.groups } else { &v.offers };
                     if !known.iter().any(|k| k == id) {
-                        self.errors.push(ExprError::UnknownName {
-                            span: arg.span.clone(),
-                            kind: what,
-                            name: id.clone(),
-                            suggestion: did_you_mean(id, known.iter().map(String::as_str)),
-                        });
+                        self.errors.push(ExprError::new(
+                            arg.span.clone(),
+                            ExprErrorKind::UnknownName {
+                                kind: what,
+                                name: id.clone(),
+                                suggestion: did_you_mean(id, known.iter().map(String::as_str)),
+                            },
+                        ));
                         return None;
                     }
                 }
@@ -610,21 +626,25 @@ impl Checker<'_> {
             "lower" => (Some(Func::Lower), (1, 1), "1"),
             "starts_with" => (Some(Func::StartsWith), (2, 2), "2"),
             _ => {
-                self.errors.push(ExprError::UnknownFunction {
-                    span: name_span.clone(),
-                    name: name.to_string(),
-                    suggestion: did_you_mean(name, FUNCTIONS.iter().map(|(n, _)| *n)),
-                });
+                self.errors.push(ExprError::new(
+                    name_span.clone(),
+                    ExprErrorKind::UnknownFunction {
+                        name: name.to_string(),
+                        suggestion: did_you_mean(name, FUNCTIONS.iter().map(|(n, _)| *n)),
+                    },
+                ));
                 return None;
             }
         };
         if !(min..=max).contains(&args.len()) {
-            self.errors.push(ExprError::Arity {
-                span: span.clone(),
-                name: name.to_string(),
-                expected: expected.to_string(),
-                found: args.len(),
-            });
+            self.errors.push(ExprError::new(
+                span.clone(),
+                ExprErrorKind::Arity {
+                    name: name.to_string(),
+                    expected: expected.to_string(),
+                    found: args.len(),
+                },
+            ));
             return None;
         }
         let Some(func) = func else {
@@ -706,9 +726,10 @@ impl Checker<'_> {
 
     fn has(&mut self, arg: &Expr) -> Option<Typed> {
         let ExprKind::Path(path) = &arg.kind else {
-            self.errors.push(ExprError::HasNeedsAttribute {
-                span: arg.span.clone(),
-            });
+            self.errors.push(ExprError::new(
+                arg.span.clone(),
+                ExprErrorKind::HasNeedsAttribute,
+            ));
             return None;
         };
         let (ir, _) = self.attribute(path, &arg.span)?;

@@ -22,7 +22,7 @@ mod reference;
 mod tests;
 
 pub use ast::{Expr, ExprKind, Span};
-pub use error::{ExprError, did_you_mean};
+pub use error::{ExprError, ExprErrorKind, did_you_mean};
 pub use ir::{FUNCTIONS, Ty};
 pub use parse::parse;
 
@@ -141,12 +141,14 @@ impl Predicate {
         let expr = parse(src).map_err(|e| vec![e])?;
         let (ir, ty) = check::check(&expr, schema, false, vocabulary)?;
         if ty != Ty::Bool {
-            return Err(vec![ExprError::WrongResult {
-                span: expr.span,
-                what: what.to_string(),
-                expected: "bool".to_string(),
-                found: ty.to_string(),
-            }]);
+            return Err(vec![ExprError::new(
+                expr.span,
+                ExprErrorKind::WrongResult {
+                    what: what.to_string(),
+                    expected: "bool".to_string(),
+                    found: ty.to_string(),
+                },
+            )]);
         }
         // The checker maps each `&&` of the source to one `Ir::And`, so the top-level
         // conjuncts of both line up.
@@ -462,12 +464,14 @@ impl Formula {
             Ty::Float => ir,
             Ty::Int => ir::Ir::IntToFloat(Box::new(ir)),
             other => {
-                return Err(vec![ExprError::WrongResult {
-                    span: expr.span,
-                    what: what.to_string(),
-                    expected: "float".to_string(),
-                    found: other.to_string(),
-                }]);
+                return Err(vec![ExprError::new(
+                    expr.span,
+                    ExprErrorKind::WrongResult {
+                        what: what.to_string(),
+                        expected: "float".to_string(),
+                        found: other.to_string(),
+                    },
+                )]);
             }
         };
         let root = compile::compile_float(&ir);

@@ -4,7 +4,7 @@ use pest::Parser as _;
 use pest::iterators::Pair;
 
 use super::ast::{BinaryOp, Expr, ExprKind, Span, UnaryOp};
-use super::error::ExprError;
+use super::error::{ExprError, ExprErrorKind};
 
 #[derive(pest_derive::Parser)]
 #[grammar = "expr/grammar.pest"]
@@ -43,11 +43,7 @@ fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> ExprError {
         Some(c) => (format!("`{c}`"), pos..pos + c.len_utf8()),
         None => ("end of expression".to_string(), pos..pos),
     };
-    ExprError::Syntax {
-        span,
-        expected,
-        found,
-    }
+    ExprError::new(span, ExprErrorKind::Syntax { expected, found })
 }
 
 fn rule_name(rule: Rule) -> &'static str {
@@ -147,10 +143,12 @@ fn build(pair: Pair<'_, Rule>) -> Result<Expr, ExprError> {
                 kind: ExprKind::Int(i),
                 span,
             }),
-            Err(_) => Err(ExprError::IntOutOfRange {
+            Err(_) => Err(ExprError::new(
                 span,
-                literal: pair.as_str().to_string(),
-            }),
+                ExprErrorKind::IntOutOfRange {
+                    literal: pair.as_str().to_string(),
+                },
+            )),
         },
         Rule::float => Ok(Expr {
             // The grammar only admits digits, a point and an exponent, which always parse;
@@ -172,9 +170,13 @@ fn build(pair: Pair<'_, Rule>) -> Result<Expr, ExprError> {
                 .parse::<i64>()
                 .ok()
                 .and_then(|n| n.checked_mul(unit_ms))
-                .ok_or_else(|| ExprError::IntOutOfRange {
-                    span: span.clone(),
-                    literal: text.to_string(),
+                .ok_or_else(|| {
+                    ExprError::new(
+                        span.clone(),
+                        ExprErrorKind::IntOutOfRange {
+                            literal: text.to_string(),
+                        },
+                    )
                 })?;
             Ok(Expr {
                 kind: ExprKind::Duration(ms),
@@ -249,10 +251,10 @@ fn unescape(raw: &str, start: usize) -> Result<String, ExprError> {
             'r' => '\r',
             '\\' | '"' | '\'' => e,
             _ => {
-                return Err(ExprError::BadEscape {
-                    span: start + i - 1..start + i + e.len_utf8(),
-                    escape: e,
-                });
+                return Err(ExprError::new(
+                    start + i - 1..start + i + e.len_utf8(),
+                    ExprErrorKind::BadEscape { escape: e },
+                ));
             }
         });
     }

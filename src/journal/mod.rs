@@ -105,23 +105,21 @@ impl Record {
     }
 
     /// Decodes a frame's payload: the writer's sequence number and the record.
-    pub fn decode(payload: &[u8]) -> Result<(u64, Record), String> {
-        let (seq, payload) = segment::split_seq(payload).ok_or("record too short")?;
+    pub fn decode(payload: &[u8]) -> Result<(u64, Record), DecodeError> {
+        let (seq, payload) = segment::split_seq(payload).ok_or(DecodeError::TooShort)?;
         Ok((seq, Record::decode_record(payload)?))
     }
 
     /// As [`Record::decode`], but a decision is only read as far as replay needs it:
     /// its id, customer and channel (a decision record is ~1 KB of features and
     /// candidates that replay would decode only to drop).
-    pub fn decode_for_replay(payload: &[u8]) -> Result<(u64, Replayed), String> {
-        let (seq, payload) = segment::split_seq(payload).ok_or("record too short")?;
-        let err = |e: postcard::Error| e.to_string();
+    pub fn decode_for_replay(payload: &[u8]) -> Result<(u64, Replayed), DecodeError> {
+        let (seq, payload) = segment::split_seq(payload).ok_or(DecodeError::TooShort)?;
         match payload {
             [FORMAT, DECISION_VARIANT, rest @ ..] => {
                 // postcard encodes a struct as its fields in order: the nested head is
                 // the record's first five fields, then its shown offers.
-                let (d, _) =
-                    postcard::take_from_bytes::<DecisionHeadShown<'_>>(rest).map_err(err)?;
+                let (d, _) = postcard::take_from_bytes::<DecisionHeadShown<'_>>(rest)?;
                 let shown = d
                     .shown
                     .iter()
@@ -138,7 +136,7 @@ impl Record {
                 ))
             }
             [FORMAT_1, DECISION_VARIANT, rest @ ..] => {
-                let (head, _) = postcard::take_from_bytes::<DecisionHead<'_>>(rest).map_err(err)?;
+                let (head, _) = postcard::take_from_bytes::<DecisionHead<'_>>(rest)?;
                 Ok((
                     seq,
                     Replayed::Decision {
@@ -153,16 +151,32 @@ impl Record {
         }
     }
 
-    fn decode_record(payload: &[u8]) -> Result<Record, String> {
+    fn decode_record(payload: &[u8]) -> Result<Record, DecodeError> {
         match payload.split_first() {
-            Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
-            Some((&FORMAT_1, rest)) => postcard::from_bytes::<legacy::Record>(rest)
-                .map(Record::from)
-                .map_err(|e| e.to_string()),
-            Some((other, _)) => Err(format!("unknown record format {other}")),
-            None => Err("empty record".into()),
+            Some((&FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((&FORMAT_1, rest)) => Ok(postcard::from_bytes::<legacy::Record>(rest)?.into()),
+            Some((&other, _)) => Err(DecodeError::UnknownFormat(other)),
+            None => Err(DecodeError::Empty),
         }
     }
+}
+
+/// Why a frame's payload is not a record: a format skew or a bug, since the frame's
+/// checksum held. The reader counts it as damage and goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not even the writer's sequence number.
+    #[error("record too short")]
+    TooShort,
+    /// A sequence number and nothing after it.
+    #[error("empty record")]
+    Empty,
+    /// A format byte this build does not know (a journal from a newer nextbest).
+    #[error("unknown record format {0}")]
+    UnknownFormat(u8),
+    /// The format is known but its postcard encoding does not decode.
+    #[error(transparent)]
+    Postcard(#[from] postcard::Error),
 }
 
 impl Encode for Record {
@@ -731,7 +745,7 @@ impl Reader {
 
     fn next_with<T>(
         &mut self,
-        decode: impl Fn(&[u8]) -> Result<(u64, T), String>,
+        decode: impl Fn(&[u8]) -> Result<(u64, T), DecodeError>,
     ) -> std::io::Result<Option<(Position, u64, T)>> {
         loop {
             let Some(reader) = self.current.as_mut() else {

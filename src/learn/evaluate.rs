@@ -12,6 +12,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::LearnError;
 use super::estimate::{Estimate, Estimates, Sample, estimate, mean};
 use super::model::{Encoder, Logistic, Rows};
 use super::replay::{Log, Mode, Slot, Target, probability, read};
@@ -155,8 +156,8 @@ pub fn evaluate(
     candidates: &[&Path],
     scenario: Option<&Scenario>,
     options: &EvaluateOptions,
-) -> anyhow::Result<Evaluation> {
-    let load = |dir: &Path| Catalog::load(dir).map_err(|e| anyhow::anyhow!("{}", e.render()));
+) -> Result<Evaluation, LearnError> {
+    let load = |dir: &Path| Catalog::load(dir).map_err(LearnError::Catalog);
     let reference = load(baseline)?;
     let mut targets = vec![Target::new(
         "champion alone",

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::LearnError;
 use super::model::{Logistic, Rows, expression};
 use super::replay::read;
 use crate::catalog::Catalog;
@@ -86,14 +87,11 @@ pub fn train(
     rules: &Path,
     out: &Path,
     options: &TrainOptions,
-) -> anyhow::Result<Summary> {
+) -> Result<Summary, LearnError> {
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
-        anyhow::bail!(
-            "`{}` is not empty: train writes a new catalog directory",
-            out.display()
-        );
+        return Err(LearnError::OutputNotEmpty(out.to_path_buf()));
     }
-    let catalog = Catalog::load(rules).map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+    let catalog = Catalog::load(rules).map_err(LearnError::Catalog)?;
     let log = read(
         data,
         &catalog,
@@ -190,12 +188,9 @@ pub fn train(
         );
         replace_propensity(&out.join("offers"), id, formula, &note)?;
     }
-    Catalog::load(out).map_err(|e| {
-        anyhow::anyhow!(
-            "the trained catalog in `{}` does not load:\n{}",
-            out.display(),
-            e.render()
-        )
+    Catalog::load(out).map_err(|errors| LearnError::TrainedCatalog {
+        out: out.to_path_buf(),
+        errors,
     })?;
     Ok(Summary {
         decisions: log.decisions,
@@ -268,7 +263,7 @@ fn copy_rules(from: &Path, to: &Path) -> std::io::Result<()> {
 /// Sets offer `id`'s propensity to `formula` in the offer files under `dir` and its
 /// `context_weight`, if it has one, to 1 (the model reads the context itself), keeping
 /// every other line.
-fn replace_propensity(dir: &Path, id: &str, formula: &str, note: &str) -> anyhow::Result<()> {
+fn replace_propensity(dir: &Path, id: &str, formula: &str, note: &str) -> Result<(), LearnError> {
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -284,10 +279,10 @@ fn replace_propensity(dir: &Path, id: &str, formula: &str, note: &str) -> anyhow
             return Ok(());
         }
     }
-    anyhow::bail!(
-        "offer `{id}` is not in `{}`: cannot write its propensity",
-        dir.display()
-    )
+    Err(LearnError::OfferNotInFiles {
+        offer: id.to_string(),
+        dir: dir.to_path_buf(),
+    })
 }
 
 fn indent(line: &str) -> usize {

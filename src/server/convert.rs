@@ -36,11 +36,26 @@ pub fn status(e: DbError) -> Status {
         | DbError::NotTheDecisions { .. }
         | DbError::UnknownChannel { .. } => Status::invalid_argument(e.to_string()),
         DbError::UnknownOffer { .. } => Status::not_found(e.to_string()),
+        // Only `nextbest import` reads files; the file is the caller's to fix.
+        DbError::Import(_) => Status::invalid_argument(e.to_string()),
         DbError::Write(WriteError::Failed(_) | WriteError::Closed | WriteError::Full) => {
             Status::unavailable(format!("{e}; nothing was acknowledged"))
         }
-        DbError::Io { .. } | DbError::Snapshot { .. } | DbError::Locked { .. } => {
-            Status::unavailable(e.to_string())
+        // The node's own files: the detail (paths on the server, OS errors) is for the
+        // operator, so it goes to the log and rides along as the status's source (which
+        // is never sent); the caller learns only that the fault is the server's.
+        DbError::Io { .. }
+        | DbError::Snapshot { .. }
+        | DbError::Damaged { .. }
+        | DbError::Locked { .. } => {
+            eprintln!("internal error answered UNAVAILABLE: {e}");
+            let what = match e {
+                DbError::Snapshot { .. } => "the node cannot read its snapshot",
+                _ => "the node cannot read or write its data directory",
+            };
+            let mut status = Status::unavailable(format!("{what}; the server log has the detail"));
+            status.set_source(std::sync::Arc::new(e));
+            status
         }
     }
 }
@@ -253,12 +268,29 @@ mod tests {
     #[test]
     fn a_failed_or_closed_journal_is_unavailable_and_says_nothing_was_acknowledged() {
         for e in [
-            WriteError::Failed("No space left on device (os error 28)".into()),
+            WriteError::Failed(std::sync::Arc::new(std::io::Error::from_raw_os_error(28))),
             WriteError::Closed,
         ] {
             let s = status(DbError::Write(e));
             assert_eq!(s.code(), tonic::Code::Unavailable);
             assert!(s.message().ends_with("nothing was acknowledged"), "{s:?}");
         }
+    }
+
+    #[test]
+    fn an_internal_error_keeps_its_paths_out_of_the_reply_and_in_its_source() {
+        let e = DbError::Io {
+            context: "reading `/srv/nextbest/data/journal`".into(),
+            source: std::io::Error::other("Input/output error (os error 5)"),
+        };
+        let s = status(e);
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(!s.message().contains("/srv"), "{s:?}");
+        assert!(!s.message().contains("os error"), "{s:?}");
+        let source = std::error::Error::source(&s).expect("the detail stays on the status");
+        assert!(
+            source.to_string().contains("/srv/nextbest/data/journal"),
+            "{source}"
+        );
     }
 }

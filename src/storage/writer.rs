@@ -78,16 +78,33 @@ impl Default for WriterOptions {
 }
 
 /// Why a write was not acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
+    /// The write or fsync that stopped the writer, shared by every call refused since.
     #[error("the journal failed and accepts no more writes: {0}")]
-    Failed(String),
+    Failed(#[source] Arc<std::io::Error>),
     #[error("the journal is closed")]
     Closed,
     /// Only from [`Writer::try_append`]: the queue had no room and the caller would not wait.
     #[error("the journal's queue is full (the disk is not keeping up)")]
     Full,
 }
+
+/// Two failures are the same when their I/O errors say the same (an `io::Error` has no
+/// equality of its own).
+impl PartialEq for WriteError {
+    fn eq(&self, other: &WriteError) -> bool {
+        match (self, other) {
+            (WriteError::Failed(a), WriteError::Failed(b)) => {
+                a.kind() == b.kind() && a.to_string() == b.to_string()
+            }
+            (WriteError::Closed, WriteError::Closed) | (WriteError::Full, WriteError::Full) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for WriteError {}
 
 /// Counters, for metrics and benchmarks.
 #[derive(Debug, Default)]
@@ -169,7 +186,7 @@ struct Queue<R> {
     written: Seq,
     /// Every item up to here is on disk.
     durable: Seq,
-    failed: Option<String>,
+    failed: Option<Arc<std::io::Error>>,
     closing: bool,
     /// Someone waits for an item in the queue (durable record, sync, rotation).
     urgent: bool,
@@ -423,7 +440,7 @@ impl<R: Encode> Writer<R> {
     }
 
     /// Why the writer stopped taking writes, once it has failed.
-    pub fn failed(&self) -> Option<String> {
+    pub fn failed(&self) -> Option<Arc<std::io::Error>> {
         self.shared.lock().failed.clone()
     }
 
@@ -559,7 +576,7 @@ fn run<R: Encode>(shared: &Shared<R>, dir: PathBuf, mut segment: SegmentWriter) 
             }
             Err(e) => {
                 let mut q = shared.lock();
-                q.failed = Some(e.to_string());
+                q.failed = Some(Arc::new(e));
                 q.items.clear();
                 drop(q);
                 shared.done.notify_all();
