@@ -34,25 +34,23 @@ pub fn load_catalog(rules: &Path) -> Result<Arc<Catalog>, RulesError> {
         })
 }
 
-/// Why a data directory could not be opened.
+/// A data directory that could not be opened, and why.
 #[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error(transparent)]
-    Rules(#[from] RulesError),
-    // The cause is in the message, not a `source`: shown once, however it is printed.
-    #[error("opening the data directory `{}`: {error}", dir.display())]
-    Data { dir: PathBuf, error: DbError },
+// The cause is in the message, not a `source`: shown once, however it is printed.
+#[error("opening the data directory `{}`: {error}", dir.display())]
+pub struct DataError {
+    pub dir: PathBuf,
+    pub error: DbError,
 }
 
-/// Loads the catalog of `rules` and opens the data directory `data` on it (recovering
-/// it: newest snapshot, then the journal).
+/// Opens (creating if needed) the data directory `data` on `catalog`, recovering it:
+/// the newest snapshot, then the journal after it.
 pub fn open_data(
-    rules: &Path,
     data: &Path,
+    catalog: Arc<Catalog>,
     options: DbOptions,
-) -> Result<(Db, Recovery), OpenError> {
-    let catalog = load_catalog(rules)?;
-    Db::open(data, catalog, options).map_err(|error| OpenError::Data {
+) -> Result<(Db, Recovery), DataError> {
+    Db::open(data, catalog, options).map_err(|error| DataError {
         dir: data.to_path_buf(),
         error,
     })

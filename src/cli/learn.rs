@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 
 use super::{DataDir, RulesDir, TimeRange, Window, progress_bar, write_file};
-use crate::db::{Db, DbOptions};
+use crate::db::DbOptions;
 use crate::learn::scenario::Scenario;
 use crate::learn::{evaluate, report, simulate, train};
-use crate::setup::load_catalog;
+use crate::setup::{load_catalog, open_data};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct SimulateArgs {
@@ -54,8 +54,7 @@ impl SimulateArgs {
         // A simulation's journal needs no fsync: it is rebuilt from the seed if lost.
         let mut options = DbOptions::default();
         options.writer.sync = crate::storage::writer::SyncMode::Never;
-        let (db, _) = Db::open(data, Arc::clone(&catalog), options)
-            .with_context(|| format!("opening the data directory `{}`", data.display()))?;
+        let (db, _) = open_data(data, Arc::clone(&catalog), options)?;
         let bar = progress_bar(scenario.days, "days");
         let summary = simulate::run(&db, &catalog, &scenario, self.seed, &mut |day, _| {
             bar.set_position(day);
