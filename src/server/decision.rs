@@ -15,6 +15,37 @@ use crate::setup::now_ms;
 use crate::state::CustomerState;
 
 impl Service {
+    fn placement(catalog: &Catalog, id: &str) -> Result<PlacementIdx, Status> {
+        catalog.placement(id).ok_or_else(|| {
+            let ids: Vec<&str> = catalog.placements.iter().map(|p| p.id.as_str()).collect();
+            Status::not_found(format!(
+                "unknown placement `{}`; the catalog has {}",
+                printable(id),
+                ids.join(", ")
+            ))
+        })
+    }
+
+    /// A placement's context as a request gives it: a `context.channel` other than the
+    /// placement's is refused (`field` names where it came from).
+    fn context(
+        catalog: &Catalog,
+        placement: PlacementIdx,
+        values: Vec<Value>,
+        field: &str,
+    ) -> Result<Context, Status> {
+        if let Some(given) = Context::conflicting_channel(catalog, placement, &values) {
+            let p = &catalog.placements[placement];
+            return Err(Status::invalid_argument(format!(
+                "`{field}` is `{}`, but placement `{}` is in channel `{}`: the channel is the placement's (leave it unset)",
+                printable(&given),
+                p.id,
+                p.channel
+            )));
+        }
+        Ok(Context::for_placement(catalog, placement, values))
+    }
+
     /// One decision, logged; `exclude` are offers already on the page.
     #[allow(clippy::too_many_arguments)]
     fn decide_one(

@@ -24,10 +24,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{Catalog, MAX_SLOTS, PlacementIdx};
+use crate::catalog::{Catalog, MAX_SLOTS};
 use crate::db::{Db, DbError, DbOptions, Recovery};
-use crate::decide::Context;
-use crate::schema::printable;
 use crate::setup::{RulesError, load_catalog, now_ms};
 pub use admin::reload;
 pub use metrics::Metrics;
@@ -204,37 +202,6 @@ impl Service {
                 "customer and admin calls need `authorization: Bearer <admin token>`",
             ))
         }
-    }
-
-    fn placement(catalog: &Catalog, id: &str) -> Result<PlacementIdx, Status> {
-        catalog.placement(id).ok_or_else(|| {
-            let ids: Vec<&str> = catalog.placements.iter().map(|p| p.id.as_str()).collect();
-            Status::not_found(format!(
-                "unknown placement `{}`; the catalog has {}",
-                printable(id),
-                ids.join(", ")
-            ))
-        })
-    }
-
-    /// A placement's context as a request gives it: a `context.channel` other than the
-    /// placement's is refused (`field` names where it came from).
-    fn context(
-        catalog: &Catalog,
-        placement: PlacementIdx,
-        values: Vec<crate::schema::Value>,
-        field: &str,
-    ) -> Result<Context, Status> {
-        if let Some(given) = Context::conflicting_channel(catalog, placement, &values) {
-            let p = &catalog.placements[placement];
-            return Err(Status::invalid_argument(format!(
-                "`{field}` is `{}`, but placement `{}` is in channel `{}`: the channel is the placement's (leave it unset)",
-                printable(&given),
-                p.id,
-                p.channel
-            )));
-        }
-        Ok(Context::for_placement(catalog, placement, values))
     }
 }
 
