@@ -35,6 +35,7 @@
 //! ```
 
 pub mod catalog;
+pub mod cli;
 pub mod db;
 pub mod decide;
 pub mod explore;
@@ -44,5 +45,6 @@ pub mod learn;
 pub mod loadgen;
 pub mod schema;
 pub mod server;
+pub mod setup;
 pub mod state;
 pub mod storage;

@@ -741,9 +741,96 @@ impl Report {
     }
 }
 
+/// One ping run and one run of the mix with the same load: the mix's throughput as a
+/// share of the ping ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Round {
+    pub ceiling_per_second: f64,
+    pub per_second: f64,
+    pub share: f64,
+}
+
+impl Round {
+    pub fn new(ceiling: &Report, run: &Report) -> Round {
+        Round {
+            ceiling_per_second: ceiling.per_second,
+            per_second: run.per_second,
+            share: run.per_second / ceiling.per_second.max(f64::MIN_POSITIVE),
+        }
+    }
+}
+
+/// The shares of the ceiling over alternating rounds: a slow spell of the machine hits
+/// ping and mix runs alike, and the median is steadier than any one round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shares {
+    /// The median (of an even number of rounds, the mean of the middle two).
+    pub median: f64,
+    pub lowest: f64,
+    pub highest: f64,
+    pub rounds: usize,
+}
+
+impl Shares {
+    /// `None` without rounds.
+    pub fn of(rounds: &[Round]) -> Option<Shares> {
+        let mut shares: Vec<f64> = rounds.iter().map(|r| r.share).collect();
+        shares.sort_by(f64::total_cmp);
+        let n = shares.len();
+        let median = match n {
+            0 => return None,
+            n if n % 2 == 1 => shares[n / 2],
+            n => (shares[n / 2 - 1] + shares[n / 2]) / 2.0,
+        };
+        Some(Shares {
+            median,
+            lowest: shares[0],
+            highest: shares[n - 1],
+            rounds: n,
+        })
+    }
+}
+
+/// The machine a run was measured on: its cores and CPU model (from `/proc/cpuinfo`,
+/// empty where there is none).
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu": cpu,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_share_of_the_ceiling_is_the_median_over_rounds() {
+        let round = |share: f64| Round {
+            ceiling_per_second: 100.0,
+            per_second: 100.0 * share,
+            share,
+        };
+        assert_eq!(Shares::of(&[]), None);
+        let one = Shares::of(&[round(0.8)]).expect("one round");
+        assert_eq!((one.median, one.lowest, one.highest), (0.8, 0.8, 0.8));
+        let odd = Shares::of(&[round(0.9), round(0.5), round(0.7)]).expect("rounds");
+        assert_eq!(
+            (odd.median, odd.lowest, odd.highest, odd.rounds),
+            (0.7, 0.5, 0.9, 3)
+        );
+        let even = Shares::of(&[round(0.9), round(0.5), round(0.7), round(0.6)]).expect("rounds");
+        assert!((even.median - 0.65).abs() < 1e-12, "{even:?}");
+    }
 
     #[test]
     fn a_mix_is_parsed_by_name_and_picked_by_weight() {

@@ -1,4 +1,4 @@
-//! `nextbest serve` as a process: it serves on the address it prints, and SIGTERM drains
+//! `nextbest serve` as a process: it serves on the addresses its `--ready-file` gives, and SIGTERM drains
 //! it, flushes the journal and exits 0 without losing an acknowledged write.
 
 mod common;
@@ -38,9 +38,7 @@ fn serve_answers_then_drains_on_sigterm_and_keeps_acknowledged_writes() {
     });
     serve.signal("TERM");
     let status = serve.child.wait().expect("wait");
-    let rest = serve.rest();
-    assert!(status.success(), "exit {status:?}: {rest}");
-    assert!(rest.contains("journal flushed"), "{rest}");
+    assert!(status.success(), "exit {status:?}: {}", serve.rest());
 
     let catalog = std::sync::Arc::new(nextbest::catalog::Catalog::load(&rules).expect("catalog"));
     let (db, _) = nextbest::db::Db::open(data.path(), catalog, Default::default()).expect("reopen");
@@ -134,14 +132,14 @@ fn sighup_reloads_the_catalog() {
     let text = std::fs::read_to_string(&offers).expect("read");
     std::fs::write(&offers, format!("{text}\n# edited\n")).expect("write");
     serve.signal("HUP");
-    let line = loop {
-        let line = serve.next_line();
-        if line.starts_with("SIGHUP") {
-            break line;
-        }
-    };
-    assert!(line.contains("in force"), "{line}");
-    assert_ne!(version(), before);
+    let given_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while version() == before {
+        assert!(
+            std::time::Instant::now() < given_up,
+            "no reload within 30 s of SIGHUP"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     serve.signal("TERM");
     assert!(serve.child.wait().expect("wait").success());
 }
@@ -200,23 +198,13 @@ fn serve_compacts_when_the_journal_has_grown() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    // The interval never calls for it (`0s`): the journal's size did.
-    let mut why = String::new();
-    let line = loop {
-        let line = serve.next_line();
-        if line.starts_with("compacted") {
-            break line;
-        }
-        assert!(!line.starts_with("compaction failed"), "{line}");
-        if line.starts_with("compacting: ") {
-            why = line;
-        }
-    };
-    assert!(
-        why.ends_with("MB of journal since the last snapshot\n"),
-        "{why:?}"
-    );
-    assert!(line.contains("1 customers"), "{line}");
+    // The interval never calls for it (`0s`): the journal's size did, and what a restart
+    // replays now is what came after.
     serve.signal("TERM");
     assert!(serve.child.wait().expect("wait").success());
+    let catalog = std::sync::Arc::new(nextbest::catalog::Catalog::load(&rules).expect("catalog"));
+    let (db, _) = nextbest::db::Db::open(data.path(), catalog, Default::default()).expect("reopen");
+    assert_eq!(db.store().len(), 1);
+    let replayed = db.journal_since_snapshot().expect("journal");
+    assert!(replayed < 1 << 20, "{replayed} bytes after the snapshot");
 }

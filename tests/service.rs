@@ -9,7 +9,7 @@ use nextbest::server::proto::admin_service_client::AdminServiceClient;
 use nextbest::server::proto::customer_service_client::CustomerServiceClient;
 use nextbest::server::proto::decision_service_client::DecisionServiceClient;
 use nextbest::server::proto::{self, value::Kind};
-use nextbest::server::{Metrics, Node, Transport, run};
+use nextbest::server::{Listeners, Metrics, Node, ServeConfig, Transport, serve};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -66,42 +66,42 @@ async fn start_with(
     options: nextbest::db::DbOptions,
 ) -> Server {
     let (node, _) = Node::open_with(rules.path(), data.path(), options).expect("node");
+    serve_node(rules, data, node, transport).await
+}
+
+/// Serves an opened node as the binary does ([`serve`]), on two ports of 127.0.0.1:0.
+async fn serve_node(
+    rules: tempfile::TempDir,
+    data: tempfile::TempDir,
+    node: Node,
+    transport: Transport,
+) -> Server {
     let node = Arc::new(node);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }
+    let bind = || async {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
     };
-    let registry = prometheus::Registry::new();
-    let metrics = Arc::new(Metrics::new(&registry).expect("metrics"));
-    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let metrics_addr = metrics_listener.local_addr().expect("addr");
-    let scrapes = tokio::spawn(nextbest::server::metrics::serve(
-        metrics_listener,
-        registry,
-        Arc::clone(&node),
-        until_stopped(),
-    ));
-    let serving = {
-        let node = Arc::clone(&node);
-        async move { run(listener, node, metrics, &transport, until_stopped()).await }
+    let listeners = Listeners {
+        grpc: bind().await,
+        metrics: bind().await,
     };
-    let task = tokio::spawn(serving);
+    let addr = listeners.grpc.local_addr().expect("addr");
+    let metrics_addr = listeners.metrics.local_addr().expect("addr");
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let config = ServeConfig {
+        transport,
+        ..ServeConfig::default()
+    };
+    let serving = serve(Arc::clone(&node), config, listeners, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
     Server {
         addr,
         metrics_addr,
         stop: Some(stop),
         task: Some(tokio::spawn(async move {
-            task.await.expect("server task").expect("server");
-            scrapes.await.expect("metrics task").expect("metrics");
+            serving.await.expect("server");
         })),
         node,
         rules,
@@ -758,19 +758,9 @@ async fn with_an_admin_token_customer_and_admin_calls_need_it() {
     );
     let data = tempfile::tempdir().expect("tempdir");
     let (node, _) = Node::open(rules.path(), data.path()).expect("node");
-    let node = Arc::new(node.with_admin_token(Some("s3cret".into())));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let metrics = Arc::new(Metrics::new(&prometheus::Registry::new()).expect("metrics"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        run(listener, node, metrics, &Transport::default(), async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let node = node.with_admin_token(Some("s3cret".into()));
+    let server = serve_node(rules, data, node, Transport::default()).await;
+    let addr = server.addr;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()
@@ -805,8 +795,7 @@ async fn with_an_admin_token_customer_and_admin_calls_need_it() {
         .decide(decide_request("ada", "app.card"))
         .await
         .expect("decisions need no token");
-    let _ = stop.send(());
-    task.await.expect("task").expect("server");
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -381,7 +381,7 @@ mod tests {
         LoadErrors {
             diagnostics: vec![Diagnostic {
                 error: CatalogError::MissingKey {
-                    key: "id".into(),
+                    key: "id",
                     context: crate::catalog::Context::Unnamed(crate::catalog::Kind::Offer),
                 },
                 location: Some(Location {

@@ -222,6 +222,17 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// A decision id: a UUIDv7 of the time `at` (ms) it was made, the inverse of
+/// [`uuid_time`]; its random bits keep apart the ids of one millisecond. The service passes
+/// its clock, not a request's `at` (see `server::decision`).
+pub fn decision_id(at: i64) -> Uuid {
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(at.max(0) / 1000).unwrap_or(0),
+        u32::try_from(at.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    ))
+}
+
 /// The time inside a UUIDv7, in ms (0 for other UUIDs).
 pub fn uuid_time(id: Uuid) -> i64 {
     id.get_timestamp().map_or(0, |t| {

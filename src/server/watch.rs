@@ -77,17 +77,7 @@ async fn watching(
         }
         seen = now;
         pending = None;
-        let reloading = Arc::clone(&node);
-        match tokio::task::spawn_blocking(move || reloading.reload()).await {
-            Ok(Ok(catalog)) => {
-                metrics.reload(true, &catalog.version);
-                eprintln!("rules changed: catalog {} in force", catalog.version);
-            }
-            Ok(Err(e)) => {
-                metrics.reload(false, &node.db().catalog().version);
-                eprintln!("rules changed: reload refused, the running catalog stays: {e}");
-            }
-            Err(e) => eprintln!("rules changed: the reload task failed: {e}"),
-        }
+        // Refused or not, it is reported and counted there; the next change tries again.
+        let _ = super::reload(&node, &metrics, "rules changed").await;
     }
 }

@@ -10,20 +10,26 @@ use std::process::{Child, ChildStderr, Command, Stdio};
 /// A running `nextbest serve` on 127.0.0.1:0; killed when dropped.
 pub struct Serve {
     pub child: Child,
-    /// `127.0.0.1:PORT`, as the server printed it.
+    /// `127.0.0.1:PORT` of gRPC, from the server's `--ready-file`.
     pub addr: String,
+    /// `127.0.0.1:PORT` of `/metrics`, from the same file.
+    pub metrics_addr: String,
     stderr: BufReader<ChildStderr>,
+    /// Holds the ready file.
+    _ready: tempfile::TempDir,
 }
 
 impl Serve {
     /// Starts `nextbest serve` with these directories (no file watching) and waits
-    /// until it says where it serves.
+    /// until its `--ready-file` says where it serves.
     pub fn start(rules: &Path, data: &Path) -> Serve {
         Serve::start_with(rules, data, &[])
     }
 
     /// As [`Serve::start`], with more flags.
     pub fn start_with(rules: &Path, data: &Path, flags: &[&str]) -> Serve {
+        let ready_dir = tempfile::tempdir().expect("tempdir");
+        let ready = ready_dir.path().join("ready.json");
         let mut child = Command::new(env!("CARGO_BIN_EXE_nextbest"))
             .args([
                 "serve",
@@ -36,6 +42,8 @@ impl Serve {
             .arg(rules)
             .arg("--data")
             .arg(data)
+            .arg("--ready-file")
+            .arg(&ready)
             .args(flags)
             .env_remove("NEXTBEST_ADMIN_TOKEN")
             .stderr(Stdio::piped())
@@ -45,19 +53,30 @@ impl Serve {
         let mut serve = Serve {
             child,
             addr: String::new(),
+            metrics_addr: String::new(),
             stderr,
+            _ready: ready_dir,
         };
-        serve.addr = loop {
-            let line = serve.next_line();
-            if line.starts_with("serving") {
-                break line
-                    .trim()
-                    .rsplit(" on ")
-                    .next()
-                    .expect("address")
-                    .to_string();
+        let given_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let addrs: serde_json::Value = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                break serde_json::from_str(&text).expect("the ready file is JSON");
             }
+            if let Some(status) = serve.child.try_wait().expect("wait") {
+                panic!(
+                    "serve exited ({status}) before it was ready: {}",
+                    serve.rest()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < given_up,
+                "serve not ready in 120 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
         };
+        let addr = |key: &str| addrs[key].as_str().expect("an address").to_string();
+        serve.addr = addr("grpc");
+        serve.metrics_addr = addr("metrics");
         serve
     }
 

@@ -1,0 +1,179 @@
+//! `nextbest serve`: its flags map onto [`ServeConfig`] and the node's options; the
+//! serving is [`server::serve`]'s. What is here is the process's: the runtime, the
+//! listeners' addresses, Ctrl-C and SIGTERM, and closing the node at the end.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+
+use super::{DataDir, RulesDir, duration};
+use crate::server::maintenance::Compaction;
+use crate::server::{self, Listeners, Node, ServeConfig, Transport};
+
+#[derive(Debug, clap::Args)]
+pub(super) struct ServeArgs {
+    #[command(flatten)]
+    rules: RulesDir,
+    #[command(flatten)]
+    data: DataDir,
+    /// The gRPC address; anything but loopback needs --admin-token.
+    #[arg(long, env = "NEXTBEST_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP; no customer data).
+    #[arg(
+        long,
+        env = "NEXTBEST_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_listen: SocketAddr,
+    /// How often to look for changed rule files (`0s` to not watch).
+    #[arg(long, env = "NEXTBEST_WATCH_INTERVAL", default_value = "1s", value_parser = duration)]
+    watch_interval: Duration,
+    /// How often to snapshot the state and erase forgotten customers (`0s`: never).
+    #[arg(long, env = "NEXTBEST_COMPACT_INTERVAL", default_value = "1h", value_parser = duration)]
+    compact_interval: Duration,
+    /// Also compact once this many MB of journal were written since the last snapshot:
+    /// a restart replays them, so this bounds restart time on a busy node (`0`: by
+    /// interval only).
+    #[arg(long, env = "NEXTBEST_COMPACT_JOURNAL_MB", default_value_t = 256)]
+    compact_journal_mb: u64,
+    /// Customer and admin calls must carry `authorization: Bearer <token>`. Required
+    /// to listen on anything but loopback.
+    #[arg(long, env = "NEXTBEST_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Serve TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "NEXTBEST_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "NEXTBEST_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Larger request messages are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "NEXTBEST_MAX_MESSAGE_BYTES", default_value_t = server::MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// Calls running longer are cancelled (a client's shorter deadline wins).
+    #[arg(long, env = "NEXTBEST_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration)]
+    request_timeout: Duration,
+    /// Once serving, write the bound addresses here as JSON (`{"grpc": "127.0.0.1:50051",
+    /// "metrics": "127.0.0.1:9464"}`), for whoever started the server on port 0.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
+}
+
+/// A zero duration: the flag's "never".
+fn never_if_zero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+impl ServeArgs {
+    /// What [`server::serve`] is told.
+    fn config(&self) -> anyhow::Result<ServeConfig> {
+        if self.request_timeout.is_zero() {
+            bail!("--request-timeout: must be more than 0s");
+        }
+        let mut transport = Transport::default();
+        transport.max_message_bytes = self.max_message_bytes;
+        transport.request_timeout = self.request_timeout;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            transport = transport.with_tls(cert, key)?;
+        }
+        Ok(ServeConfig {
+            transport,
+            watch: never_if_zero(self.watch_interval),
+            compaction: Compaction {
+                every: never_if_zero(self.compact_interval),
+                journal_bytes: (self.compact_journal_mb > 0)
+                    .then(|| self.compact_journal_mb.saturating_mul(1 << 20)),
+            },
+            reload_on_sighup: true,
+            ready_file: self.ready_file.clone(),
+            ..ServeConfig::default()
+        })
+    }
+
+    pub(super) fn run(self) -> anyhow::Result<ExitCode> {
+        let config = self.config()?;
+        let (rules, data, listen, metrics_listen) = (
+            &self.rules.path,
+            &self.data.path,
+            self.listen,
+            self.metrics_listen,
+        );
+        let admin_token = self.admin_token.filter(|t| !t.is_empty());
+        if !listen.ip().is_loopback() {
+            if admin_token.is_none() {
+                bail!(
+                    "--listen {listen} is not a loopback address: set --admin-token (or NEXTBEST_ADMIN_TOKEN) so that customer data and administration need it"
+                );
+            }
+            if !config.transport.tls() {
+                eprintln!(
+                    "warning: serving {listen} without TLS; set --tls-cert and --tls-key or terminate TLS in front of nextbest, the admin token travels in clear otherwise"
+                );
+            }
+        }
+        let (node, recovery) = Node::open(rules, data)?;
+        eprintln!("{}: {recovery}", data.display());
+        let node = Arc::new(node.with_admin_token(admin_token));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        runtime.block_on(async {
+            let grpc = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            eprintln!(
+                "serving catalog {} from `{}`{} on {}",
+                node.db().catalog().version,
+                rules.display(),
+                if config.transport.tls() {
+                    " over TLS"
+                } else {
+                    ""
+                },
+                grpc.local_addr().unwrap_or(listen)
+            );
+            let metrics = tokio::net::TcpListener::bind(metrics_listen)
+                .await
+                .with_context(|| format!("listening on {metrics_listen} for metrics"))?;
+            eprintln!(
+                "metrics on http://{}/metrics",
+                metrics.local_addr().unwrap_or(metrics_listen)
+            );
+            let listeners = Listeners { grpc, metrics };
+            server::serve(Arc::clone(&node), config, listeners, shutdown_signal()).await?;
+            eprintln!("draining: no new calls, the ones in flight finished");
+            Ok::<_, anyhow::Error>(())
+        })?;
+        drop(runtime);
+        let node = Arc::try_unwrap(node)
+            .map_err(|_| anyhow!("the server still holds the node after shutdown"))?;
+        node.close().context("flushing the journal")?;
+        eprintln!("journal flushed; stopped");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    eprintln!("shutting down");
+}

@@ -1,0 +1,103 @@
+//! `AdminService` (reload, catalog info), and [`reload`]: the one way every trigger
+//! reloads the catalog (SIGHUP, the rules watcher, the `Reload` call).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::timestamp;
+use super::proto::{self, admin_service_server::AdminService};
+use super::{Metrics, Node, NodeError, Service};
+use crate::catalog::Catalog;
+
+/// Reloads the node's rules directory off the request threads, counts the result
+/// (`nextbest_reloads_total`, the version in force) and reports it on stderr, the line
+/// starting with `trigger`. A refused reload leaves the running catalog in force; a
+/// reload task that failed ([`NodeError::Task`]) is not counted.
+pub async fn reload(
+    node: &Arc<Node>,
+    metrics: &Metrics,
+    trigger: &str,
+) -> Result<Arc<Catalog>, NodeError> {
+    let reloading = Arc::clone(node);
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || reloading.reload())
+        .await
+        .map_err(|e| NodeError::Task(format!("the reload task failed: {e}")))
+        .and_then(|reloaded| reloaded);
+    match &result {
+        Ok(catalog) => {
+            metrics.reload(true, &catalog.version);
+            eprintln!(
+                "{trigger}: catalog {} in force, loaded and swapped in {:.1?}",
+                catalog.version,
+                started.elapsed()
+            );
+        }
+        Err(NodeError::Task(e)) => eprintln!("{trigger}: {e}"),
+        Err(e) => {
+            metrics.reload(false, &node.db().catalog().version);
+            eprintln!("{trigger}: reload refused, the running catalog stays: {e}");
+        }
+    }
+    result
+}
+
+#[tonic::async_trait]
+impl AdminService for Service {
+    async fn reload(
+        &self,
+        request: Request<proto::ReloadRequest>,
+    ) -> Result<Response<proto::ReloadResponse>, Status> {
+        async {
+            self.authorize(&request)?;
+            let result = match reload(&self.node, &self.metrics, "Reload").await {
+                Err(NodeError::Task(e)) => return Err(Status::internal(e)),
+                result => result,
+            };
+            let version = self.node.db().catalog().version.to_string();
+            Ok(Response::new(match result {
+                Ok(_) => proto::ReloadResponse {
+                    version,
+                    reloaded: true,
+                    errors: Vec::new(),
+                },
+                Err(NodeError::Catalog(e)) => proto::ReloadResponse {
+                    version,
+                    reloaded: false,
+                    errors: e.errors.lines(),
+                },
+                Err(e) => proto::ReloadResponse {
+                    version,
+                    reloaded: false,
+                    errors: vec![e.to_string()],
+                },
+            }))
+        }
+        .await
+    }
+
+    async fn get_catalog(
+        &self,
+        request: Request<proto::GetCatalogRequest>,
+    ) -> Result<Response<proto::CatalogInfo>, Status> {
+        async {
+            self.authorize(&request)?;
+            let db = self.node.db();
+            let catalog = db.catalog();
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            Ok(Response::new(proto::CatalogInfo {
+                version: catalog.version.to_string(),
+                loaded_at: Some(timestamp(self.node.loaded_at.load(Ordering::Relaxed))),
+                offers: count(catalog.offers.len()),
+                placements: count(catalog.placements.len()),
+                experiments: count(catalog.experiments.len()),
+                customer_attributes: count(catalog.schema.customer.len()),
+                context_attributes: count(catalog.schema.context.len()),
+                customers: db.store().len() as u64,
+            }))
+        }
+        .await
+    }
+}
