@@ -3216,3 +3216,82 @@ async fn a_batch_of_outcomes_waits_for_one_fsync() {
     assert!(taken <= 2, "a batch of 100 outcomes took {taken} fsyncs");
     server.stop().await;
 }
+
+/// A decision reads budgets as they stand today by the node's clock: a request dated
+/// tomorrow must not find tomorrow's empty counters and show an offer whose daily budget
+/// is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_dated_tomorrow_reads_todays_budget() {
+    let rules = sample_rules();
+    let offers = rules.path().join("offers/retention.yaml");
+    let text = std::fs::read_to_string(&offers).expect("read");
+    let tight = text.replace("per_day: 300, total: 20000", "per_day: 1, total: 20000");
+    assert_ne!(text, tight, "the sample's save-desk budget");
+    std::fs::write(&offers, tight).expect("write");
+    let server = start_on(
+        rules,
+        tempfile::tempdir().expect("tempdir"),
+        Transport::default(),
+    )
+    .await;
+    let channel = server.channel().await;
+    CustomerServiceClient::new(channel.clone())
+        .upsert(proto::UpsertRequest {
+            customer_id: "leaving".into(),
+            attributes: with(&[("tenure_months", int(24)), ("credit_band", string("high"))]),
+        })
+        .await
+        .expect("upsert");
+    let mut decisions = DecisionServiceClient::new(channel);
+    let request = |at: Option<prost_types::Timestamp>| proto::DecideRequest {
+        context: with(&[("intent", string("cancel"))]),
+        explain: true,
+        at,
+        ..decide_request("leaving", "call_center.next_best")
+    };
+    let save = "cancel_save_free_month";
+    let d = decisions
+        .decide(request(None))
+        .await
+        .expect("decide")
+        .into_inner();
+    assert!(
+        d.offers.iter().any(|o| o.offer_id == save),
+        "the save offer is shown: {:?}",
+        d.offers
+    );
+    decisions
+        .record_outcome(proto::Outcome {
+            decision_id: d.decision_id.clone(),
+            offer_id: save.into(),
+            kind: proto::OutcomeKind::Impression as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("the one impression the budget allows today");
+    let tomorrow = jiff::Timestamp::now().as_second() + 86_400;
+    for at in [
+        None,
+        Some(prost_types::Timestamp {
+            seconds: tomorrow,
+            nanos: 0,
+        }),
+    ] {
+        let d = decisions
+            .decide(request(at))
+            .await
+            .expect("decide")
+            .into_inner();
+        let why = d
+            .explanation
+            .iter()
+            .find(|e| e.offer_id == save)
+            .map(|e| e.outcome.clone());
+        assert!(
+            !d.offers.iter().any(|o| o.offer_id == save)
+                && why.as_deref().is_some_and(|w| w.contains("budget")),
+            "at {at:?}: {why:?}"
+        );
+    }
+    server.stop().await;
+}

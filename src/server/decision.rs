@@ -62,7 +62,9 @@ impl Service {
         explain: bool,
         exclude: &[OfferIdx],
     ) -> Result<(proto::Decision, Vec<OfferIdx>), Status> {
-        let budgets = db.budgets(at);
+        // Budgets count real impressions: a decision served now reads today's counts,
+        // whatever `at` the request gave (a later day's would read nothing spent yet).
+        let budgets = db.budgets(now_ms());
         let options = Options {
             explain,
             slots,
