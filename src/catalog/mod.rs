@@ -19,7 +19,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
-pub use diag::{Diagnostic, LoadErrors, Location, SourceFile};
+pub use diag::{Diagnostic, LoadErrors, Location, Related, SourceFile};
 pub use load::{parse_duration, parse_timestamp};
 pub use plan::{Plan, Planned};
 

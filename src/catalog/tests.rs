@@ -489,3 +489,88 @@ fn rules_name_offers_of_any_file() {
         ["offers/0.yaml:10:5: error: invalid YAML: duplicate key `value` (first at line 9)"]
     );
 }
+
+/// The rendering of the catalog with `experiments` and `offers`, which has errors.
+fn rendered(experiments: &str, offers: &[&str]) -> String {
+    Catalog::from_yaml(SCHEMA, PLACEMENTS, experiments, offers)
+        .expect_err("an error")
+        .render()
+}
+
+#[test]
+fn a_duplicate_points_at_its_first_definition() {
+    // In the same file: a second label in the one snippet.
+    let same = OFFERS.replace("  - id: gold_card", "  - id: basic");
+    assert_eq!(
+        rendered(EXPERIMENTS, &[&same]),
+        "\
+offers/0.yaml:5:9: error: duplicate offer `basic` (first defined at offers/0.yaml:2:9)
+  |
+2 |   - id: basic
+  |         ----- first defined here
+...
+5 |   - id: basic
+  |         ^^^^^
+
+1 error(s); the catalog was not loaded
+"
+    );
+    // In another file: a snippet of that file, headed by its path.
+    let other = MORE_OFFERS.replace("gold_upgrade", "gold_card");
+    assert_eq!(
+        rendered(EXPERIMENTS, &[OFFERS, &other]),
+        "\
+offers/1.yaml:2:9: error: duplicate offer `gold_card` (first defined at offers/0.yaml:5:9)
+  |
+2 |   - id: gold_card
+  |         ^^^^^^^^^
+  |
+ ::: offers/0.yaml:5:9
+  |
+5 |   - id: gold_card
+  |         --------- first defined here
+
+1 error(s); the catalog was not loaded
+"
+    );
+    // An arm, named in the message by its experiment, and a key given twice.
+    let arms = EXPERIMENTS.replace("id: challenger", "id: champion");
+    let text = rendered(&arms, &[OFFERS]);
+    assert!(
+        text.contains(
+            "\
+6 |       - { id: champion, share: 0.5 }
+  |               -------- first defined here
+7 |       - { id: champion, share: 0.5, score: offer.value * 2 }
+  |               ^^^^^^^^
+"
+        ),
+        "{text}"
+    );
+    let key = OFFERS.replace("    value: 100\n", "    value: 100\n    value: 101\n");
+    let text = rendered(EXPERIMENTS, &[&key]);
+    assert!(
+        text.contains(
+            "\
+ 9 |     value: 100
+   |     ----- first defined here
+10 |     value: 101
+   |     ^
+"
+        ),
+        "{text}"
+    );
+    // Tools get the place too.
+    let e = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[OFFERS, &other])
+        .expect_err("a duplicate");
+    assert_eq!(
+        e.to_json()["errors"][0]["related"],
+        serde_json::json!({
+            "label": "first defined here",
+            "path": "offers/0.yaml",
+            "line": 5,
+            "column": 9,
+            "length": 9,
+        })
+    );
+}

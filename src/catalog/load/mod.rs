@@ -102,6 +102,7 @@ impl Catalog {
         let io = io_errors.into_iter().map(|error| Diagnostic {
             error,
             location: None,
+            related: None,
         });
         errors.diagnostics.splice(0..0, io);
         Err(errors)
