@@ -383,7 +383,7 @@ mod tests {
                 Diagnostic {
                     error: CatalogError::Io {
                         path: "rules/offers/x.yaml".into(),
-                        message: "Is a directory (os error 21)".into(),
+                        source: std::io::Error::from_raw_os_error(21).into(),
                     },
                     location: None,
                     related: None,

@@ -441,13 +441,17 @@ fn missing_files_are_named() {
 fn errors_are_typed() {
     let placements = PLACEMENTS.replace("slots: 2", "slots: 65");
     let e = Catalog::from_yaml(SCHEMA, &placements, EXPERIMENTS, &[OFFERS]).expect_err("65 slots");
-    assert_eq!(
-        e.diagnostics[0].error,
-        CatalogError::Invalid {
-            key: "slots".into(),
-            context: Context::Of(Owner::Placement("web.banner".into())),
-            expected: Expected::Slots,
-        }
+    assert!(
+        matches!(
+            &e.diagnostics[0].error,
+            CatalogError::Invalid {
+                key,
+                context: Context::Of(Owner::Placement(placement)),
+                expected: Expected::Slots,
+            } if key == "slots" && placement == "web.banner"
+        ),
+        "{:?}",
+        e.diagnostics[0].error
     );
     let offers = OFFERS.replace("propensity: 0.1", "propensity: customer.agee");
     let e = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[&offers]).expect_err("typo");
@@ -573,4 +577,24 @@ offers/1.yaml:2:9: error: duplicate offer `gold_card` (first defined at offers/0
             "length": 9,
         })
     );
+}
+
+#[test]
+fn a_file_that_cannot_be_read_keeps_its_io_error() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let e = Catalog::load(dir.path()).expect_err("no files");
+    let schema = dir.path().join("schema.yaml");
+    let first = &e.diagnostics[0].error;
+    assert_eq!(
+        first.to_string(),
+        format!(
+            "cannot read `{}`: No such file or directory (os error 2)",
+            schema.display()
+        )
+    );
+    // Shared as an `Arc`, as the journal writer shares its own.
+    let source = std::error::Error::source(first)
+        .and_then(|s| s.downcast_ref::<std::sync::Arc<std::io::Error>>())
+        .expect("the io::Error as the source");
+    assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
 }
