@@ -380,6 +380,11 @@ async fn decisions_outcomes_and_customers_round_trip() {
         "nextbest_journal_bytes_total",
         "nextbest_journal_write_seconds_bucket",
         "nextbest_grpc_errors_total{code=\"NOT_FOUND\",method=\"Get\"} 1",
+        // The process's own, from /proc.
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+        "process_start_time_seconds ",
     ] {
         assert!(
             scraped.contains(series),

@@ -1,5 +1,7 @@
 //! Where a catalog error is, and how it is shown: `path:line:col: error: message`, then
-//! the source line with a caret under the offending token, as rustc does.
+//! the source line with a caret under the offending token, as rustc does, and, where the
+//! error involves a second place (the first definition of a duplicate id or key), that
+//! place with its label, in the same snippet or in one of its own file.
 //!
 //! The first line is ours (editors and the tests jump to `path:line:col`, which
 //! annotate-snippets' header would put on a line of its own); the snippet under it is
@@ -40,6 +42,27 @@ pub struct Location {
 pub struct Diagnostic {
     pub error: CatalogError,
     pub location: Option<Location>,
+    /// A second place the error involves, drawn as a secondary label under the primary
+    /// one: where a duplicate id or key was first defined.
+    pub related: Option<Related>,
+}
+
+/// A place an error involves besides its own location, and what it is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Related {
+    pub location: Location,
+    /// What the place is, drawn under it: `first defined here`.
+    pub label: &'static str,
+}
+
+impl Related {
+    /// Where the first of two items with one id (or of two keys) is.
+    pub fn first_defined(location: Location) -> Related {
+        Related {
+            location,
+            label: "first defined here",
+        }
+    }
 }
 
 /// Every error found while loading a catalog, with the files they point into.
@@ -142,8 +165,30 @@ impl LoadErrors {
             let primary = AnnotationKind::Primary
                 .span(byte_span(&file.text, &loc))
                 .label(label);
+            let mut snippet = Snippet::source(&*file.text).annotation(primary);
+            // A related place in the same file is a second label in the same snippet; in
+            // another file, a snippet of its own headed by that file's path.
+            let mut elsewhere = None;
+            let related = d
+                .related
+                .and_then(|r| Some((r, self.files.get(r.location.file)?)));
+            if let Some((r, other)) = related {
+                let secondary = AnnotationKind::Context
+                    .span(byte_span(&other.text, &r.location))
+                    .label(r.label);
+                if r.location.file == loc.file {
+                    snippet = snippet.annotation(secondary);
+                } else {
+                    elsewhere = Some(
+                        Snippet::source(&*other.text)
+                            .path(other.path.as_str())
+                            .annotation(secondary),
+                    );
+                }
+            }
             let report = [Group::with_level(Level::ERROR)
-                .element(Snippet::source(&*file.text).annotation(primary))];
+                .element(snippet)
+                .elements(elsewhere)];
             let _ = writeln!(out, "{}", paint.snippet.render(&report));
             out.push('\n');
         }
@@ -170,6 +215,16 @@ impl LoadErrors {
                     obj["line"] = loc.line.into();
                     obj["column"] = loc.column.into();
                     obj["length"] = loc.len.into();
+                }
+                if let Some(r) = d.related {
+                    let loc = r.location;
+                    obj["related"] = serde_json::json!({
+                        "label": r.label,
+                        "path": self.path(&loc),
+                        "line": loc.line,
+                        "column": loc.column,
+                        "length": loc.len,
+                    });
                 }
                 obj
             })
@@ -328,9 +383,10 @@ mod tests {
                 Diagnostic {
                     error: CatalogError::Io {
                         path: "rules/offers/x.yaml".into(),
-                        message: "Is a directory (os error 21)".into(),
+                        source: std::io::Error::from_raw_os_error(21).into(),
                     },
                     location: None,
+                    related: None,
                 },
                 Diagnostic {
                     error: CatalogError::MissingKey {
@@ -343,6 +399,7 @@ mod tests {
                         column: 5,
                         len: 4,
                     }),
+                    related: None,
                 },
             ],
             files: vec![SourceFile {
@@ -390,6 +447,7 @@ mod tests {
                     column,
                     len,
                 }),
+                related: None,
             }],
             files: vec![SourceFile {
                 path: "o.yaml".into(),

@@ -19,7 +19,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
-pub use diag::{Diagnostic, LoadErrors, Location, SourceFile};
+pub use diag::{Diagnostic, LoadErrors, Location, Related, SourceFile};
 pub use load::{parse_duration, parse_timestamp};
 pub use plan::{Plan, Planned};
 
@@ -299,12 +299,17 @@ pub struct Arm {
 /// What can be wrong with a catalog. Messages follow the house style: lowercase, user
 /// input in backticks; the location is carried beside, in [`Diagnostic`]. Each variant
 /// holds what its message is made of, typed, so a tool can match on it rather than parse
-/// the text.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// the text. Not `PartialEq`: an [`io::Error`](std::io::Error) cause has no equality.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CatalogError {
-    /// A catalog file, or the offers directory, could not be read.
-    #[error("cannot read `{path}`: {message}")]
-    Io { path: String, message: String },
+    /// A catalog file, or the offers directory, could not be read. The `io::Error` is kept
+    /// as the `source()`, shared so that the error stays `Clone`.
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
     /// A file is not YAML, or uses YAML the catalog does not take.
     #[error("invalid YAML: {0}")]
     Yaml(YamlError),

@@ -441,13 +441,17 @@ fn missing_files_are_named() {
 fn errors_are_typed() {
     let placements = PLACEMENTS.replace("slots: 2", "slots: 65");
     let e = Catalog::from_yaml(SCHEMA, &placements, EXPERIMENTS, &[OFFERS]).expect_err("65 slots");
-    assert_eq!(
-        e.diagnostics[0].error,
-        CatalogError::Invalid {
-            key: "slots".into(),
-            context: Context::Of(Owner::Placement("web.banner".into())),
-            expected: Expected::Slots,
-        }
+    assert!(
+        matches!(
+            &e.diagnostics[0].error,
+            CatalogError::Invalid {
+                key,
+                context: Context::Of(Owner::Placement(placement)),
+                expected: Expected::Slots,
+            } if key == "slots" && placement == "web.banner"
+        ),
+        "{:?}",
+        e.diagnostics[0].error
     );
     let offers = OFFERS.replace("propensity: 0.1", "propensity: customer.agee");
     let e = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[&offers]).expect_err("typo");
@@ -488,4 +492,109 @@ fn rules_name_offers_of_any_file() {
         e.lines(),
         ["offers/0.yaml:10:5: error: invalid YAML: duplicate key `value` (first at line 9)"]
     );
+}
+
+/// The rendering of the catalog with `experiments` and `offers`, which has errors.
+fn rendered(experiments: &str, offers: &[&str]) -> String {
+    Catalog::from_yaml(SCHEMA, PLACEMENTS, experiments, offers)
+        .expect_err("an error")
+        .render()
+}
+
+#[test]
+fn a_duplicate_points_at_its_first_definition() {
+    // In the same file: a second label in the one snippet.
+    let same = OFFERS.replace("  - id: gold_card", "  - id: basic");
+    assert_eq!(
+        rendered(EXPERIMENTS, &[&same]),
+        "\
+offers/0.yaml:5:9: error: duplicate offer `basic` (first defined at offers/0.yaml:2:9)
+  |
+2 |   - id: basic
+  |         ----- first defined here
+...
+5 |   - id: basic
+  |         ^^^^^
+
+1 error(s); the catalog was not loaded
+"
+    );
+    // In another file: a snippet of that file, headed by its path.
+    let other = MORE_OFFERS.replace("gold_upgrade", "gold_card");
+    assert_eq!(
+        rendered(EXPERIMENTS, &[OFFERS, &other]),
+        "\
+offers/1.yaml:2:9: error: duplicate offer `gold_card` (first defined at offers/0.yaml:5:9)
+  |
+2 |   - id: gold_card
+  |         ^^^^^^^^^
+  |
+ ::: offers/0.yaml:5:9
+  |
+5 |   - id: gold_card
+  |         --------- first defined here
+
+1 error(s); the catalog was not loaded
+"
+    );
+    // An arm, named in the message by its experiment, and a key given twice.
+    let arms = EXPERIMENTS.replace("id: challenger", "id: champion");
+    let text = rendered(&arms, &[OFFERS]);
+    assert!(
+        text.contains(
+            "\
+6 |       - { id: champion, share: 0.5 }
+  |               -------- first defined here
+7 |       - { id: champion, share: 0.5, score: offer.value * 2 }
+  |               ^^^^^^^^
+"
+        ),
+        "{text}"
+    );
+    let key = OFFERS.replace("    value: 100\n", "    value: 100\n    value: 101\n");
+    let text = rendered(EXPERIMENTS, &[&key]);
+    assert!(
+        text.contains(
+            "\
+ 9 |     value: 100
+   |     ----- first defined here
+10 |     value: 101
+   |     ^
+"
+        ),
+        "{text}"
+    );
+    // Tools get the place too.
+    let e = Catalog::from_yaml(SCHEMA, PLACEMENTS, EXPERIMENTS, &[OFFERS, &other])
+        .expect_err("a duplicate");
+    assert_eq!(
+        e.to_json()["errors"][0]["related"],
+        serde_json::json!({
+            "label": "first defined here",
+            "path": "offers/0.yaml",
+            "line": 5,
+            "column": 9,
+            "length": 9,
+        })
+    );
+}
+
+#[test]
+fn a_file_that_cannot_be_read_keeps_its_io_error() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let e = Catalog::load(dir.path()).expect_err("no files");
+    let schema = dir.path().join("schema.yaml");
+    let first = &e.diagnostics[0].error;
+    assert_eq!(
+        first.to_string(),
+        format!(
+            "cannot read `{}`: No such file or directory (os error 2)",
+            schema.display()
+        )
+    );
+    // Shared as an `Arc`, as the journal writer shares its own.
+    let source = std::error::Error::source(first)
+        .and_then(|s| s.downcast_ref::<std::sync::Arc<std::io::Error>>())
+        .expect("the io::Error as the source");
+    assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
 }

@@ -358,7 +358,9 @@ impl<F> Drop for Counting<F> {
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
-/// The node's figures (journal, store) are registered here, read when scraped.
+/// The node's figures (journal, store) and the process's (CPU seconds, resident memory,
+/// open file descriptors, start time, read from `/proc` on Linux) are registered here,
+/// read when scraped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
@@ -368,6 +370,12 @@ pub async fn serve(
     registry
         .register(Box::new(
             NodeFigures::new(node).map_err(std::io::Error::other)?,
+        ))
+        .map_err(std::io::Error::other)?;
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .map_err(std::io::Error::other)?;
     let scrape = move || {

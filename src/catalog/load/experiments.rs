@@ -19,8 +19,8 @@ use super::yaml::{
     Decode, Decoder, Duration, Fields, Fraction, Id, Ids, Items, loc, parse_scalar, scalar_loc,
 };
 use crate::catalog::{
-    Arm, CatalogError, Context, Expected, Experiment, FileRole, FirstDefined, Kind, Owner, Part,
-    RuleField,
+    Arm, CatalogError, Context, Expected, Experiment, FileRole, FirstDefined, Kind, Location,
+    Owner, Part, Related, RuleField,
 };
 
 /// The experiments of the file `top`; those without a valid id, or with one taken, are
@@ -84,6 +84,8 @@ fn arms(d: &mut Decoder, rules: &Rules<'_>, f: &Fields<'_>, experiment: &str) ->
     };
     let owner = Owner::Experiment(experiment.to_string());
     let mut arms: Vec<Arm> = Vec::new();
+    // Where each arm's id is, in the order of `arms`.
+    let mut arm_ids: Vec<Option<Location>> = Vec::new();
     for item in seq.iter() {
         let Some(map) = d.decode::<&MarkedMappingNode>(item, "arms", f.context()) else {
             continue;
@@ -97,14 +99,15 @@ fn arms(d: &mut Decoder, rules: &Rules<'_>, f: &Fields<'_>, experiment: &str) ->
             continue;
         };
         // Arms are told apart within their experiment, so the first is named by it.
-        if arms.iter().any(|a| a.id == id.as_str()) {
-            d.error(
+        if let Some(first) = arms.iter().position(|a| a.id == id.as_str()) {
+            d.error_related(
                 scalar_loc(id),
                 CatalogError::Duplicate {
                     kind: Kind::Arm,
                     id: id.to_string(),
                     first: FirstDefined::In(owner.clone()),
                 },
+                arm_ids[first].map(Related::first_defined),
             );
             continue;
         }
@@ -122,6 +125,7 @@ fn arms(d: &mut Decoder, rules: &Rules<'_>, f: &Fields<'_>, experiment: &str) ->
             epsilon,
             score,
         });
+        arm_ids.push(scalar_loc(id));
     }
     let total: f64 = arms.iter().map(|a| a.share).sum();
     if !arms.is_empty() && (total - 1.0).abs() > 1e-6 {

@@ -60,7 +60,7 @@ impl Catalog {
                 Err(e) => {
                     io_errors.push(CatalogError::Io {
                         path: path.display().to_string(),
-                        message: e.to_string(),
+                        source: e.into(),
                     });
                     None
                 }
@@ -88,7 +88,7 @@ impl Catalog {
             }
             Err(e) => io_errors.push(CatalogError::Io {
                 path: offers_dir.display().to_string(),
-                message: e.to_string(),
+                source: e.into(),
             }),
         }
         let result = Catalog::from_sources(sources);
@@ -102,6 +102,7 @@ impl Catalog {
         let io = io_errors.into_iter().map(|error| Diagnostic {
             error,
             location: None,
+            related: None,
         });
         errors.diagnostics.splice(0..0, io);
         Err(errors)

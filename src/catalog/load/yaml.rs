@@ -22,7 +22,7 @@ use marked_yaml::{LoaderOptions, Node, Span};
 
 use crate::catalog::diag::scalar_location;
 use crate::catalog::{
-    CatalogError, Context, Diagnostic, Expected, FirstDefined, Kind, Location, SourceFile,
+    CatalogError, Context, Diagnostic, Expected, FirstDefined, Kind, Location, Related, SourceFile,
     YamlError,
 };
 use crate::expr::{self, ExprKind, did_you_mean};
@@ -42,20 +42,34 @@ impl Decoder {
     }
 
     pub fn error(&mut self, location: Option<Location>, error: CatalogError) {
-        self.diags.push(Diagnostic { error, location });
+        self.error_related(location, error, None);
+    }
+
+    /// Reports `error` with a second place it involves (see [`Related`]).
+    pub fn error_related(
+        &mut self,
+        location: Option<Location>,
+        error: CatalogError,
+        related: Option<Related>,
+    ) {
+        self.diags.push(Diagnostic {
+            error,
+            location,
+            related,
+        });
     }
 
     /// Parses a file whose top level must be a mapping. An error is reported, and returned
     /// too, so that a caller can tell a duplicate key from a file that is not YAML.
     pub fn parse(&mut self, file: usize) -> Result<MarkedMappingNode, YamlError> {
         let options = LoaderOptions::default().error_on_duplicate_keys(true);
-        let (location, error) = match marked_yaml::parse_yaml_with_options(
+        let (location, error, related) = match marked_yaml::parse_yaml_with_options(
             file,
             self.files[file].text.as_ref(),
             options,
         ) {
             Ok(Node::Mapping(m)) => return Ok(m),
-            Ok(other) => (node_loc(&other), YamlError::TopLevelNotMapping),
+            Ok(other) => (node_loc(&other), YamlError::TopLevelNotMapping, None),
             Err(e) => {
                 let (marker, error) = yaml_error(&e);
                 let location = marker.map(|m| Location {
@@ -64,10 +78,18 @@ impl Decoder {
                     column: m.column(),
                     len: 1,
                 });
-                (location, error)
+                // The first of two keys, underlined as the second is not: its scalar is
+                // at hand here, where the scanner's marker is all the second has.
+                let related = match &e {
+                    marked_yaml::LoadError::DuplicateKey(inner) => {
+                        scalar_loc(&inner.prev_key).map(Related::first_defined)
+                    }
+                    _ => None,
+                };
+                (location, error, related)
             }
         };
-        self.error(location, CatalogError::Yaml(error.clone()));
+        self.error_related(location, CatalogError::Yaml(error.clone()), related);
         Err(error)
     }
 
@@ -401,15 +423,16 @@ impl Ids {
     /// Takes `id` for the item being read; when an earlier item has it, reports the
     /// duplicate and says false.
     pub fn claim(&mut self, d: &mut Decoder, id: &MarkedScalarNode) -> bool {
-        if let Some(&first) = self.first.get(id.as_str()) {
-            let first = d.first_defined(first);
-            d.error(
+        if let Some(&at) = self.first.get(id.as_str()) {
+            let first = d.first_defined(at);
+            d.error_related(
                 scalar_loc(id),
                 CatalogError::Duplicate {
                     kind: self.kind,
                     id: id.to_string(),
                     first,
                 },
+                at.map(Related::first_defined),
             );
             return false;
         }
