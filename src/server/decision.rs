@@ -204,6 +204,7 @@ impl DecisionService for Service {
             self.metrics
                 .decision(&reply, started.elapsed().as_secs_f64());
             span.record("decision_id", reply.decision_id.as_str());
+            tracing::debug!(shown = reply.offers.len(), "decided");
             Ok(Response::new(reply))
         }
         .await
@@ -296,6 +297,7 @@ impl DecisionService for Service {
                 let ids: Vec<&str> = decisions.iter().map(|d| d.decision_id.as_str()).collect();
                 span.record("decision_id", ids.join(",").as_str());
             }
+            tracing::debug!(decisions = decisions.len(), "decided a page");
             Ok(Response::new(proto::DecideBatchResponse { decisions }))
         }
         .await
