@@ -208,3 +208,47 @@ fn serve_compacts_when_the_journal_has_grown() {
     let replayed = db.journal_since_snapshot().expect("journal");
     assert!(replayed < 1 << 20, "{replayed} bytes after the snapshot");
 }
+
+/// `--log-format json` writes one JSON object a line with a level, a timestamp and a
+/// message, and what is logged inside a call carries the call's span and its method.
+#[test]
+fn json_logs_are_one_object_a_line_and_name_the_call() {
+    use nextbest::server::proto::admin_service_client::AdminServiceClient;
+    let data = tempfile::tempdir().expect("tempdir");
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let flags = ["--log-format", "json", "--log-level", "info"];
+    let mut serve = common::Serve::start_with(&rules, data.path(), &flags);
+    let first: serde_json::Value =
+        serde_json::from_str(&serve.next_line()).expect("the first line is JSON");
+    assert_eq!(first["level"], "INFO", "{first}");
+    let at = first["timestamp"].as_str().expect("a timestamp");
+    assert!(at.parse::<jiff::Timestamp>().is_ok(), "{at} is RFC 3339");
+    assert!(
+        first["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{first}"
+    );
+    let addr = serve.addr.clone();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            AdminServiceClient::connect(format!("http://{addr}"))
+                .await
+                .expect("connect")
+                .reload(proto::ReloadRequest {})
+                .await
+                .expect("reload")
+        });
+    serve.signal("TERM");
+    assert!(serve.child.wait().expect("wait").success());
+    let lines: Vec<serde_json::Value> = serve
+        .rest()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["span"]["method"] == "Reload" && l["trigger"] == "Reload"),
+        "no event of the Reload call in {lines:?}"
+    );
+}

@@ -12,6 +12,7 @@ mod data;
 mod decide;
 mod learn;
 mod loadgen;
+mod logging;
 mod serve;
 
 use std::path::{Path, PathBuf};

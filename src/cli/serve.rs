@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 
+use super::logging::Logging;
 use super::{DataDir, RulesDir, duration};
+use crate::db::Recovery;
 use crate::server::maintenance::Compaction;
 use crate::server::{self, Listeners, Node, ServeConfig, Transport};
 
@@ -20,6 +22,8 @@ pub(super) struct ServeArgs {
     rules: RulesDir,
     #[command(flatten)]
     data: DataDir,
+    #[command(flatten)]
+    logging: Logging,
     /// The gRPC address; anything but loopback needs --admin-token.
     #[arg(long, env = "NEXTBEST_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -95,6 +99,7 @@ impl ServeArgs {
     }
 
     pub(super) fn run(self) -> anyhow::Result<ExitCode> {
+        self.logging.init();
         let config = self.config()?;
         let (rules, data, listen, metrics_listen) = (
             &self.rules.path,
@@ -110,13 +115,14 @@ impl ServeArgs {
                 );
             }
             if !config.transport.tls() {
-                eprintln!(
-                    "warning: serving {listen} without TLS; set --tls-cert and --tls-key or terminate TLS in front of nextbest, the admin token travels in clear otherwise"
+                tracing::warn!(
+                    %listen,
+                    "serving without TLS: the admin token travels in clear; set --tls-cert and --tls-key or terminate TLS in front of nextbest"
                 );
             }
         }
         let (node, recovery) = Node::open(rules, data)?;
-        eprintln!("{}: {recovery}", data.display());
+        log_recovery(data, &recovery);
         let node = Arc::new(node.with_admin_token(admin_token));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -126,35 +132,58 @@ impl ServeArgs {
             let grpc = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
-            eprintln!(
-                "serving catalog {} from `{}`{} on {}",
-                node.db().catalog().version,
-                rules.display(),
-                if config.transport.tls() {
-                    " over TLS"
-                } else {
-                    ""
-                },
-                grpc.local_addr().unwrap_or(listen)
+            tracing::info!(
+                catalog = %node.db().catalog().version,
+                rules = %rules.display(),
+                tls = config.transport.tls(),
+                grpc = %grpc.local_addr().unwrap_or(listen),
+                "serving"
             );
             let metrics = tokio::net::TcpListener::bind(metrics_listen)
                 .await
                 .with_context(|| format!("listening on {metrics_listen} for metrics"))?;
-            eprintln!(
-                "metrics on http://{}/metrics",
-                metrics.local_addr().unwrap_or(metrics_listen)
+            tracing::info!(
+                metrics = %format_args!("http://{}/metrics", metrics.local_addr().unwrap_or(metrics_listen)),
+                "metrics served"
             );
             let listeners = Listeners { grpc, metrics };
             server::serve(Arc::clone(&node), config, listeners, shutdown_signal()).await?;
-            eprintln!("draining: no new calls, the ones in flight finished");
+            tracing::info!("drained: no new calls, the ones in flight finished");
             Ok::<_, anyhow::Error>(())
         })?;
         drop(runtime);
         let node = Arc::try_unwrap(node)
             .map_err(|_| anyhow!("the server still holds the node after shutdown"))?;
         node.close().context("flushing the journal")?;
-        eprintln!("journal flushed; stopped");
+        tracing::info!("journal flushed; stopped");
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// What opening the data directory found: a summary, and a warning for each thing it
+/// had to cut, skip or drop.
+fn log_recovery(data: &std::path::Path, recovery: &Recovery) {
+    let data = data.display();
+    tracing::info!(
+        %data,
+        snapshot = recovery.snapshot.as_ref().map(|p| p.display().to_string()),
+        customers = recovery.customers_loaded,
+        replayed = recovery.replayed,
+        took = ?recovery.elapsed,
+        "recovered"
+    );
+    if let Some(at) = &recovery.truncated {
+        tracing::warn!(%data, %at, "cut a damaged journal tail");
+    }
+    for at in &recovery.damage {
+        tracing::warn!(%data, %at, "skipped damaged records");
+    }
+    if recovery.dropped_values > 0 {
+        tracing::warn!(
+            %data,
+            dropped = recovery.dropped_values,
+            "dropped stored values that no longer fit the schema"
+        );
     }
 }
 
@@ -175,5 +204,5 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
-    eprintln!("shutting down");
+    tracing::info!("shutting down: draining the calls in flight");
 }

@@ -12,8 +12,7 @@ use super::{Metrics, Node, NodeError, Service};
 use crate::catalog::Catalog;
 
 /// Reloads the node's rules directory off the request threads, counts the result
-/// (`nextbest_reloads_total`, the version in force) and reports it on stderr, the line
-/// starting with `trigger`. A refused reload leaves the running catalog in force; a
+/// (`nextbest_reloads_total`, the version in force) and logs it with its `trigger`. A refused reload leaves the running catalog in force; a
 /// reload task that failed ([`NodeError::Task`]) is not counted.
 pub async fn reload(
     node: &Arc<Node>,
@@ -29,16 +28,21 @@ pub async fn reload(
     match &result {
         Ok(catalog) => {
             metrics.reload(true, &catalog.version);
-            eprintln!(
-                "{trigger}: catalog {} in force, loaded and swapped in {:.1?}",
-                catalog.version,
-                started.elapsed()
+            tracing::info!(
+                trigger,
+                catalog = %catalog.version,
+                took = ?started.elapsed(),
+                "catalog reloaded and in force"
             );
         }
-        Err(NodeError::Task(e)) => eprintln!("{trigger}: {e}"),
+        Err(NodeError::Task(e)) => tracing::error!(trigger, error = %e, "reload failed"),
         Err(e) => {
             metrics.reload(false, &node.db().catalog().version);
-            eprintln!("{trigger}: reload refused, the running catalog stays: {e}");
+            tracing::warn!(
+                trigger,
+                error = %e,
+                "reload refused, the running catalog stays"
+            );
         }
     }
     result

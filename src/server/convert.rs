@@ -48,7 +48,7 @@ pub fn status(e: DbError) -> Status {
         | DbError::Snapshot { .. }
         | DbError::Damaged { .. }
         | DbError::Locked { .. } => {
-            eprintln!("internal error answered UNAVAILABLE: {e}");
+            tracing::error!(error = %e, "internal error answered UNAVAILABLE");
             let what = match e {
                 DbError::Snapshot { .. } => "the node cannot read its snapshot",
                 _ => "the node cannot read or write its data directory",

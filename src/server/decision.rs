@@ -179,6 +179,10 @@ impl DecisionService for Service {
             let db = self.node.db();
             let catalog = db.catalog();
             let placement = Self::placement(&catalog, required("placement", &r.placement)?)?;
+            // The call's span (opened by the calls layer) names the placement and, once
+            // made, the decision; never the customer or their attributes.
+            let span = tracing::Span::current();
+            span.record("placement", r.placement.as_str());
             let customer = optional("customer_id", &r.customer_id)?;
             let context = convert::values("context", &catalog.schema.context, &r.context)?;
             let context = Self::context(&catalog, placement, context, "context.channel")?;
@@ -201,6 +205,8 @@ impl DecisionService for Service {
             )?;
             self.metrics
                 .decision(&reply, started.elapsed().as_secs_f64());
+            span.record("decision_id", reply.decision_id.as_str());
+            tracing::debug!(shown = reply.offers.len(), "decided");
             Ok(Response::new(reply))
         }
         .await
@@ -254,6 +260,14 @@ impl DecisionService for Service {
                 let slots = slots(&format!("placements[{i}].slots"), p.slots)?;
                 requests.push((placement, context, slots));
             }
+            // A page's placements and decision ids on the call's span, comma-separated
+            // (joined only when the span is logged at all).
+            let span = tracing::Span::current();
+            let logged = !span.is_disabled();
+            if logged {
+                let ids: Vec<&str> = r.placements.iter().map(|p| p.placement.as_str()).collect();
+                span.record("placement", ids.join(",").as_str());
+            }
             deadline.check()?;
             let mut shown = Vec::new();
             let mut decisions = Vec::with_capacity(requests.len());
@@ -281,6 +295,11 @@ impl DecisionService for Service {
                     .decision(&reply, started.elapsed().as_secs_f64());
                 decisions.push(reply);
             }
+            if logged {
+                let ids: Vec<&str> = decisions.iter().map(|d| d.decision_id.as_str()).collect();
+                span.record("decision_id", ids.join(",").as_str());
+            }
+            tracing::debug!(decisions = decisions.len(), "decided a page");
             Ok(Response::new(proto::DecideBatchResponse { decisions }))
         }
         .await

@@ -4,7 +4,9 @@
 //! threads, on tokio's blocking pool, and stop when the server does.
 //!
 //! What a compaction or a heal does is `db`'s ([`Db::compact`](crate::db::Db::compact),
-//! [`Node::heal`]); this module only decides when.
+//! [`Node::heal`]); this module only decides when, and logs it: a failure that repeats
+//! at every look is logged when it starts, when its cause changes and when it ends
+//! ([`Streak`]), not every second.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -78,28 +80,28 @@ pub async fn compact_when_due(
         }
         last = Instant::now();
         if let Some(bytes) = grown {
-            eprintln!(
-                "compacting: {} MB of journal since the last snapshot",
-                bytes >> 20
+            tracing::info!(
+                journal_mb = bytes >> 20,
+                "compacting: the journal since the last snapshot has grown"
             );
         }
         let db = node.db();
         failed = None;
         match tokio::task::spawn_blocking(move || db.compact(now_ms())).await {
-            Ok(Ok(done)) => eprintln!(
-                "compacted: {} customers in `{}`, {} records of {} forgotten customers erased",
-                done.customers,
-                done.snapshot.display(),
-                done.records_erased,
-                done.forgotten
+            Ok(Ok(done)) => tracing::info!(
+                customers = done.customers,
+                snapshot = %done.snapshot.display(),
+                records_erased = done.records_erased,
+                forgotten = done.forgotten,
+                "compacted"
             ),
             Ok(Err(e)) => {
                 failed = Some(Instant::now());
-                eprintln!("compaction failed (the journal is intact): {e}");
+                tracing::error!(error = %e, "compaction failed, the journal is intact");
             }
             Err(e) => {
                 failed = Some(Instant::now());
-                eprintln!("the compaction task failed: {e}");
+                tracing::error!(error = %e, "the compaction task failed");
             }
         }
     }
@@ -113,7 +115,9 @@ pub async fn heal_when_failed(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut reported = false;
+    // The journal's failure, and then why each heal could not happen yet.
+    let mut failure = Streak::default();
+    let mut still = Streak::default();
     loop {
         tokio::select! {
             () = &mut shutdown => return,
@@ -122,19 +126,70 @@ pub async fn heal_when_failed(
         let Some(why) = node.db().failed() else {
             continue;
         };
-        if !reported {
-            eprintln!("journal failed, writes refused until the disk takes them: {why}");
-            reported = true;
+        if failure.see(why.to_string()) {
+            tracing::error!(error = %why, "journal failed: writes refused until the disk takes them");
         }
         let healing = Arc::clone(&node);
         match tokio::task::spawn_blocking(move || healing.heal()).await {
             Ok(Ok(true)) => {
-                eprintln!("journal healed: the data directory was reopened, writes resume");
-                reported = false;
+                let (looks, for_) = failure.end().unwrap_or_default();
+                still.end();
+                tracing::info!(
+                    looks,
+                    failed_for = ?for_,
+                    "journal healed: the data directory was reopened, writes resume"
+                );
             }
-            Ok(Ok(false)) | Err(_) => {}
-            Ok(Err(e)) => eprintln!("journal still failing: {e}"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                if still.see(e.to_string()) {
+                    tracing::warn!(
+                        error = %e,
+                        every = ?interval,
+                        "journal still failing; looking again until the disk takes writes (logged again only if this changes)"
+                    );
+                }
+            }
+            Err(e) => {
+                if still.see(e.to_string()) {
+                    tracing::error!(error = %e, "the heal task failed");
+                }
+            }
         }
+    }
+}
+
+/// A condition seen again at every look (an error, by its message): [`Streak::see`] says
+/// whether to log it (it started, or its message changed), [`Streak::end`] how long it
+/// lasted, so a failure repeating every second is logged three times, not every second.
+#[derive(Debug, Default)]
+struct Streak {
+    /// The message last seen, how many looks saw the streak and when it started.
+    current: Option<(String, u64, Instant)>,
+}
+
+impl Streak {
+    /// Seen again: true when this starts a streak or changes its message.
+    fn see(&mut self, message: String) -> bool {
+        match &mut self.current {
+            Some((last, looks, _)) => {
+                *looks += 1;
+                let changed = *last != message;
+                *last = message;
+                changed
+            }
+            None => {
+                self.current = Some((message, 1, Instant::now()));
+                true
+            }
+        }
+    }
+
+    /// Over: how many looks saw it and for how long, if it had started.
+    fn end(&mut self) -> Option<(u64, Duration)> {
+        self.current
+            .take()
+            .map(|(_, looks, since)| (looks, since.elapsed()))
     }
 }
 
@@ -148,4 +203,31 @@ pub(super) fn probe(dir: &Path) -> std::io::Result<()> {
     });
     let removed = std::fs::remove_file(&path);
     written.and(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Streak;
+
+    #[test]
+    fn a_repeated_error_is_logged_when_it_starts_changes_and_ends() {
+        let mut streak = Streak::default();
+        let logged: Vec<bool> = [
+            "disk full",
+            "disk full",
+            "disk full",
+            "read-only",
+            "read-only",
+        ]
+        .into_iter()
+        .map(|e| streak.see(e.to_string()))
+        .collect();
+        assert_eq!(logged, [true, false, false, true, false]);
+        assert_eq!(streak.end().map(|(looks, _)| looks), Some(5));
+        assert_eq!(streak.end(), None, "ended once");
+        assert!(
+            streak.see("disk full".to_string()),
+            "a new streak is logged"
+        );
+    }
 }

@@ -312,8 +312,18 @@ where
 
     fn call(&mut self, request: http::Request<R>) -> Self::Future {
         let method = self.calls.method(request.uri().path());
+        // The call's span: what the handlers log carries the method, and the handlers of
+        // Decide and DecideBatch record the placement and the decision id on it.
+        let span = tracing::info_span!(
+            "call",
+            method = self.calls.labels[method].as_str(),
+            placement = tracing::field::Empty,
+            decision_id = tracing::field::Empty,
+        );
+        let inner = span.in_scope(|| self.inner.call(request));
         Counting {
-            inner: self.inner.call(request),
+            inner,
+            span,
             call: Some((Arc::clone(&self.calls), method, std::time::Instant::now())),
         }
     }
@@ -325,6 +335,8 @@ where
 #[derive(Debug)]
 pub(super) struct Counting<F> {
     inner: F,
+    /// Entered around every poll of the reply: the handler runs inside it.
+    span: tracing::Span,
     /// Taken when counted: the calls, the method's label and when the call arrived.
     call: Option<(Arc<Calls>, usize, std::time::Instant)>,
 }
@@ -336,8 +348,12 @@ where
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let result = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
-        if let Some((calls, method, started)) = self.call.take() {
+        let this = &mut *self;
+        let result = {
+            let _in_call = this.span.enter();
+            std::task::ready!(Pin::new(&mut this.inner).poll(cx))
+        };
+        if let Some((calls, method, started)) = this.call.take() {
             // tonic's router never fails; an error below it would reset the stream, which
             // the client sees as UNKNOWN.
             let code = result

@@ -276,7 +276,7 @@ pub async fn run(
     let served = tokio::select! {
         served = serving => served,
         () = given_up => {
-            eprintln!("drain: calls still open after {DRAIN_GRACE:?} were cut off");
+            tracing::warn!(grace = ?DRAIN_GRACE, "drain: calls still open after the grace were cut off");
             Ok(())
         }
     };
