@@ -253,11 +253,8 @@ pub fn import(
 mod tests {
     use super::*;
 
-    fn run(
-        format: ImportFormat,
-        text: &'static str,
-        strict: bool,
-    ) -> (ImportReport, Db, tempfile::TempDir) {
+    /// A node on the sample catalog in a new directory.
+    fn sample_db() -> (Db, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
         let catalog = std::sync::Arc::new(
             Catalog::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"))
@@ -265,6 +262,15 @@ mod tests {
         );
         let (db, _) =
             Db::open(dir.path(), catalog, super::super::DbOptions::default()).expect("open");
+        (db, dir)
+    }
+
+    fn run(
+        format: ImportFormat,
+        text: &'static str,
+        strict: bool,
+    ) -> (ImportReport, Db, tempfile::TempDir) {
+        let (db, dir) = sample_db();
         let report = import(
             &db,
             format,
@@ -279,13 +285,7 @@ mod tests {
 
     #[test]
     fn a_csv_header_without_id_or_with_an_unknown_column_refuses_the_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let catalog = std::sync::Arc::new(
-            Catalog::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"))
-                .expect("sample catalog"),
-        );
-        let (db, _) =
-            Db::open(dir.path(), catalog, super::super::DbOptions::default()).expect("open");
+        let (db, _dir) = sample_db();
         let refuse = |text: &'static str| {
             let open = || -> std::io::Result<Box<dyn Read>> { Ok(Box::new(text.as_bytes())) };
             import(&db, ImportFormat::Csv, open, false, 0, &mut |_| {}).expect_err("refused whole")

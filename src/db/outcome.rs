@@ -173,7 +173,7 @@ impl Db {
                 decision: input.decision,
             });
         }
-        time::outcome("decision_id", uuid_time(input.decision), now, i64::MAX)?;
+        time::not_ahead("decision_id", uuid_time(input.decision), now)?;
         let offer = &catalog.offers[index];
         let recent = self.decisions.get(&input.decision.as_u128());
         if let Some(channel) = &input.channel

@@ -54,8 +54,8 @@ pub enum TimeError {
     Nanos { field: String, nanos: i32 },
 }
 
-/// An outcome's time, against the node's clock `now` and the history's `horizon` (ms).
-pub fn outcome(field: &str, at: i64, now: i64, horizon: i64) -> Result<(), TimeError> {
+/// A time that may be no more than [`MAX_CLOCK_SKEW`] ahead of the node's clock `now`.
+pub fn not_ahead(field: &str, at: i64, now: i64) -> Result<(), TimeError> {
     if at > now.saturating_add(MAX_CLOCK_SKEW) {
         return Err(TimeError::Ahead {
             field: field.to_string(),
@@ -63,6 +63,12 @@ pub fn outcome(field: &str, at: i64, now: i64, horizon: i64) -> Result<(), TimeE
             now,
         });
     }
+    Ok(())
+}
+
+/// An outcome's time, against the node's clock `now` and the history's `horizon` (ms).
+pub fn outcome(field: &str, at: i64, now: i64, horizon: i64) -> Result<(), TimeError> {
+    not_ahead(field, at, now)?;
     if at < now.saturating_sub(horizon) {
         return Err(TimeError::TooOld {
             field: field.to_string(),
