@@ -36,6 +36,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod db;
 pub mod decide;
 pub mod explore;

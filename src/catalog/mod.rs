@@ -20,7 +20,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 
 pub use diag::{Diagnostic, LoadErrors, Location, Related, SourceFile};
-pub use load::{parse_duration, parse_timestamp};
+pub use load::{Sources, parse_duration, parse_timestamp};
 pub use plan::{Plan, Planned};
 
 use crate::expr::{ExprError, Formula, Predicate};

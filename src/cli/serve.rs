@@ -12,6 +12,8 @@ use anyhow::{Context as _, anyhow, bail};
 
 use super::logging::Logging;
 use super::{DataDir, RulesDir, duration};
+use crate::catalog::Sources;
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::db::Recovery;
 use crate::server::maintenance::Compaction;
 use crate::server::{self, Listeners, Node, ServeConfig, Transport};
@@ -61,6 +63,27 @@ pub(super) struct ServeArgs {
     /// Calls running longer are cancelled (a client's shorter deadline wins).
     #[arg(long, env = "NEXTBEST_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration)]
     request_timeout: Duration,
+    /// Join a cluster: the NATS servers (`nats://HOST:PORT`, comma-separated) whose
+    /// JetStream holds the cluster's writes and decisions (docs/cluster.md). Without it,
+    /// an embedded node whose journal is in --data.
+    #[arg(
+        long,
+        env = "NEXTBEST_CLUSTER",
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
+    cluster: Vec<String>,
+    /// This node's name in the cluster's logs, metrics and Status (default: the host
+    /// name and the gRPC port).
+    #[arg(long, env = "NEXTBEST_NODE_ID", requires = "cluster")]
+    node_id: Option<String>,
+    /// Replicas of the streams the first node of a cluster creates (1 to 5; an odd
+    /// number: a majority must acknowledge each write).
+    #[arg(long, env = "NEXTBEST_CLUSTER_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    cluster_replicas: u8,
+    /// Partitions (subjects) of the write stream the first node creates, by customer id.
+    #[arg(long, env = "NEXTBEST_CLUSTER_PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    cluster_partitions: u32,
     /// Once serving, write the bound addresses here as JSON (`{"grpc": "127.0.0.1:50051",
     /// "metrics": "127.0.0.1:9464"}`), for whoever started the server on port 0.
     #[arg(long, value_name = "PATH")]
@@ -98,9 +121,31 @@ impl ServeArgs {
         })
     }
 
+    /// The cluster to join, when `--cluster` names one.
+    fn cluster_config(&self) -> Option<ClusterConfig> {
+        if self.cluster.is_empty() {
+            return None;
+        }
+        let node_id = self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "node".to_string());
+            format!("{host}-{}", self.listen.port())
+        });
+        Some(ClusterConfig {
+            servers: self.cluster.clone(),
+            node_id,
+            replicas: usize::from(self.cluster_replicas),
+            partitions: self.cluster_partitions,
+            snapshot_every: never_if_zero(self.compact_interval),
+            ..ClusterConfig::default()
+        })
+    }
+
     pub(super) fn run(self) -> anyhow::Result<ExitCode> {
         self.logging.init();
         let config = self.config()?;
+        let cluster = self.cluster_config();
         let (rules, data, listen, metrics_listen) = (
             &self.rules.path,
             &self.data.path,
@@ -129,6 +174,19 @@ impl ServeArgs {
             .build()
             .context("starting the runtime")?;
         runtime.block_on(async {
+            if let Some(config) = cluster {
+                // What a node publishes as the cluster's catalog when it has none yet.
+                let (sources, _) = Sources::read(rules);
+                let joined = Cluster::join(
+                    config,
+                    node.db(),
+                    &sources,
+                    recovery.stream.clone(),
+                    recovery.replayed,
+                )
+                .await?;
+                node.set_cluster(joined);
+            }
             let grpc = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;

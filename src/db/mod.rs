@@ -19,6 +19,7 @@ mod generations;
 pub mod import;
 mod outcome;
 mod recovery;
+mod replica;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,8 @@ use crate::state::{CustomerState, HistoryLimits, StateError, Store};
 use crate::storage::{self, Damage, Stats, Writer, WriterOptions};
 
 use generations::{Generations, Recent};
-pub use recovery::{Recovery, SnapshotDefect};
+pub use recovery::{Recovery, SnapshotDefect, StreamMark};
+pub use replica::{DecisionSink, ReplicaOutcome, StateDigest};
 
 #[derive(Debug, Clone)]
 pub struct DbOptions {
@@ -189,6 +191,8 @@ pub struct Db {
     spending: budget::Spending,
     /// Decisions answered but not logged: the journal had failed.
     unlogged: std::sync::atomic::AtomicU64,
+    /// Where decisions go instead of the journal: a cluster node's decisions stream.
+    decision_sink: std::sync::OnceLock<Box<dyn DecisionSink>>,
     options: DbOptions,
     /// `LOCK` in the data directory, locked while this `Db` (or one reopened from it)
     /// lives: one process per data directory.
@@ -300,6 +304,7 @@ impl Db {
             replay_from: Mutex::new(storage::Position::default()),
             spending: budget::Spending::default(),
             unlogged: std::sync::atomic::AtomicU64::new(0),
+            decision_sink: std::sync::OnceLock::new(),
             options,
             lock,
         };
@@ -347,18 +352,7 @@ impl Db {
     pub fn upsert(&self, id: &str, values: Vec<Value>, at: i64, wait: bool) -> Result<(), DbError> {
         let catalog = self.catalog.load();
         let schema = &catalog.schema;
-        let attributes: Vec<(String, Feature)> = schema
-            .customer
-            .attributes()
-            .iter()
-            .zip(&values)
-            .filter_map(|(a, v)| Some((a.name.clone(), Feature::of(v, &a.ty)?)))
-            .collect();
-        let record = Record::Upsert(UpsertRecord {
-            at,
-            customer: id.to_string(),
-            attributes,
-        });
+        let record = Db::upsert_record(&catalog, id, &values, at);
         // Room first: the append under the customer's lock never waits for the disk.
         let permit = self.journal.reserve()?;
         let seq = self.store.update(id, |state| {
@@ -371,6 +365,24 @@ impl Db {
             self.journal.wait(seq)?;
         }
         Ok(())
+    }
+
+    /// The record an upsert of these values (in `catalog`'s slots) writes: attributes
+    /// by name, so that it outlives the catalog.
+    pub fn upsert_record(catalog: &Catalog, id: &str, values: &[Value], at: i64) -> Record {
+        let attributes: Vec<(String, Feature)> = catalog
+            .schema
+            .customer
+            .attributes()
+            .iter()
+            .zip(values)
+            .filter_map(|(a, v)| Some((a.name.clone(), Feature::of(v, &a.ty)?)))
+            .collect();
+        Record::Upsert(UpsertRecord {
+            at,
+            customer: id.to_string(),
+            attributes,
+        })
     }
 
     /// Parses JSON attributes and upserts them, durably. One bad attribute refuses all.
@@ -434,9 +446,7 @@ impl Db {
         if let (Some(customer), Some(shown)) = (&pending.customer, shown) {
             self.remember(id, Arc::clone(customer), channel, shown);
         }
-        self.journal
-            .try_append(Entry::Decision(Box::new(pending)), false)?;
-        Ok(())
+        self.log_pending(Box::new(pending))
     }
 
     /// Decides for a customer as stored (an unknown id, or none, is a caller with no
@@ -476,10 +486,8 @@ impl Db {
                     &context.values,
                     decision,
                 );
-                let queued = self
-                    .journal
-                    .try_append(Entry::Decision(Box::new(pending)), false);
-                self.count_unlogged(queued.err().map(DbError::from));
+                let queued = self.log_pending(Box::new(pending));
+                self.count_unlogged(queued.err());
                 Some(reply)
             })?;
             if let Some(reply) = done {
@@ -499,6 +507,18 @@ impl Db {
         let logged = self.log_decision(catalog, &state, context, decision);
         self.count_unlogged(logged.err());
         Ok(reply)
+    }
+
+    /// Hands a decision to the cluster's decisions stream when the node has one, to the
+    /// journal otherwise; never waits.
+    fn log_pending(&self, pending: Box<PendingDecision>) -> Result<(), DbError> {
+        match self.decision_sink.get() {
+            Some(sink) => sink.send(pending),
+            None => {
+                self.journal.try_append(Entry::Decision(pending), false)?;
+                Ok(())
+            }
+        }
     }
 
     /// A decision the journal refused (it failed: disk full or read-only) is answered
@@ -583,7 +603,7 @@ impl Db {
             (self.journal.queue_rotation()?, counters.counters().clone())
         };
         let position = self.journal.rotated(rotation)?;
-        let (snapshot, customers) = recovery::write_snapshot(self, position, &spending, now)?;
+        let (snapshot, customers) = recovery::write_snapshot(self, position, &spending, now, None)?;
         *self.replay_from.lock().unwrap_or_else(|e| e.into_inner()) = position;
         let erase: HashSet<&str> = forgotten.iter().map(String::as_str).collect();
         let (segments_rewritten, records_erased) = if erase.is_empty() {

@@ -11,16 +11,31 @@ const PENDING: u64 = u64::MAX;
 
 /// An outcome that passed every check, with what the node resolved for it.
 #[derive(Debug)]
-struct CheckedOutcome {
-    key: u32,
-    group: Option<String>,
-    group_key: u32,
-    customer: Option<String>,
-    channel: Option<String>,
+pub(super) struct CheckedOutcome {
+    pub(super) key: u32,
+    pub(super) group: Option<String>,
+    pub(super) group_key: u32,
+    pub(super) customer: Option<String>,
+    pub(super) channel: Option<String>,
+}
+
+/// The record an outcome that passed its checks writes; `now` is when it was accepted.
+pub(super) fn outcome_record(input: &OutcomeInput, outcome: &CheckedOutcome, now: i64) -> Record {
+    Record::Outcome(OutcomeRecord {
+        decision: input.decision.into_bytes(),
+        offer: input.offer.clone(),
+        kind: input.kind,
+        value: input.value,
+        at: input.at,
+        customer: outcome.customer.clone(),
+        channel: outcome.channel.clone(),
+        group: outcome.group.clone(),
+        accepted: now,
+    })
 }
 
 impl CheckedOutcome {
-    fn identity(&self, input: &OutcomeInput) -> OutcomeKey {
+    pub(super) fn identity(&self, input: &OutcomeInput) -> OutcomeKey {
         (input.decision.as_u128(), self.key, input.kind)
     }
 }
@@ -146,7 +161,7 @@ impl Db {
 
     /// Everything about an outcome that can be refused, before anything is written:
     /// the offer, the time, and that its decision (when remembered) showed the offer.
-    fn check_outcome(
+    pub(super) fn check_outcome(
         &self,
         catalog: &Catalog,
         input: &OutcomeInput,
@@ -274,17 +289,7 @@ impl Db {
         permit: storage::Permit<'_, Entry>,
         last: bool,
     ) -> Result<u64, DbError> {
-        let record = Record::Outcome(OutcomeRecord {
-            decision: input.decision.into_bytes(),
-            offer: input.offer.clone(),
-            kind: input.kind,
-            value: input.value,
-            at: input.at,
-            customer: outcome.customer.clone(),
-            channel: outcome.channel.clone(),
-            group: outcome.group.clone(),
-            accepted: now,
-        });
+        let record = outcome_record(input, &outcome, now);
         // An impression counts against budgets, in journal order (see `budget`).
         let impression = (input.kind == EventKind::Impression).then(|| {
             budget::scopes(

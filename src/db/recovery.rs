@@ -73,6 +73,22 @@ enum Item {
     /// Recent decisions, written instead of `Decisions` since the second wave: id,
     /// customer, channel key and the keys of the offers shown (`None`: not known).
     DecisionsShown(Vec<(u128, String, u32, Option<Vec<u32>>)>),
+    /// A cluster node's snapshot: the write stream it was applied from and the last
+    /// stream position it reflects (written right after the header).
+    Stream(StreamMark),
+}
+
+/// Where a cluster node's state stands in its cluster's write stream: the stream (its
+/// name and creation time, so that a stream deleted and made again is not mistaken for
+/// it) and the last position applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamMark {
+    pub stream: String,
+    /// The stream's creation time, in nanoseconds since the epoch.
+    pub created: i64,
+    pub position: u64,
+    /// The last decisions-stream position remembered.
+    pub decisions: u64,
 }
 
 fn encode(item: &Item, payload: &mut Vec<u8>) {
@@ -131,6 +147,8 @@ pub struct Recovery {
     /// retyped attributes, removed enum values) and were dropped.
     pub dropped_values: usize,
     pub elapsed: Duration,
+    /// The write stream position the snapshot reflects, for a cluster node's.
+    pub stream: Option<StreamMark>,
 }
 
 impl std::fmt::Display for Recovery {
@@ -191,6 +209,7 @@ pub(super) fn write_snapshot(
     position: Position,
     spending: &Counters,
     now: i64,
+    stream: Option<&StreamMark>,
 ) -> Result<(PathBuf, usize), DbError> {
     let catalog = db.catalog();
     let schema = &catalog.schema.customer;
@@ -217,6 +236,9 @@ pub(super) fn write_snapshot(
                 slots: describe_slots(schema),
             },
         )?;
+        if let Some(mark) = stream {
+            put(w, &Item::Stream(mark.clone()))?;
+        }
         let mut result = Ok(());
         let mut customer = Vec::with_capacity(4096);
         let mut framed = Vec::with_capacity(4096);
@@ -303,6 +325,7 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
                 db.decisions.clear();
                 db.spending.lock().clear();
                 recovery.customers_loaded = 0;
+                recovery.stream = None;
             }
         }
     }
@@ -312,7 +335,9 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
         .map_err(io("reading the journal"))?
     {
         match record {
-            Replayed::Record(record) => apply(db, seq, record, &mut recovery),
+            Replayed::Record(record) => {
+                apply(db, seq, record, &mut recovery.dropped_values, false);
+            }
             // A decision only tells which customer and channel its outcomes belong to.
             Replayed::Decision {
                 id,
@@ -450,6 +475,7 @@ fn load_snapshot(
                     );
                 }
             }
+            Item::Stream(mark) => recovery.stream = Some(mark),
             Item::End { customers } => {
                 if customers as usize != recovery.customers_loaded {
                     return Err(bad(SnapshotDefect::CustomerCount {
@@ -472,8 +498,12 @@ fn load_snapshot(
 }
 
 /// Applies one journal record to the in-memory state, as the write did, unless the
-/// customer's state already holds it (a snapshot taken after the write).
-fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
+/// customer's state already holds it (a snapshot taken after the write). Values that no
+/// longer fit the schema are counted in `dropped`. With `dedupe` (a cluster's stream,
+/// where two nodes may publish the same outcome) an outcome whose identity is already
+/// counted is skipped whole, and the identity remembers `seq`; returns whether the
+/// record changed anything.
+pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedupe: bool) -> bool {
     let catalog = db.catalog();
     match record {
         Record::Upsert(r) => {
@@ -486,7 +516,7 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                     .and_then(|slot| Some((slot, feature.value(&schema.customer.get(slot)?.ty)?)));
                 match value {
                     Some((slot, v)) => values[slot as usize] = v,
-                    None => recovery.dropped_values += 1,
+                    None => *dropped += 1,
                 }
             }
             // A customer whose stored record does not decode stays refused (counted, as
@@ -498,6 +528,7 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                 }
                 Ok::<_, crate::state::StateError>(())
             });
+            true
         }
         Record::Forget(r) => {
             // A record that does not decode holds no sequence number to go by: the
@@ -514,9 +545,18 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(r.customer);
+            true
         }
         Record::Outcome(r) => {
             let offer = key(&r.offer);
+            let identity = (Uuid::from_bytes(r.decision).as_u128(), offer, r.kind);
+            if dedupe {
+                if !db.outcomes.insert_new(identity, seq) {
+                    return false;
+                }
+            } else {
+                db.outcomes.insert(identity, 0);
+            }
             if r.kind == EventKind::Impression {
                 let group = r.group.as_deref().map_or(0, key);
                 let channel = r.channel.as_deref().map_or(0, key);
@@ -524,8 +564,6 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                     .lock()
                     .count(&budget::scopes(offer, group, channel), r.at);
             }
-            db.outcomes
-                .insert((Uuid::from_bytes(r.decision).as_u128(), offer, r.kind), 0);
             if let (Some(customer), Some(channel)) = (&r.customer, &r.channel) {
                 let event = Event {
                     at: r.at,
@@ -543,6 +581,7 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                     Ok::<_, crate::state::StateError>(())
                 });
             }
+            true
         }
         Record::Decision(r) => {
             if let Some(customer) = &r.customer {
@@ -553,6 +592,7 @@ fn apply(db: &Db, seq: u64, record: Record, recovery: &mut Recovery) {
                     r.shown.iter().map(|s| key(&s.offer)).collect(),
                 );
             }
+            true
         }
     }
 }

@@ -115,6 +115,17 @@ impl Record {
     /// candidates that replay would decode only to drop).
     pub fn decode_for_replay(payload: &[u8]) -> Result<(u64, Replayed), DecodeError> {
         let (seq, payload) = segment::split_seq(payload).ok_or(DecodeError::TooShort)?;
+        Ok((seq, Record::decode_payload_for_replay(payload)?))
+    }
+
+    /// A record as [`Entry`] encodes it (without the writer's sequence number: a
+    /// cluster's stream message).
+    pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
+        Record::decode_record(payload)
+    }
+
+    /// As [`Record::decode_for_replay`], of a payload without the sequence number.
+    pub fn decode_payload_for_replay(payload: &[u8]) -> Result<Replayed, DecodeError> {
         match payload {
             [FORMAT, DECISION_VARIANT, rest @ ..] => {
                 // postcard encodes a struct as its fields in order: the nested head is
@@ -125,29 +136,23 @@ impl Record {
                     .iter()
                     .map(|s| crate::schema::key(s.offer))
                     .collect();
-                Ok((
-                    seq,
-                    Replayed::Decision {
-                        id: d.head.id,
-                        customer: d.head.customer.map(Into::into),
-                        channel: crate::schema::key(d.head.channel),
-                        shown: Some(shown),
-                    },
-                ))
+                Ok(Replayed::Decision {
+                    id: d.head.id,
+                    customer: d.head.customer.map(Into::into),
+                    channel: crate::schema::key(d.head.channel),
+                    shown: Some(shown),
+                })
             }
             [FORMAT_1, DECISION_VARIANT, rest @ ..] => {
                 let (head, _) = postcard::take_from_bytes::<DecisionHead<'_>>(rest)?;
-                Ok((
-                    seq,
-                    Replayed::Decision {
-                        id: head.id,
-                        customer: head.customer.map(Into::into),
-                        channel: crate::schema::key(head.channel),
-                        shown: None,
-                    },
-                ))
+                Ok(Replayed::Decision {
+                    id: head.id,
+                    customer: head.customer.map(Into::into),
+                    channel: crate::schema::key(head.channel),
+                    shown: None,
+                })
             }
-            _ => Ok((seq, Replayed::Record(Record::decode_record(payload)?))),
+            _ => Ok(Replayed::Record(Record::decode_record(payload)?)),
         }
     }
 

@@ -21,10 +21,13 @@ pub async fn reload(
 ) -> Result<Arc<Catalog>, NodeError> {
     let reloading = Arc::clone(node);
     let started = std::time::Instant::now();
-    let result = tokio::task::spawn_blocking(move || reloading.reload())
-        .await
-        .map_err(|e| NodeError::Task(format!("the reload task failed: {e}")))
-        .and_then(|reloaded| reloaded);
+    let result = match node.cluster() {
+        Some(cluster) => node.reload_cluster(cluster).await,
+        None => tokio::task::spawn_blocking(move || reloading.reload())
+            .await
+            .map_err(|e| NodeError::Task(format!("the reload task failed: {e}")))
+            .and_then(|reloaded| reloaded),
+    };
     match &result {
         Ok(catalog) => {
             metrics.reload(true, &catalog.version);
@@ -101,6 +104,46 @@ impl AdminService for Service {
                 context_attributes: count(catalog.schema.context.len()),
                 customers: db.store().len() as u64,
             }))
+        }
+        .await
+    }
+
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::NodeStatus>, Status> {
+        async {
+            self.authorize(&request)?;
+            let db = self.node.db();
+            // A digest reads every customer: off the request threads.
+            let digest = super::blocking({
+                let db = Arc::clone(&db);
+                move || Ok(db.digest())
+            })
+            .await?;
+            let mut status = proto::NodeStatus {
+                mode: "embedded".into(),
+                catalog_version: db.catalog().version.to_string(),
+                digest: digest.digest,
+                customers: digest.customers,
+                outcomes: digest.outcomes,
+                connected: true,
+                caught_up: true,
+                ..Default::default()
+            };
+            if let Some(cluster) = self.node.cluster() {
+                let s = cluster.status();
+                status.node_id = cluster.node_id().to_string();
+                status.mode = "cluster".into();
+                status.applied_position = s.applied;
+                status.stream_position = s.tail;
+                status.lag = s.tail.saturating_sub(s.applied);
+                status.partition_positions = s.partitions;
+                status.decisions_position = s.decisions_applied;
+                status.connected = s.connected;
+                status.caught_up = s.caught_up;
+            }
+            Ok(Response::new(status))
         }
         .await
     }

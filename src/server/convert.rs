@@ -8,6 +8,7 @@ use tonic::Status;
 
 use super::proto;
 use crate::catalog::Catalog;
+use crate::cluster::ClusterError;
 use crate::db::DbError;
 use crate::schema::{AttrType, EntitySchema, EventKind, Value, time};
 use crate::state::{self, CustomerState, StateError};
@@ -56,6 +57,21 @@ pub fn status(e: DbError) -> Status {
             let mut status = Status::unavailable(format!("{what}; the server log has the detail"));
             status.set_source(std::sync::Arc::new(e));
             status
+        }
+    }
+}
+
+/// A cluster write's or wait's error as a status: the caller's mistakes as an embedded
+/// node answers them, the cluster out of reach (or this node behind it) UNAVAILABLE.
+pub fn cluster_status(e: ClusterError) -> Status {
+    match e {
+        ClusterError::Db(e) => status(e),
+        e @ (ClusterError::Unavailable(_) | ClusterError::Behind { .. }) => {
+            Status::unavailable(e.to_string())
+        }
+        e @ (ClusterError::Join { .. } | ClusterError::NotAClusterDirectory { .. }) => {
+            tracing::error!(error = %e, "cluster error answered UNAVAILABLE");
+            Status::unavailable("the node is not in its cluster; the server log has the detail")
         }
     }
 }

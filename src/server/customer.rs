@@ -24,6 +24,16 @@ impl CustomerService for Service {
             let id = required("customer_id", &r.customer_id)?.to_string();
             let catalog = self.node.db().catalog();
             let values = convert::values("customer", &catalog.schema.customer, &r.attributes)?;
+            if let Some(cluster) = self.node.cluster() {
+                deadline.check()?;
+                let written = cluster
+                    .upsert(&id, values, now_ms())
+                    .await
+                    .map_err(convert::cluster_status)?;
+                return Ok(Response::new(proto::UpsertResponse {
+                    position: written.position,
+                }));
+            }
             let node = Arc::clone(&self.node);
             blocking(move || {
                 deadline.check()?;
@@ -32,7 +42,7 @@ impl CustomerService for Service {
                     .map_err(status)
             })
             .await?;
-            Ok(Response::new(proto::UpsertResponse {}))
+            Ok(Response::new(proto::UpsertResponse { position: 0 }))
         }
         .await
     }
@@ -66,13 +76,27 @@ impl CustomerService for Service {
             self.authorize(&request)?;
             let deadline = Deadline::of(&request);
             let id = required("customer_id", &request.into_inner().customer_id)?.to_string();
+            if let Some(cluster) = self.node.cluster() {
+                deadline.check()?;
+                let (existed, written) = cluster
+                    .forget(&id, now_ms())
+                    .await
+                    .map_err(convert::cluster_status)?;
+                return Ok(Response::new(proto::ForgetResponse {
+                    existed,
+                    position: written.position,
+                }));
+            }
             let node = Arc::clone(&self.node);
             let existed = blocking(move || {
                 deadline.check()?;
                 node.db().forget(&id, now_ms()).map_err(status)
             })
             .await?;
-            Ok(Response::new(proto::ForgetResponse { existed }))
+            Ok(Response::new(proto::ForgetResponse {
+                existed,
+                position: 0,
+            }))
         }
         .await
     }

@@ -189,6 +189,7 @@ impl DecisionService for Service {
             let inline = inline_attributes(&catalog, &r.attributes)?;
             let at = decision_time(r.at.as_ref(), now_ms)?;
             let slots = slots("slots", r.slots)?;
+            self.read_position(r.min_position, deadline).await?;
             deadline.check()?;
             let started = std::time::Instant::now();
             let (reply, _) = Self::decide_one(
@@ -268,6 +269,7 @@ impl DecisionService for Service {
                 let ids: Vec<&str> = r.placements.iter().map(|p| p.placement.as_str()).collect();
                 span.record("placement", ids.join(",").as_str());
             }
+            self.read_position(r.min_position, deadline).await?;
             deadline.check()?;
             let mut shown = Vec::new();
             let mut decisions = Vec::with_capacity(requests.len());
@@ -312,17 +314,13 @@ impl DecisionService for Service {
         async {
             let deadline = Deadline::of(&request);
             let input = outcome_input(request.into_inner())?;
-            let node = Arc::clone(&self.node);
-            let kind = input.kind;
-            let ack = blocking(move || {
-                deadline.check()?;
-                node.db().record_outcome(&input, now_ms()).map_err(status)
-            })
-            .await?;
-            self.metrics.outcome(kind, ack.duplicate);
-            Ok(Response::new(proto::OutcomeAck {
-                duplicate: ack.duplicate,
-            }))
+            let (mut acks, position) = self
+                .outcomes(vec![input], deadline)
+                .await
+                .map_err(|(_, s)| s)?;
+            let mut ack = acks.remove(0);
+            ack.position = position;
+            Ok(Response::new(ack))
         }
         .await
     }
@@ -349,37 +347,66 @@ impl DecisionService for Service {
                     })
                 })
                 .collect::<Result<Vec<_>, Status>>()?;
-            let node = Arc::clone(&self.node);
-            let acks = blocking(move || {
-                deadline.check()?;
-                node.db()
-                    .record_outcomes(&inputs, now_ms())
-                    .map(|acks| (inputs, acks))
-                    .map_err(|(i, e)| {
-                        let s = status(e);
-                        match i {
-                            Some(i) => {
-                                Status::new(s.code(), format!("outcomes[{i}]: {}", s.message()))
-                            }
-                            None => s,
-                        }
-                    })
-            })
-            .await?;
-            let acks = acks
-                .0
-                .iter()
-                .zip(acks.1)
-                .map(|(input, a)| {
-                    self.metrics.outcome(input.kind, a.duplicate);
-                    proto::OutcomeAck {
-                        duplicate: a.duplicate,
-                    }
-                })
-                .collect();
-            Ok(Response::new(proto::RecordOutcomesResponse { acks }))
+            let (acks, position) =
+                self.outcomes(inputs, deadline)
+                    .await
+                    .map_err(|(i, s)| match i {
+                        Some(i) => Status::new(s.code(), format!("outcomes[{i}]: {}", s.message())),
+                        None => s,
+                    })?;
+            Ok(Response::new(proto::RecordOutcomesResponse {
+                acks,
+                position,
+            }))
         }
         .await
+    }
+}
+
+impl Service {
+    /// Records checked outcomes through the node's cluster, or its own journal (on the
+    /// blocking pool: it waits for an fsync), counting them; the acks, and the cluster
+    /// position of the last (0 on an embedded node). A refusal names the index of the
+    /// outcome it is about, when it is about one.
+    async fn outcomes(
+        &self,
+        inputs: Vec<OutcomeInput>,
+        deadline: Deadline,
+    ) -> Result<(Vec<proto::OutcomeAck>, u64), (Option<usize>, Status)> {
+        let kinds: Vec<_> = inputs.iter().map(|i| i.kind).collect();
+        let (acks, position) = match self.node.cluster() {
+            Some(cluster) => {
+                deadline.check().map_err(|s| (None, s))?;
+                let (acks, written) = cluster
+                    .record_outcomes(&inputs, now_ms())
+                    .await
+                    .map_err(|(i, e)| (i, convert::cluster_status(e)))?;
+                (acks, written.position)
+            }
+            None => {
+                let node = Arc::clone(&self.node);
+                let acks = blocking(move || {
+                    deadline.check()?;
+                    Ok(node.db().record_outcomes(&inputs, now_ms()))
+                })
+                .await
+                .map_err(|s| (None, s))?
+                .map_err(|(i, e)| (i, status(e)))?;
+                (acks, 0)
+            }
+        };
+        let acks = kinds
+            .into_iter()
+            .zip(acks)
+            .map(|(kind, a)| {
+                self.metrics.outcome(kind, a.duplicate);
+                proto::OutcomeAck {
+                    duplicate: a.duplicate,
+                    position,
+                }
+            })
+            .collect();
+        Ok((acks, position))
     }
 }
 

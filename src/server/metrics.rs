@@ -383,6 +383,13 @@ pub async fn serve(
     node: Arc<Node>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(cluster) = node.cluster() {
+        registry
+            .register(Box::new(
+                ClusterFigures::new(Arc::clone(cluster)).map_err(std::io::Error::other)?,
+            ))
+            .map_err(std::io::Error::other)?;
+    }
     registry
         .register(Box::new(
             NodeFigures::new(node).map_err(std::io::Error::other)?,
@@ -556,6 +563,166 @@ impl prometheus::core::Collector for NodeFigures {
                         metric.set_histogram(h);
                     }
                 }
+                let mut family = MetricFamily::default();
+                family.set_name(name.to_string());
+                family.set_help(help.to_string());
+                family.set_field_type(kind);
+                family.set_metric(vec![metric]);
+                family
+            })
+            .collect()
+    }
+}
+
+/// A cluster node's figures, read at each scrape from its `Cluster`.
+struct ClusterFigures {
+    cluster: Arc<crate::cluster::Cluster>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+type ClusterFigure = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&crate::cluster::Cluster) -> f64,
+);
+
+fn count(v: &std::sync::atomic::AtomicU64) -> f64 {
+    v.load(std::sync::atomic::Ordering::Relaxed) as f64
+}
+
+const CLUSTER_FIGURES: [ClusterFigure; 14] = [
+    (
+        "nextbest_cluster_applied_position",
+        "The last write-stream position this node applied.",
+        MetricType::GAUGE,
+        |c| c.status().applied as f64,
+    ),
+    (
+        "nextbest_cluster_lag_records",
+        "Write-stream records known to exist and not yet applied here.",
+        MetricType::GAUGE,
+        |c| {
+            let s = c.status();
+            s.tail.saturating_sub(s.applied) as f64
+        },
+    ),
+    (
+        "nextbest_cluster_connected",
+        "1 while the node reaches NATS (writes are refused UNAVAILABLE otherwise).",
+        MetricType::GAUGE,
+        |c| f64::from(u8::from(c.connected())),
+    ),
+    (
+        "nextbest_cluster_caught_up",
+        "1 once the node applied what the stream held when it joined (health SERVING).",
+        MetricType::GAUGE,
+        |c| f64::from(u8::from(c.caught_up())),
+    ),
+    (
+        "nextbest_cluster_published_total",
+        "Writes this node published and JetStream acknowledged.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.published),
+    ),
+    (
+        "nextbest_cluster_publish_seconds_total",
+        "Time from publishing to JetStream's acknowledgement, summed over the acknowledged writes (with _published_total: the mean publish latency).",
+        MetricType::COUNTER,
+        |c| count(&c.stats.publish_micros) / 1e6,
+    ),
+    (
+        "nextbest_cluster_publish_failures_total",
+        "Writes JetStream did not acknowledge (answered UNAVAILABLE).",
+        MetricType::COUNTER,
+        |c| count(&c.stats.publish_failures),
+    ),
+    (
+        "nextbest_cluster_applied_total",
+        "Write-stream records applied here.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.applied_records),
+    ),
+    (
+        "nextbest_cluster_duplicates_skipped_total",
+        "Outcomes in the stream counted before (published by two nodes) and skipped when applied.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.skipped_duplicates),
+    ),
+    (
+        "nextbest_cluster_undecodable_total",
+        "Write-stream records that did not decode (a newer format) and were skipped.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.undecodable),
+    ),
+    (
+        "nextbest_cluster_decisions_published_total",
+        "Decisions this node published to the decisions stream.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.decisions_published),
+    ),
+    (
+        "nextbest_cluster_decisions_lost_total",
+        "Decisions this node answered that the decisions stream did not acknowledge.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.decisions_lost),
+    ),
+    (
+        "nextbest_cluster_decisions_remembered_total",
+        "Decisions of every node read from the decisions stream.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.decisions_remembered),
+    ),
+    (
+        "nextbest_cluster_stale_decisions_total",
+        "Decisions answered while NATS was out of reach (from a memory that may lag the cluster).",
+        MetricType::COUNTER,
+        |c| count(&c.stats.stale_decides),
+    ),
+];
+
+impl ClusterFigures {
+    fn new(cluster: Arc<crate::cluster::Cluster>) -> prometheus::Result<ClusterFigures> {
+        let descs = CLUSTER_FIGURES
+            .iter()
+            .map(|(name, help, _, _)| {
+                prometheus::core::Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    vec!["node".to_string()],
+                    HashMap::new(),
+                )
+            })
+            .collect::<prometheus::Result<_>>()?;
+        Ok(ClusterFigures { cluster, descs })
+    }
+}
+
+impl prometheus::core::Collector for ClusterFigures {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use prometheus::proto::{Counter, Gauge, LabelPair, Metric};
+        CLUSTER_FIGURES
+            .iter()
+            .map(|&(name, help, kind, read)| {
+                let value = read(&self.cluster);
+                let mut metric = Metric::default();
+                if kind == MetricType::COUNTER {
+                    let mut c = Counter::default();
+                    c.set_value(value);
+                    metric.set_counter(c);
+                } else {
+                    let mut g = Gauge::default();
+                    g.set_value(value);
+                    metric = Metric::from_gauge(g);
+                }
+                let mut label = LabelPair::default();
+                label.set_name("node".to_string());
+                label.set_value(self.cluster.node_id().to_string());
+                metric.set_label(vec![label]);
                 let mut family = MetricFamily::default();
                 family.set_name(name.to_string());
                 family.set_help(help.to_string());

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use tonic::{Request, Response, Status};
 
 use crate::catalog::{Catalog, MAX_SLOTS};
+use crate::cluster::Cluster;
 use crate::db::{Db, DbError, DbOptions, Recovery};
 use crate::setup::{RulesError, load_catalog, now_ms};
 pub use admin::reload;
@@ -65,6 +66,9 @@ pub enum NodeError {
     SchemaChanged,
     #[error(transparent)]
     Db(#[from] DbError),
+    /// A cluster node's reload that could not be published.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The blocking task doing the work panicked or was cancelled.
     #[error("{0}")]
     Task(String),
@@ -82,6 +86,8 @@ pub struct Node {
     /// The SHA-256 of the token required as `authorization: Bearer <token>` on customer
     /// and admin calls, when set.
     admin_token: Option<[u8; 32]>,
+    /// The cluster this node is a member of, if any: writes go through it.
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 impl Node {
@@ -106,6 +112,7 @@ impl Node {
                 loaded_at: AtomicI64::new(now_ms()),
                 reloading: std::sync::Mutex::new(()),
                 admin_token: None,
+                cluster: std::sync::OnceLock::new(),
             },
             recovery,
         ))
@@ -137,6 +144,17 @@ impl Node {
         Ok(true)
     }
 
+    /// Makes this node a member of `cluster` (joined on its `Db`): from now on writes go
+    /// through the cluster's stream. Set once.
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) -> bool {
+        self.cluster.set(cluster).is_ok()
+    }
+
+    /// The cluster this node is a member of, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
     /// Requires `authorization: Bearer <token>` on every customer and admin call.
     pub fn with_admin_token(mut self, token: Option<String>) -> Node {
         self.admin_token = token.filter(|t| !t.is_empty()).map(|t| sha256(&t));
@@ -158,6 +176,28 @@ impl Node {
         }
         self.loaded_at.store(now_ms(), Ordering::Relaxed);
         Ok(catalog)
+    }
+
+    /// A cluster node's reload: loads and validates the rules directory here (off the
+    /// request threads), then publishes it as the cluster's catalog and returns once this
+    /// node swapped to it; every other node swaps as it sees it. A catalog with any error,
+    /// or other customer attributes, is refused here and reaches no node.
+    pub async fn reload_cluster(&self, cluster: &Cluster) -> Result<Arc<Catalog>, NodeError> {
+        let rules = self.rules.clone();
+        let (sources, catalog) = tokio::task::spawn_blocking(move || {
+            let (sources, io_errors) = crate::catalog::Sources::read(&rules);
+            Catalog::from_read(sources.clone(), io_errors)
+                .map(|catalog| (sources, catalog))
+                .map_err(|errors| RulesError { dir: rules, errors })
+        })
+        .await
+        .map_err(|e| NodeError::Task(format!("the reload task failed: {e}")))??;
+        if self.db().catalog().schema.customer != catalog.schema.customer {
+            return Err(NodeError::SchemaChanged);
+        }
+        cluster.publish_catalog(&sources, &catalog).await?;
+        self.loaded_at.store(now_ms(), Ordering::Relaxed);
+        Ok(self.db().catalog())
     }
 
     /// Makes everything durable and stops the journal.
@@ -204,6 +244,32 @@ impl Service {
         }
     }
 }
+
+impl Service {
+    /// Read your writes across a cluster: waits until this node has applied the write
+    /// stream up to `min_position` (at most [`MIN_POSITION_WAIT`], or until the call's
+    /// deadline). An embedded node, or a position of 0, waits for nothing. Also counts a
+    /// decision answered while the cluster is out of reach.
+    async fn read_position(&self, min_position: u64, deadline: Deadline) -> Result<(), Status> {
+        let Some(cluster) = self.node.cluster() else {
+            return Ok(());
+        };
+        cluster.count_if_stale();
+        if min_position == 0 {
+            return Ok(());
+        }
+        let within = deadline
+            .remaining()
+            .map_or(MIN_POSITION_WAIT, |d| d.min(MIN_POSITION_WAIT));
+        cluster
+            .wait_applied(min_position, within)
+            .await
+            .map_err(convert::cluster_status)
+    }
+}
+
+/// The longest a `Decide` waits for its `min_position`.
+pub const MIN_POSITION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub use crate::schema::MAX_ID_BYTES;
 
@@ -260,6 +326,12 @@ impl Deadline {
                 .and_then(grpc_timeout)
                 .and_then(|d| std::time::Instant::now().checked_add(d)),
         )
+    }
+
+    /// How long until the deadline, if there is one.
+    fn remaining(self) -> Option<std::time::Duration> {
+        self.0
+            .map(|at| at.saturating_duration_since(std::time::Instant::now()))
     }
 
     fn check(self) -> Result<(), Status> {

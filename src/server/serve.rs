@@ -107,7 +107,8 @@ pub async fn serve(
             until_stopped(),
         ));
     }
-    if config.compaction.is_scheduled() {
+    // A cluster node's applier snapshots; its journal holds no writes to compact.
+    if config.compaction.is_scheduled() && node.cluster().is_none() {
         background.spawn(maintenance::compact_when_due(
             Arc::clone(&node),
             config.compaction,
@@ -205,9 +206,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<DecisionServiceServer<Service>>().await;
-    health.set_serving::<CustomerServiceServer<Service>>().await;
-    health.set_serving::<AdminServiceServer<Service>>().await;
+    match node.cluster() {
+        // A cluster node serves once it has applied what the stream held when it joined
+        // (it answers meanwhile, from a state that lags the cluster's).
+        Some(cluster) if !cluster.caught_up() => {
+            health
+                .set_not_serving::<DecisionServiceServer<Service>>()
+                .await;
+            let (health, cluster) = (health.clone(), Arc::clone(cluster));
+            tokio::spawn(async move {
+                cluster.wait_caught_up().await;
+                tracing::info!(position = cluster.applied(), "caught up with the cluster");
+                set_serving(&health).await;
+            });
+        }
+        _ => set_serving(&health).await,
+    }
     // Reflection in both versions: grpcurl speaks v1, many other clients (Python's
     // grpcio-reflection, older grpcurl, GUI tools) still only v1alpha.
     let reflection = || {
@@ -281,6 +295,12 @@ pub async fn run(
         }
     };
     served
+}
+
+async fn set_serving(health: &tonic_health::server::HealthReporter) {
+    health.set_serving::<DecisionServiceServer<Service>>().await;
+    health.set_serving::<CustomerServiceServer<Service>>().await;
+    health.set_serving::<AdminServiceServer<Service>>().await;
 }
 
 /// How long a shutdown waits for calls in flight.

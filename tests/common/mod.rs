@@ -3,6 +3,8 @@
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStderr, Command, Stdio};
@@ -14,7 +16,8 @@ pub struct Serve {
     pub addr: String,
     /// `127.0.0.1:PORT` of `/metrics`, from the same file.
     pub metrics_addr: String,
-    stderr: BufReader<ChildStderr>,
+    /// What it prints, until [`Serve::drain`] hands it to a thread.
+    stderr: Option<BufReader<ChildStderr>>,
     /// Holds the ready file.
     _ready: tempfile::TempDir,
 }
@@ -28,16 +31,24 @@ impl Serve {
 
     /// As [`Serve::start`], with more flags.
     pub fn start_with(rules: &Path, data: &Path, flags: &[&str]) -> Serve {
+        let command = Command::new(env!("CARGO_BIN_EXE_nextbest"));
+        Serve::start_command(command, "127.0.0.1", rules, data, flags)
+    }
+
+    /// As [`Serve::start_with`], run by `command` (`nextbest` itself, or a wrapper such
+    /// as `ip netns exec NAME nextbest`) and listening on `host` (port 0).
+    pub fn start_command(
+        mut command: Command,
+        host: &str,
+        rules: &Path,
+        data: &Path,
+        flags: &[&str],
+    ) -> Serve {
         let ready_dir = tempfile::tempdir().expect("tempdir");
         let ready = ready_dir.path().join("ready.json");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nextbest"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
+        let (grpc, metrics) = (format!("{host}:0"), format!("{host}:0"));
+        let mut child = command
+            .args(["serve", "--listen", &grpc, "--metrics-listen", &metrics])
             .args(["--watch-interval", "0s", "--rules"])
             .arg(rules)
             .arg("--data")
@@ -54,7 +65,7 @@ impl Serve {
             child,
             addr: String::new(),
             metrics_addr: String::new(),
-            stderr,
+            stderr: Some(stderr),
             _ready: ready_dir,
         };
         let given_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -84,7 +95,12 @@ impl Serve {
     pub fn next_line(&mut self) -> String {
         let mut line = String::new();
         assert!(
-            self.stderr.read_line(&mut line).expect("read") > 0,
+            self.stderr
+                .as_mut()
+                .expect("not drained")
+                .read_line(&mut line)
+                .expect("read")
+                > 0,
             "serve exited"
         );
         line
@@ -93,8 +109,31 @@ impl Serve {
     /// Everything the server prints until it exits.
     pub fn rest(&mut self) -> String {
         let mut rest = String::new();
-        std::io::Read::read_to_string(&mut self.stderr, &mut rest).expect("read");
+        if let Some(stderr) = self.stderr.as_mut() {
+            std::io::Read::read_to_string(stderr, &mut rest).expect("read");
+        }
         rest
+    }
+
+    /// Reads what the server prints from now on in a thread of its own, keeping the last
+    /// 200 lines: a server that logs much (reconnecting, say) never blocks on a full pipe.
+    pub fn drain(
+        &mut self,
+    ) -> std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>> {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        if let Some(stderr) = self.stderr.take() {
+            let kept = std::sync::Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in stderr.lines().map_while(Result::ok) {
+                    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    if kept.len() == 200 {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line);
+                }
+            });
+        }
+        lines
     }
 
     /// Sends a signal by name (`TERM`, `HUP`, `KILL`).

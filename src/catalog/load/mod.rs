@@ -43,11 +43,10 @@ pub struct Sources {
     pub offers: Vec<SourceFile>,
 }
 
-impl Catalog {
-    /// Loads the catalog in `dir` (`schema.yaml`, `placements.yaml`, optional
-    /// `experiments.yaml`, `offers/*.yaml`), or every error it has.
-    pub fn load(dir: impl AsRef<Path>) -> Result<Catalog, LoadErrors> {
-        let dir = dir.as_ref();
+impl Sources {
+    /// Reads the files of the catalog in `dir`, and the errors of reading them (a missing
+    /// required file, an unreadable one).
+    pub fn read(dir: &Path) -> (Sources, Vec<CatalogError>) {
         let mut io_errors = Vec::new();
         let mut read = |name: &Path, required: bool| -> Option<SourceFile> {
             let path = dir.join(name);
@@ -91,6 +90,32 @@ impl Catalog {
                 source: e.into(),
             }),
         }
+        (sources, io_errors)
+    }
+
+    /// Every file, in the order the version hashes them.
+    pub fn files(&self) -> impl Iterator<Item = &SourceFile> {
+        [&self.schema, &self.placements, &self.experiments]
+            .into_iter()
+            .flatten()
+            .chain(&self.offers)
+    }
+}
+
+impl Catalog {
+    /// Loads the catalog in `dir` (`schema.yaml`, `placements.yaml`, optional
+    /// `experiments.yaml`, `offers/*.yaml`), or every error it has.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Catalog, LoadErrors> {
+        let (sources, io_errors) = Sources::read(dir.as_ref());
+        Catalog::from_read(sources, io_errors)
+    }
+
+    /// A catalog from sources [`Sources::read`] gave, with the errors of reading them
+    /// first.
+    pub fn from_read(
+        sources: Sources,
+        io_errors: Vec<CatalogError>,
+    ) -> Result<Catalog, LoadErrors> {
         let result = Catalog::from_sources(sources);
         if io_errors.is_empty() {
             return result;

@@ -1,0 +1,261 @@
+//! The appliers: every node reads the whole write stream in order and applies each record
+//! to its memory with the code journal replay uses (`Db::apply_replicated`), and reads
+//! the decisions stream to remember every node's decisions for their outcomes. Both read
+//! through JetStream's ordered consumers (ephemeral, no acks, gaps detected and the
+//! consumer recreated by the client); a consumer that fails is recreated from the last
+//! position applied, after a pause.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use tokio_stream::StreamExt;
+
+use super::Cluster;
+use crate::journal::Record;
+
+/// How long to wait before making a failed consumer again.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// A consumer that delivers nothing this long is checked against what the stream holds.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// The stream's last position (0 if it cannot be asked now).
+async fn stream_last(cluster: &Cluster, name: &str) -> u64 {
+    let asked = async {
+        let mut stream = cluster.js.get_stream(name).await.ok()?;
+        stream.info().await.ok().map(|i| i.state.last_sequence)
+    };
+    tokio::time::timeout(Duration::from_secs(2), asked)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
+fn deliver_from(position: u64) -> DeliverPolicy {
+    if position <= 1 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: position,
+        }
+    }
+}
+
+/// Applies the write stream from `from` on, for as long as the process runs.
+pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
+    let mut next = from;
+    let mut last_snapshot = Instant::now();
+    let mut failing = false;
+    loop {
+        let stream = match cluster.js.get_stream(cluster.config.writes_stream()).await {
+            Ok(s) => s,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "the write stream is out of reach; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: cluster.js.client().new_inbox(),
+                deliver_policy: deliver_from(next),
+                ..Default::default()
+            })
+            .await;
+        let mut messages = match consumer {
+            Ok(c) => match c.messages().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the write stream");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            },
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "consuming the write stream; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!(from = next, "applying the write stream again");
+            failing = false;
+        }
+        let mut quiet = 0u32;
+        loop {
+            let message = match tokio::time::timeout(QUIET, messages.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "the write stream's consumer failed; making it again");
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    // Nothing delivered for a while. The consumer (one replica, on one
+                    // server) may be gone with its server: the client would notice only
+                    // after two missed heartbeats (10 s). Known records not delivered, or
+                    // the stream longer than what was applied, mean it is: make it again.
+                    quiet += 1;
+                    let applied = next - 1;
+                    if cluster.tail.load(Ordering::Relaxed) > applied {
+                        tracing::info!(
+                            applied,
+                            "the write stream's consumer is stalled; making it again"
+                        );
+                        break;
+                    }
+                    if quiet.is_multiple_of(4)
+                        && stream_last(&cluster, &cluster.config.writes_stream()).await > applied
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            quiet = 0;
+            let Ok(info) = message.info() else {
+                continue;
+            };
+            let position = info.stream_sequence;
+            let pending = info.pending;
+            if position < next {
+                // Delivered again after a consumer was made anew.
+                continue;
+            }
+            match Record::decode_payload(&message.payload) {
+                Ok(record) => {
+                    if cluster.db.apply_replicated(position, record) {
+                        cluster
+                            .stats
+                            .applied_records
+                            .fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        cluster
+                            .stats
+                            .skipped_duplicates
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    // A record of a newer nextbest, or damage: skipped alike on every
+                    // node of this version, so the nodes stay equal; counted and logged.
+                    cluster.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(position, error = %e, "a write in the stream does not decode; skipped");
+                }
+            }
+            if let Some(p) = partition_of(&message.subject)
+                && let Some(cell) = cluster.partitions.get(p)
+            {
+                cell.store(position, Ordering::Relaxed);
+            }
+            cluster
+                .tail
+                .fetch_max(position + pending, Ordering::Relaxed);
+            next = position + 1;
+            cluster.applied.send_replace(position);
+            if let Some(every) = cluster.config.snapshot_every
+                && last_snapshot.elapsed() >= every
+            {
+                last_snapshot = Instant::now();
+                snapshot(&cluster, position);
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Snapshots the state as of `position`, applying nothing meanwhile (the applier calls
+/// it between two records).
+fn snapshot(cluster: &Cluster, position: u64) {
+    let mark = cluster.mark(position);
+    let db = &cluster.db;
+    match tokio::task::block_in_place(|| db.snapshot_replicated(&mark, crate::setup::now_ms())) {
+        Ok(path) => {
+            cluster.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(position, snapshot = %path.display(), "snapshot taken");
+        }
+        Err(e) => tracing::error!(error = %e, "snapshot failed"),
+    }
+}
+
+/// The partition number at the end of a write subject.
+fn partition_of(subject: &str) -> Option<usize> {
+    subject.rsplit('.').next()?.parse().ok()
+}
+
+/// Remembers the decisions stream's decisions from `from` on.
+pub(super) async fn decisions(cluster: Arc<Cluster>, from: u64) {
+    let mut next = from;
+    loop {
+        let consumer = match cluster
+            .js
+            .get_stream(cluster.config.decisions_stream())
+            .await
+        {
+            Ok(stream) => {
+                stream
+                    .create_consumer(push::OrderedConfig {
+                        deliver_subject: cluster.js.client().new_inbox(),
+                        deliver_policy: deliver_from(next),
+                        ..Default::default()
+                    })
+                    .await
+            }
+            Err(_) => {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let Ok(mut messages) = (match consumer {
+            Ok(c) => c.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }) else {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        let mut quiet = 0u32;
+        loop {
+            let message = match tokio::time::timeout(QUIET, messages.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(_)) | None) => break,
+                Err(_) => {
+                    // As for the write stream: a consumer gone with its server.
+                    quiet += 1;
+                    if quiet.is_multiple_of(4)
+                        && stream_last(&cluster, &cluster.config.decisions_stream()).await >= next
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            quiet = 0;
+            let Ok(info) = message.info() else {
+                continue;
+            };
+            let position = info.stream_sequence;
+            if position < next {
+                continue;
+            }
+            next = position + 1;
+            if let Ok(decision) = Record::decode_payload_for_replay(&message.payload) {
+                cluster.db.remember_replicated(decision);
+                cluster
+                    .stats
+                    .decisions_remembered
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            cluster.decisions_applied.store(position, Ordering::Relaxed);
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}

@@ -1,0 +1,211 @@
+//! What a cluster node asks of its `Db` (see `cluster`): the records a write would
+//! journal, built and checked here exactly as the embedded node's are, but published to
+//! the cluster's write stream instead of appended; applying the stream's records in its
+//! order, with the code replay uses; decisions handed to the decisions stream instead of
+//! the journal; the digest that shows two nodes hold the same state; and snapshots that
+//! say which stream position they reflect.
+//!
+//! In cluster mode the stream's applier is the only writer of the store, the outcome
+//! identities and the budget counters, so every node that applied the same records holds
+//! the same state, and a snapshot taken between two records is exact.
+
+use super::*;
+use crate::decide::BudgetScope;
+use crate::journal::Replayed;
+
+/// Where a cluster node's decisions go instead of its journal. `send` never waits: a
+/// full queue refuses (the decision is answered and counted unlogged, as a full journal
+/// queue does).
+pub trait DecisionSink: Send + Sync + 'static {
+    fn send(&self, decision: Box<PendingDecision>) -> Result<(), DbError>;
+}
+
+/// An outcome that passed its checks, ready to publish.
+#[derive(Debug, Clone)]
+pub struct ReplicaOutcome {
+    pub record: Record,
+    /// (decision, offer key, kind): what makes it idempotent.
+    pub identity: (u128, u32, EventKind),
+    /// The customer whose history it joins, if any (what the ack reports).
+    pub customer: Option<String>,
+}
+
+impl ReplicaOutcome {
+    /// The stream's de-duplication id: the identity, so the same outcome published
+    /// twice within the stream's window is stored once.
+    pub fn message_id(&self) -> String {
+        let (decision, offer, kind) = self.identity;
+        format!(
+            "{}:{offer:08x}:{}",
+            Uuid::from_u128(decision),
+            kind.as_str()
+        )
+    }
+}
+
+/// A digest of a node's replicated state. Two nodes that applied the same records have
+/// equal digests; each part is order-independent (a sum of per-item hashes), so it does
+/// not depend on the order of the maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDigest {
+    pub customers: u64,
+    pub outcomes: u64,
+    /// Hex of a hash over every part: customers (ids and packed records, histories
+    /// and sequence numbers included), outcome identities, budget counters and the
+    /// catalog version.
+    pub digest: String,
+}
+
+impl Db {
+    /// Checks outcomes as [`Db::record_outcomes`] does (every one before any is
+    /// published: a bad one refuses the batch, naming its index) and returns the records
+    /// they write, accepted at `now`.
+    pub fn outcome_records(
+        &self,
+        inputs: &[OutcomeInput],
+        now: i64,
+    ) -> Result<Vec<ReplicaOutcome>, (usize, DbError)> {
+        let catalog = self.catalog.load();
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let checked = self
+                    .check_outcome(&catalog, input, now)
+                    .map_err(|e| (i, e))?;
+                let identity = checked.identity(input);
+                let customer = checked
+                    .customer
+                    .clone()
+                    .filter(|_| checked.channel.is_some());
+                Ok(ReplicaOutcome {
+                    record: outcome::outcome_record(input, &checked, now),
+                    identity,
+                    customer,
+                })
+            })
+            .collect()
+    }
+
+    /// The stream position of the record that first counted this outcome, once applied
+    /// here (0: counted before this node's snapshot).
+    pub fn outcome_position(&self, identity: &(u128, u32, EventKind)) -> Option<u64> {
+        self.outcomes.get(identity)
+    }
+
+    /// Applies the write stream's record at `position`, as replay applies a journal
+    /// record, an outcome counted already being skipped (another node published it
+    /// too). Returns whether it changed anything.
+    pub fn apply_replicated(&self, position: u64, record: Record) -> bool {
+        let mut dropped = 0;
+        recovery::apply(self, position, record, &mut dropped, true)
+    }
+
+    /// Remembers a decision read from the decisions stream (any node's), so that its
+    /// outcomes find their customer, channel and shown offers here too.
+    pub fn remember_replicated(&self, decision: Replayed) {
+        if let Replayed::Decision {
+            id,
+            customer: Some(customer),
+            channel,
+            shown,
+        } = decision
+        {
+            self.decisions.insert(
+                Uuid::from_bytes(id).as_u128(),
+                Recent {
+                    customer,
+                    channel,
+                    shown,
+                },
+            );
+        }
+    }
+
+    /// Whether the decision is remembered here (its outcomes find its customer).
+    pub fn remembers(&self, decision: Uuid) -> bool {
+        self.decisions.get(&decision.as_u128()).is_some()
+    }
+
+    /// Sends decisions to `sink` from now on instead of the journal; set once.
+    pub fn set_decision_sink(&self, sink: Box<dyn DecisionSink>) -> bool {
+        self.decision_sink.set(sink).is_ok()
+    }
+
+    /// The digest of the state the write stream builds (see [`StateDigest`]).
+    pub fn digest(&self) -> StateDigest {
+        use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+        let mut customers = 0u64;
+        let mut customer_sum = 0u64;
+        self.store.for_each_packed(|id, packed| {
+            let mut h = Xxh3::new();
+            h.update(&(id.len() as u64).to_le_bytes());
+            h.update(id.as_bytes());
+            h.update(packed);
+            customer_sum = customer_sum.wrapping_add(h.digest());
+            customers += 1;
+        });
+        let identities = self.outcomes.entries();
+        let outcome_sum = identities.iter().fold(0u64, |acc, ((d, o, k), _)| {
+            let mut bytes = [0u8; 21];
+            bytes[..16].copy_from_slice(&d.to_le_bytes());
+            bytes[16..20].copy_from_slice(&o.to_le_bytes());
+            bytes[20] = *k as u8;
+            acc.wrapping_add(xxh3_64(&bytes))
+        });
+        let budget_sum = self
+            .spending
+            .lock()
+            .counters()
+            .iter()
+            .fold(0u64, |acc, (scope, c)| {
+                let (kind, key) = match *scope {
+                    BudgetScope::Offer(k) => (0u8, k),
+                    BudgetScope::Group(k) => (1, k),
+                    BudgetScope::Channel(k) => (2, k),
+                };
+                let mut h = Xxh3::new();
+                h.update(&[kind]);
+                h.update(&key.to_le_bytes());
+                h.update(&c.day.to_le_bytes());
+                h.update(&c.today.to_le_bytes());
+                h.update(&c.total.to_le_bytes());
+                acc.wrapping_add(h.digest())
+            });
+        let mut h = Xxh3::new();
+        for part in [
+            customers,
+            customer_sum,
+            identities.len() as u64,
+            outcome_sum,
+            budget_sum,
+        ] {
+            h.update(&part.to_le_bytes());
+        }
+        h.update(self.catalog.load().version.as_bytes());
+        StateDigest {
+            customers,
+            outcomes: identities.len() as u64,
+            digest: format!("{:016x}", h.digest()),
+        }
+    }
+
+    /// Snapshots a cluster node's state as of the write stream's `mark` (the caller, the
+    /// applier, applies nothing meanwhile, so the snapshot is exact). The node's journal
+    /// holds no writes in cluster mode, so nothing is rotated or erased.
+    pub fn snapshot_replicated(&self, mark: &StreamMark, now: i64) -> Result<PathBuf, DbError> {
+        let _one_at_a_time = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
+        let cutoff = now - self.options.attribution_window;
+        self.decisions
+            .retain(|d, _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
+        let spending = self.spending.lock().counters().clone();
+        let (path, _) = recovery::write_snapshot(
+            self,
+            storage::Position::default(),
+            &spending,
+            now,
+            Some(mark),
+        )?;
+        Ok(path)
+    }
+}
