@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, anyhow, bail};
 use clap::ValueEnum;
 
-use super::{DataDir, RulesDir, TimeRange, Window, progress_bar};
+use super::{ClusterJournal, DataDir, RulesDir, TimeRange, Window, progress_bar};
 use crate::db::Db;
 use crate::db::import::{self, ImportFormat};
 use crate::journal::export::{self, ExportOptions};
@@ -104,6 +104,8 @@ pub(super) struct ExportArgs {
     rules: RulesDir,
     #[command(flatten)]
     data: DataDir,
+    #[command(flatten)]
+    cluster: ClusterJournal,
     /// `dsjson` (Vowpal Wabbit, --cb_explore_adf) or `obp` (Open Bandit Pipeline .npz).
     #[arg(long, value_enum)]
     format: ExportFormat,
@@ -136,7 +138,7 @@ impl ExportArgs {
             window: self.window.ms()?,
         };
         let catalog = self.rules.load()?;
-        let data = &self.data.path;
+        let (data, _fetched) = self.cluster.data(&self.data.path)?;
         let journal = data.join("journal");
         if !journal.is_dir() {
             bail!("`{}` has no journal", data.display());

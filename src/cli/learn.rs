@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 
-use super::{DataDir, RulesDir, TimeRange, Window, progress_bar, write_file};
+use super::{ClusterJournal, DataDir, RulesDir, TimeRange, Window, progress_bar, write_file};
 use crate::db::DbOptions;
 use crate::learn::scenario::Scenario;
 use crate::learn::{evaluate, report, simulate, train};
@@ -87,6 +87,8 @@ impl SimulateArgs {
 pub(super) struct EvaluateArgs {
     #[command(flatten)]
     data: DataDir,
+    #[command(flatten)]
+    cluster: ClusterJournal,
     /// A candidate catalog directory; repeatable.
     #[arg(long = "rules", required = true)]
     candidates: Vec<PathBuf>,
@@ -123,7 +125,8 @@ impl EvaluateArgs {
             seed: self.seed,
             ..Default::default()
         };
-        let data = &self.data.path;
+        let (data, _fetched) = self.cluster.data(&self.data.path)?;
+        let data = &data;
         if !data.is_dir() {
             bail!("`{}` is not a data directory", data.display());
         }
@@ -159,6 +162,8 @@ pub(super) struct TrainArgs {
     #[command(flatten)]
     data: DataDir,
     #[command(flatten)]
+    cluster: ClusterJournal,
+    #[command(flatten)]
     rules: RulesDir,
     /// A new or empty directory for the trained catalog.
     #[arg(long)]
@@ -183,7 +188,8 @@ impl TrainArgs {
             seed: self.seed,
             ..Default::default()
         };
-        let summary = train::train(&self.data.path, &self.rules.path, &self.out, &options)?;
+        let (data, _fetched) = self.cluster.data(&self.data.path)?;
+        let summary = train::train(&data, &self.rules.path, &self.out, &options)?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&summary)?);
         } else {
@@ -198,6 +204,8 @@ impl TrainArgs {
 pub(super) struct ReportArgs {
     #[command(flatten)]
     data: DataDir,
+    #[command(flatten)]
+    cluster: ClusterJournal,
     #[command(flatten)]
     rules: RulesDir,
     #[command(flatten)]
@@ -214,7 +222,8 @@ impl ReportArgs {
     pub(super) fn run(self) -> anyhow::Result<ExitCode> {
         let range = self.range.ms()?;
         let catalog = self.rules.load()?;
-        let r = report::report(&self.data.path, &catalog, range)?;
+        let (data, _fetched) = self.cluster.data(&self.data.path)?;
+        let r = report::report(&data, &catalog, range)?;
         if let Some(path) = &self.html {
             write_file(path, report::html(&r))?;
         }

@@ -144,6 +144,48 @@ impl DataDir {
     }
 }
 
+/// `--cluster` on the commands that read a journal: read the cluster's instead of --data's.
+#[derive(Debug, Clone, clap::Args)]
+struct ClusterJournal {
+    /// Read the journal of the cluster at these NATS servers (`nats://HOST:PORT`,
+    /// comma-separated) instead of --data's: its write and decisions streams are copied
+    /// to a temporary journal first (docs/cluster.md).
+    #[arg(
+        id = "cluster",
+        long = "cluster",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    servers: Vec<String>,
+}
+
+impl ClusterJournal {
+    /// The data directory to read: `data`, or with --cluster a temporary one holding the
+    /// cluster's journal (removed when the returned guard drops).
+    fn data(&self, data: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+        if self.servers.is_empty() {
+            return Ok((data.to_path_buf(), None));
+        }
+        let dir = tempfile::tempdir().context("making a directory for the cluster's journal")?;
+        let config = crate::cluster::ClusterConfig {
+            servers: self.servers.clone(),
+            ..crate::cluster::ClusterConfig::default()
+        };
+        let journal = dir.path().join("journal");
+        std::fs::create_dir_all(&journal).context("making the journal directory")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        let fetched = runtime.block_on(crate::cluster::fetch_journal(&config, &journal))?;
+        eprintln!(
+            "read the cluster's journal: {} writes and {} decisions",
+            fetched.writes, fetched.decisions
+        );
+        Ok((dir.path().to_path_buf(), Some(dir)))
+    }
+}
+
 /// The decisions a journal command reads, by time.
 #[derive(clap::Args, Debug)]
 struct TimeRange {

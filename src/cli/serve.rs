@@ -166,13 +166,19 @@ impl ServeArgs {
                 );
             }
         }
-        let (node, recovery) = Node::open(rules, data)?;
-        log_recovery(data, &recovery);
-        let node = Arc::new(node.with_admin_token(admin_token));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the runtime")?;
+        // A cluster node on an empty directory starts from the cluster's newest snapshot.
+        if let Some(config) = &cluster
+            && let Some(path) = runtime.block_on(crate::cluster::bootstrap(config, data))?
+        {
+            tracing::info!(snapshot = %path.display(), "bootstrapped from the cluster's snapshot");
+        }
+        let (node, recovery) = Node::open(rules, data)?;
+        log_recovery(data, &recovery);
+        let node = Arc::new(node.with_admin_token(admin_token));
         runtime.block_on(async {
             if let Some(config) = cluster {
                 // What a node publishes as the cluster's catalog when it has none yet.

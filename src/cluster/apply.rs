@@ -174,14 +174,15 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
 }
 
 /// Snapshots the state as of `position`, applying nothing meanwhile (the applier calls
-/// it between two records).
-fn snapshot(cluster: &Cluster, position: u64) {
+/// it between two records), and publishes it for nodes to come.
+fn snapshot(cluster: &Arc<Cluster>, position: u64) {
     let mark = cluster.mark(position);
     let db = &cluster.db;
     match tokio::task::block_in_place(|| db.snapshot_replicated(&mark, crate::setup::now_ms())) {
         Ok(path) => {
             cluster.stats.snapshots.fetch_add(1, Ordering::Relaxed);
             tracing::info!(position, snapshot = %path.display(), "snapshot taken");
+            super::snapshots::publish(cluster, path, position);
         }
         Err(e) => tracing::error!(error = %e, "snapshot failed"),
     }

@@ -21,7 +21,9 @@
 
 mod apply;
 mod catalog;
+mod fetch;
 mod publish;
+mod snapshots;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,7 +35,9 @@ use tokio::sync::watch;
 use crate::catalog::Sources;
 use crate::db::{Db, DbError, StreamMark};
 
+pub use fetch::{Fetched, fetch_journal};
 pub use publish::Written;
+pub use snapshots::bootstrap;
 
 /// How a node joins its cluster: what `serve --cluster` says.
 #[derive(Debug, Clone)]
@@ -135,6 +139,7 @@ pub struct ClusterStats {
     pub decisions_remembered: AtomicU64,
     pub stale_decides: AtomicU64,
     pub snapshots: AtomicU64,
+    pub snapshots_published: AtomicU64,
     /// Sum of publish-to-ack times of this node's writes, in µs (with `published`, a mean).
     pub publish_micros: AtomicU64,
 }
@@ -158,6 +163,7 @@ pub struct Cluster {
     stream_created: i64,
     connected: Arc<AtomicBool>,
     catalog_bucket: jetstream::kv::Store,
+    snapshot_store: jetstream::object_store::ObjectStore,
     /// Catalogs this node swapped to because the cluster published them.
     catalog_swaps: AtomicU64,
     pub stats: ClusterStats,
@@ -261,6 +267,7 @@ impl Cluster {
         .await
         .map_err(join_error)?;
         let catalog_bucket = catalog::bucket(&js, &config).await.map_err(join_error)?;
+        let snapshot_store = snapshots::store(&js, &config).await.map_err(join_error)?;
         let created = writes.created.unix_timestamp_nanos() as i64;
         let last = writes.state.last_sequence;
         // A snapshot of another stream (deleted and made again) or ahead of this one is
@@ -304,6 +311,7 @@ impl Cluster {
             stream_created: created,
             connected,
             catalog_bucket,
+            snapshot_store,
             catalog_swaps: AtomicU64::new(0),
             stats: ClusterStats::default(),
             config,

@@ -307,10 +307,15 @@ impl DecisionQueue {
                     in_flight.join_next().await;
                 }
                 let id = decision.decision.id;
+                // By customer, as writes are: one partition holds a customer's decisions.
+                let key = match &decision.customer {
+                    Some(customer) => customer.as_bytes(),
+                    None => id.as_bytes().as_slice(),
+                };
                 let subject = format!(
                     "{}.decisions.{}",
                     cluster.config.prefix,
-                    cluster.config.partition(id.as_bytes())
+                    cluster.config.partition(key)
                 );
                 let mut payload = Vec::with_capacity(1024);
                 Entry::Decision(decision).encode(&mut payload);

@@ -591,7 +591,7 @@ fn count(v: &std::sync::atomic::AtomicU64) -> f64 {
     v.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
 
-const CLUSTER_FIGURES: [ClusterFigure; 14] = [
+const CLUSTER_FIGURES: [ClusterFigure; 17] = [
     (
         "nextbest_cluster_applied_position",
         "The last write-stream position this node applied.",
@@ -678,6 +678,24 @@ const CLUSTER_FIGURES: [ClusterFigure; 14] = [
         "Decisions answered while NATS was out of reach (from a memory that may lag the cluster).",
         MetricType::COUNTER,
         |c| count(&c.stats.stale_decides),
+    ),
+    (
+        "nextbest_cluster_snapshots_total",
+        "Snapshots this node took of its applied state.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.snapshots),
+    ),
+    (
+        "nextbest_cluster_snapshots_published_total",
+        "Snapshots this node uploaded to the cluster's snapshot store (what new nodes start from).",
+        MetricType::COUNTER,
+        |c| count(&c.stats.snapshots_published),
+    ),
+    (
+        "nextbest_cluster_catalog_swaps_total",
+        "Catalogs this node swapped to because the cluster published them.",
+        MetricType::COUNTER,
+        |c| c.catalog_swaps() as f64,
     ),
 ];
 

@@ -1,0 +1,135 @@
+//! Snapshots shared through the cluster: every node uploads each snapshot it takes to a
+//! JetStream object store (`<PREFIX>_SNAPSHOTS`, object `snapshot`: the newest one any
+//! node took), and a node that starts on an empty data directory downloads it first, so
+//! it applies only the stream's tail after the snapshot's position instead of the whole
+//! stream. A snapshot names the stream (and its creation time) and position it reflects;
+//! `Cluster::join` refuses one of another stream.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_nats::jetstream::{self, object_store};
+
+use super::{Cluster, ClusterConfig, ClusterError};
+
+const OBJECT: &str = "snapshot";
+
+fn bucket_name(config: &ClusterConfig) -> String {
+    format!("{}_SNAPSHOTS", config.prefix.to_ascii_uppercase())
+}
+
+/// Gets the snapshot store, making it when there is none.
+pub(super) async fn store(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<object_store::ObjectStore, String> {
+    let name = bucket_name(config);
+    if let Ok(store) = js.get_object_store(&name).await {
+        return Ok(store);
+    }
+    let made = js
+        .create_object_store(object_store::Config {
+            bucket: name.clone(),
+            num_replicas: config.replicas,
+            ..Default::default()
+        })
+        .await;
+    js.get_object_store(&name).await.map_err(|e| match made {
+        Err(made) => format!("the snapshot store `{name}`: {made}"),
+        Ok(_) => format!("the snapshot store `{name}`: {e}"),
+    })
+}
+
+/// Uploads a snapshot this node took, in the background (the applier goes on).
+pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
+    let cluster = Arc::clone(cluster);
+    tokio::spawn(async move {
+        let uploaded = async {
+            let mut file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| e.to_string())?;
+            cluster
+                .snapshot_store
+                .put(OBJECT, &mut file)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match uploaded {
+            Ok(info) => {
+                cluster
+                    .stats
+                    .snapshots_published
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    position,
+                    bytes = info.size,
+                    "snapshot published to the cluster"
+                );
+            }
+            Err(error) => tracing::warn!(position, %error, "publishing a snapshot failed"),
+        }
+    });
+}
+
+/// Before a node opens an empty data directory: downloads the cluster's newest snapshot
+/// into it, if the cluster has one. Returns where it put it. A directory that already
+/// holds a snapshot is left alone.
+pub async fn bootstrap(
+    config: &ClusterConfig,
+    data: &Path,
+) -> Result<Option<PathBuf>, ClusterError> {
+    let state = data.join("state");
+    let has_snapshot = std::fs::read_dir(&state).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("snapshot-") && name.ends_with(".bin")
+        })
+    });
+    if has_snapshot {
+        return Ok(None);
+    }
+    let join_error = |detail: String| ClusterError::Join {
+        servers: config.servers.join(","),
+        detail,
+    };
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("nextbest {} bootstrap", config.node_id))
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connect(config.servers.as_slice())
+        .await
+        .map_err(|e| join_error(e.to_string()))?;
+    let js = jetstream::new(client);
+    let Ok(store) = js.get_object_store(bucket_name(config)).await else {
+        return Ok(None);
+    };
+    let mut object = match store.get(OBJECT).await {
+        Ok(object) => object,
+        Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(join_error(format!(
+                "downloading the cluster's snapshot: {e}"
+            )));
+        }
+    };
+    std::fs::create_dir_all(&state)
+        .map_err(|e| join_error(format!("creating `{}`: {e}", state.display())))?;
+    let path = state.join(format!("snapshot-{:020}.bin", 0));
+    let partial = state.join("snapshot.bin.partial");
+    let written = async {
+        let mut file = tokio::fs::File::create(&partial).await?;
+        tokio::io::copy(&mut object, &mut file).await?;
+        file.sync_all().await?;
+        tokio::fs::rename(&partial, &path).await
+    }
+    .await;
+    written.map_err(|e| {
+        join_error(format!(
+            "writing the cluster's snapshot to `{}`: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(path))
+}
