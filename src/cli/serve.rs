@@ -81,6 +81,14 @@ pub(super) struct ServeArgs {
     /// number: a majority must acknowledge each write).
     #[arg(long, env = "NEXTBEST_CLUSTER_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
     cluster_replicas: u8,
+    /// Replicas of the decisions stream the first node creates (default: as
+    /// --cluster-replicas). The decisions are the log for retraining, not state: fewer
+    /// replicas cost the NATS servers less per decision.
+    #[arg(long, env = "NEXTBEST_CLUSTER_DECISION_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+    cluster_decision_replicas: Option<u8>,
+    /// How long the decisions stream the first node creates keeps decisions.
+    #[arg(long, env = "NEXTBEST_CLUSTER_DECISIONS_MAX_AGE", default_value = "7d", value_parser = duration)]
+    cluster_decisions_max_age: Duration,
     /// Partitions (subjects) of the write stream the first node creates, by customer id.
     #[arg(long, env = "NEXTBEST_CLUSTER_PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     cluster_partitions: u32,
@@ -137,6 +145,8 @@ impl ServeArgs {
             node_id,
             replicas: usize::from(self.cluster_replicas),
             partitions: self.cluster_partitions,
+            decision_replicas: self.cluster_decision_replicas.map(usize::from),
+            decisions_max_age: self.cluster_decisions_max_age,
             snapshot_every: never_if_zero(self.compact_interval),
             ..ClusterConfig::default()
         })

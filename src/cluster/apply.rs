@@ -48,6 +48,8 @@ fn deliver_from(position: u64) -> DeliverPolicy {
 pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
     let mut next = from;
     let mut last_snapshot = Instant::now();
+    // The position of the last snapshot taken (or the one the node started from).
+    let mut snapshotted = from.saturating_sub(1);
     let mut failing = false;
     loop {
         let stream = match cluster.js.get_stream(cluster.config.writes_stream()).await {
@@ -106,6 +108,15 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                     // the stream longer than what was applied, mean it is: make it again.
                     quiet += 1;
                     let applied = next - 1;
+                    // A quiet stream still gets its snapshot, of what was applied since.
+                    if let Some(every) = cluster.config.snapshot_every
+                        && last_snapshot.elapsed() >= every
+                        && applied > snapshotted
+                    {
+                        last_snapshot = Instant::now();
+                        snapshotted = applied;
+                        snapshot(&cluster, applied);
+                    }
                     if cluster.tail.load(Ordering::Relaxed) > applied {
                         tracing::info!(
                             applied,
@@ -166,6 +177,7 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                 && last_snapshot.elapsed() >= every
             {
                 last_snapshot = Instant::now();
+                snapshotted = position;
                 snapshot(&cluster, position);
             }
         }
@@ -248,7 +260,13 @@ pub(super) async fn decisions(cluster: Arc<Cluster>, from: u64) {
                 continue;
             }
             next = position + 1;
-            if let Ok(decision) = Record::decode_payload_for_replay(&message.payload) {
+            // A batch of decisions, as journal frames.
+            for frame in crate::storage::segment::frames(&message.payload) {
+                let Some(decision) = frame.and_then(|f| Record::decode_payload_for_replay(f).ok())
+                else {
+                    cluster.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                    break;
+                };
                 cluster.db.remember_replicated(decision);
                 cluster
                     .stats

@@ -102,6 +102,15 @@ pub async fn fetch_journal(
     let decisions = read_stream(&js, &config.decisions_stream())
         .await
         .map_err(fail)?;
+    // A decisions message is a batch of journal frames: one record each.
+    let decisions: Vec<(i128, Vec<u8>)> = decisions
+        .into_iter()
+        .flat_map(|(at, batch)| {
+            crate::storage::segment::frames(&batch)
+                .map_while(|f| f.map(|f| (at, f.to_vec())))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let fetched = Fetched {
         writes: writes.len() as u64,
         decisions: decisions.len() as u64,

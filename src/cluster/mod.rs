@@ -53,6 +53,9 @@ pub struct ClusterConfig {
     /// Names: streams `<PREFIX>_WRITES` and `<PREFIX>_DECISIONS`, subjects
     /// `<prefix>.writes.<n>` and `<prefix>.decisions.<n>`.
     pub prefix: String,
+    /// Replicas of the decisions stream (the log for retraining; losing its tail loses
+    /// no state): `replicas` unless set.
+    pub decision_replicas: Option<usize>,
     /// How long decisions are kept in their stream (JetStream's `max_age`).
     pub decisions_max_age: Duration,
     /// JetStream's de-duplication window for the write stream.
@@ -72,6 +75,7 @@ impl Default for ClusterConfig {
             replicas: 3,
             partitions: 16,
             prefix: "nextbest".into(),
+            decision_replicas: None,
             decisions_max_age: Duration::from_secs(7 * 86_400),
             duplicate_window: Duration::from_secs(120),
             snapshot_every: Some(Duration::from_secs(300)),
@@ -257,7 +261,7 @@ impl Cluster {
             stream::Config {
                 name: config.decisions_stream(),
                 subjects: vec![format!("{}.decisions.*", config.prefix)],
-                num_replicas: config.replicas,
+                num_replicas: config.decision_replicas.unwrap_or(config.replicas),
                 storage: stream::StorageType::File,
                 max_age: config.decisions_max_age,
                 duplicate_window: Duration::from_secs(60),

@@ -32,8 +32,15 @@ const DECISION_WAIT: Duration = Duration::from_secs(1);
 /// Decisions waiting to be published; more are answered and counted unlogged.
 const DECISION_QUEUE: usize = 16_384;
 
-/// At most this many decisions published and not yet acknowledged.
-const DECISIONS_IN_FLIGHT: usize = 1024;
+/// At most this many batches of decisions published and not yet acknowledged.
+const BATCHES_IN_FLIGHT: usize = 256;
+
+/// How long a batch of decisions waits for more after its first.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// A batch of decisions is sent once it holds this many bytes (JetStream's default
+/// largest message is 1 MB).
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// A record sent to the write stream, its acknowledgement to come.
 struct Pending<'a> {
@@ -298,32 +305,52 @@ pub(super) struct DecisionQueue {
 }
 
 impl DecisionQueue {
+    /// Starts the task that publishes queued decisions in batches: what arrives within
+    /// [`LINGER`] of a batch's first decision (up to [`BATCH_BYTES`]) goes out as one
+    /// message of journal frames, so a busy node sends a few large messages rather than
+    /// one per decision (each message costs the stream a replicated append). A node's
+    /// batches go to one subject of its own; the stream keeps decisions for the
+    /// attribution window only (`max_age`).
     pub(super) fn start(cluster: Arc<Cluster>) -> DecisionQueue {
         let (queue, mut receiver) = mpsc::channel::<Box<PendingDecision>>(DECISION_QUEUE);
         tokio::spawn(async move {
+            let subject = format!(
+                "{}.decisions.{}",
+                cluster.config.prefix,
+                cluster.config.partition(cluster.config.node_id.as_bytes())
+            );
             let mut in_flight = tokio::task::JoinSet::new();
-            while let Some(decision) = receiver.recv().await {
-                while in_flight.len() >= DECISIONS_IN_FLIGHT {
+            let mut payload = Vec::with_capacity(1024);
+            while let Some(first) = receiver.recv().await {
+                let linger = tokio::time::Instant::now() + LINGER;
+                let id = first.decision.id;
+                let mut batch = Vec::with_capacity(64 * 1024);
+                let mut count = 0u64;
+                let mut next = Some(first);
+                while let Some(decision) = next.take() {
+                    payload.clear();
+                    Entry::Decision(decision).encode(&mut payload);
+                    crate::storage::segment::frame(&mut batch, &payload);
+                    count += 1;
+                    if batch.len() < BATCH_BYTES {
+                        next = match receiver.try_recv() {
+                            Ok(d) => Some(d),
+                            Err(_) => tokio::time::timeout_at(linger, receiver.recv())
+                                .await
+                                .ok()
+                                .flatten(),
+                        };
+                    }
+                }
+                while in_flight.len() >= BATCHES_IN_FLIGHT {
                     in_flight.join_next().await;
                 }
-                let id = decision.decision.id;
-                // By customer, as writes are: one partition holds a customer's decisions.
-                let key = match &decision.customer {
-                    Some(customer) => customer.as_bytes(),
-                    None => id.as_bytes().as_slice(),
-                };
-                let subject = format!(
-                    "{}.decisions.{}",
-                    cluster.config.prefix,
-                    cluster.config.partition(key)
-                );
-                let mut payload = Vec::with_capacity(1024);
-                Entry::Decision(decision).encode(&mut payload);
+                // The batch's first decision names it: a batch sent twice is stored once.
                 let message = Publish::build()
-                    .payload(payload.into())
+                    .payload(batch.into())
                     .message_id(id.to_string())
                     .expected_stream(cluster.config.decisions_stream());
-                let published = cluster.js.send_publish(subject, message).await;
+                let published = cluster.js.send_publish(subject.clone(), message).await;
                 let cluster = Arc::clone(&cluster);
                 in_flight.spawn(async move {
                     let acked = match published {
@@ -335,7 +362,7 @@ impl DecisionQueue {
                     } else {
                         &cluster.stats.decisions_lost
                     };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    counter.fetch_add(count, Ordering::Relaxed);
                 });
             }
         });

@@ -85,6 +85,35 @@ pub fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
+/// The payloads of the frames [`frame`] put in `buf`, in order, as far as they are whole
+/// and their checksums hold; `None` in place of the rest if one is not.
+pub fn frames(buf: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let parsed = (|| {
+            let (len, after) = rest.split_first_chunk::<4>()?;
+            let (crc, after) = after.split_first_chunk::<4>()?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let payload = after.get(..len)?;
+            (crc32fast::hash(payload) == u32::from_le_bytes(*crc))
+                .then_some((payload, &after[len..]))
+        })();
+        match parsed {
+            Some((payload, after)) => {
+                rest = after;
+                Some(Some(payload))
+            }
+            None => {
+                rest = &[];
+                Some(None)
+            }
+        }
+    })
+}
+
 /// Reads the frames of one segment in order.
 #[derive(Debug)]
 pub struct SegmentReader {
@@ -283,6 +312,27 @@ pub fn write_atomic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_in_a_buffer_read_back_until_one_is_torn_or_corrupt() {
+        let mut buf = Vec::new();
+        frame(&mut buf, b"first");
+        frame(&mut buf, b"");
+        frame(&mut buf, b"third");
+        let all: Vec<_> = frames(&buf).collect();
+        assert_eq!(
+            all,
+            [Some(&b"first"[..]), Some(&b""[..]), Some(&b"third"[..])]
+        );
+        // Cut inside the last frame: the whole ones, then `None`.
+        let cut: Vec<_> = frames(&buf[..buf.len() - 2]).collect();
+        assert_eq!(cut, [Some(&b"first"[..]), Some(&b""[..]), None]);
+        // A flipped byte in the first payload: nothing trusted after it.
+        let mut bad = buf.clone();
+        bad[8] ^= 1;
+        assert_eq!(frames(&bad).collect::<Vec<_>>(), [None]);
+        assert_eq!(frames(&[]).count(), 0);
+    }
 
     fn write_segment(dir: &Path, records: &[&[u8]]) -> u64 {
         let mut w = SegmentWriter::create(dir, 1).expect("create");
