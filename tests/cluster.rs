@@ -367,6 +367,11 @@ fn three_nodes_apply_the_same_writes_read_their_own_and_decide_alike() {
             assert_eq!(s.mode, "cluster");
             assert_eq!(s.node_id, format!("node-{i}"));
             assert_eq!(s.lag, 0);
+            assert_eq!(s.lag_seconds, 0.0);
+            // Every partition applied as far as the stream holds it.
+            assert_eq!(s.partition_tails.len(), 16);
+            assert_eq!(s.partition_tails, s.partition_positions);
+            assert!(s.partition_positions.iter().filter(|p| **p > 0).count() > 1);
         }
         // Every node holds the impression in the decided customer's history.
         for (id, _) in &shown {

@@ -138,6 +138,7 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
             };
             let position = info.stream_sequence;
             let pending = info.pending;
+            let stored_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
             if position < next {
                 // Delivered again after a consumer was made anew.
                 continue;
@@ -172,6 +173,7 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                 .tail
                 .fetch_max(position + pending, Ordering::Relaxed);
             next = position + 1;
+            cluster.applied_at.store(stored_ms, Ordering::Relaxed);
             cluster.applied.send_replace(position);
             if let Some(every) = cluster.config.snapshot_every
                 && last_snapshot.elapsed() >= every

@@ -162,6 +162,8 @@ pub struct Cluster {
     tail: AtomicU64,
     /// The last decisions-stream position remembered here.
     decisions_applied: AtomicU64,
+    /// JetStream's store time (ms since the epoch) of the last write applied here.
+    applied_at: std::sync::atomic::AtomicI64,
     /// The write stream's position when this node joined: SERVING once applied.
     joined_at: u64,
     stream_created: i64,
@@ -311,6 +313,7 @@ impl Cluster {
             partitions,
             tail: AtomicU64::new(last),
             decisions_applied: AtomicU64::new(from.as_ref().map_or(0, |m| m.decisions)),
+            applied_at: std::sync::atomic::AtomicI64::new(0),
             joined_at: last,
             stream_created: created,
             connected,
@@ -406,6 +409,34 @@ impl Cluster {
             connected: self.connected(),
             caught_up: self.caught_up(),
         }
+    }
+
+    /// While the node lags the stream: how old (s) the last record it applied is, by
+    /// JetStream's store times; 0 when caught up.
+    pub fn lag_seconds(&self) -> f64 {
+        let s = self.status();
+        if s.tail <= s.applied {
+            return 0.0;
+        }
+        let at = self.applied_at.load(Ordering::Relaxed);
+        ((crate::setup::now_ms() - at).max(0) as f64) / 1000.0
+    }
+
+    /// Per partition, the last position the write stream holds now (0: none yet), as
+    /// JetStream answers; `None` where it cannot be asked.
+    pub async fn partition_tails(&self) -> Option<Vec<u64>> {
+        let stream = self.js.get_stream(self.config.writes_stream()).await.ok()?;
+        let mut tails = Vec::with_capacity(self.partitions.len());
+        for p in 0..self.partitions.len() {
+            let subject = format!("{}.writes.{p}", self.config.prefix);
+            let last = match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => message.sequence,
+                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => 0,
+                Err(_) => return None,
+            };
+            tails.push(last);
+        }
+        Some(tails)
     }
 
     /// Counts a decision answered while the cluster is out of reach (from memory, which

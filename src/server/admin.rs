@@ -142,6 +142,12 @@ impl AdminService for Service {
                 status.decisions_position = s.decisions_applied;
                 status.connected = s.connected;
                 status.caught_up = s.caught_up;
+                status.lag_seconds = cluster.lag_seconds();
+                let asked = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    cluster.partition_tails(),
+                );
+                status.partition_tails = asked.await.ok().flatten().unwrap_or_default();
             }
             Ok(Response::new(status))
         }

@@ -591,7 +591,7 @@ fn count(v: &std::sync::atomic::AtomicU64) -> f64 {
     v.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
 
-const CLUSTER_FIGURES: [ClusterFigure; 17] = [
+const CLUSTER_FIGURES: [ClusterFigure; 18] = [
     (
         "nextbest_cluster_applied_position",
         "The last write-stream position this node applied.",
@@ -678,6 +678,12 @@ const CLUSTER_FIGURES: [ClusterFigure; 17] = [
         "Decisions answered while NATS was out of reach (from a memory that may lag the cluster).",
         MetricType::COUNTER,
         |c| count(&c.stats.stale_decides),
+    ),
+    (
+        "nextbest_cluster_lag_seconds",
+        "While the node lags the write stream: how old the last record it applied is (JetStream's store time); 0 when caught up.",
+        MetricType::GAUGE,
+        |c| c.lag_seconds(),
     ),
     (
         "nextbest_cluster_snapshots_total",
