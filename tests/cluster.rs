@@ -1153,3 +1153,63 @@ fn the_same_traffic_through_a_cluster_and_an_embedded_node_exports_the_same_dsjs
     assert!(from_files.len() >= 10, "{} lines", from_files.len());
     assert_eq!(from_files, from_cluster);
 }
+
+#[test]
+fn a_cluster_node_refuses_an_embedded_nodes_data_directory() {
+    let Some(_turn) = have_nats() else {
+        return;
+    };
+    let nats = NatsCluster::start(3);
+    let data = tempfile::tempdir().expect("tmp");
+    // An embedded node's directory: a customer, journaled and then snapshotted.
+    let mut embedded = common::Serve::start_with(&rules(), data.path(), &["--admin-token", TOKEN]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let channel = Channel::from_shared(format!("http://{}", embedded.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut customers = CustomerServiceClient::with_interceptor(channel, Auth);
+        upsert(&mut customers, "ada", 38).await.expect("upsert");
+    });
+    embedded.signal("TERM");
+    let _ = embedded.child.wait();
+    for compacted in [false, true] {
+        if compacted {
+            let done = std::process::Command::new(env!("CARGO_BIN_EXE_nextbest"))
+                .args(["compact", "--rules"])
+                .arg(rules())
+                .arg("--data")
+                .arg(data.path())
+                .output()
+                .expect("compact");
+            assert!(
+                done.status.success(),
+                "{}",
+                String::from_utf8_lossy(&done.stderr)
+            );
+        }
+        let refused = std::process::Command::new(env!("CARGO_BIN_EXE_nextbest"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--rules"])
+            .arg(rules())
+            .arg("--data")
+            .arg(data.path())
+            .args(["--cluster", &nats.url_list(), "--node-id", "intruder"])
+            .output()
+            .expect("run serve");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "compacted {compacted}: {stderr}");
+        assert!(
+            stderr.contains("holds an embedded node's snapshot or journal"),
+            "compacted {compacted}: {stderr}"
+        );
+    }
+}

@@ -186,21 +186,20 @@ impl ServeArgs {
         {
             tracing::info!(snapshot = %path.display(), "bootstrapped from the cluster's snapshot");
         }
-        let (node, recovery) = Node::open(rules, data)?;
+        // A cluster node trims histories by fixed limits, not its rules directory's: every
+        // node must trim alike whatever catalog it opened with.
+        let options = crate::db::DbOptions {
+            history_limits: cluster.is_some().then(crate::state::HistoryLimits::default),
+            ..crate::db::DbOptions::default()
+        };
+        let (node, recovery) = Node::open_with(rules, data, options)?;
         log_recovery(data, &recovery);
         let node = Arc::new(node.with_admin_token(admin_token));
         runtime.block_on(async {
             if let Some(config) = cluster {
                 // What a node publishes as the cluster's catalog when it has none yet.
                 let (sources, _) = Sources::read(rules);
-                let joined = Cluster::join(
-                    config,
-                    node.db(),
-                    &sources,
-                    recovery.stream.clone(),
-                    recovery.replayed,
-                )
-                .await?;
+                let joined = Cluster::join(config, node.db(), &sources, &recovery).await?;
                 node.set_cluster(joined);
             }
             let grpc = tokio::net::TcpListener::bind(listen)

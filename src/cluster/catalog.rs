@@ -103,36 +103,40 @@ pub(super) async fn bucket(
 /// node's (`sources`, the rules directory it loaded) when it has none.
 pub(super) async fn adopt(cluster: &Cluster, sources: Sources) -> Result<(), String> {
     let local = cluster.db.catalog();
-    match cluster.cluster_catalog().await? {
-        Some((_, theirs)) if theirs.version == local.version => Ok(()),
-        Some((_, theirs)) => {
-            let version = theirs.version.clone();
-            if cluster.db.set_catalog(Arc::new(theirs)) {
-                tracing::info!(%version, rules = %local.version, "took the cluster's catalog instead of the rules directory's");
-                Ok(())
-            } else {
-                Err(format!(
+    let mut last_error = String::new();
+    for _ in 0..10 {
+        match cluster.cluster_catalog().await? {
+            Some((_, theirs)) if theirs.version == local.version => return Ok(()),
+            Some((_, theirs)) => {
+                let version = theirs.version.clone();
+                if cluster.db.set_catalog(Arc::new(theirs)) {
+                    tracing::info!(%version, rules = %local.version, "took the cluster's catalog instead of the rules directory's");
+                    return Ok(());
+                }
+                return Err(format!(
                     "the cluster's catalog {version} has other customer attributes than this node's rules directory ({}); start the node with the cluster's rules",
                     local.version
-                ))
+                ));
+            }
+            None => {
+                let published = Published::of(&sources, &local.version, &cluster.config.node_id);
+                let bytes = serde_json::to_vec(&published).map_err(|e| e.to_string())?;
+                // `create`: only if still none (another node may be joining too, and then
+                // the next look finds its catalog).
+                match cluster.catalog_bucket.create(KEY, bytes.into()).await {
+                    Ok(_) => {
+                        tracing::info!(version = %local.version, "published this node's catalog as the cluster's");
+                        return Ok(());
+                    }
+                    Err(e) => last_error = e.to_string(),
+                }
             }
         }
-        None => {
-            let published = Published::of(&sources, &local.version, &cluster.config.node_id);
-            let bytes = serde_json::to_vec(&published).map_err(|e| e.to_string())?;
-            // `create`: only if still none (another node may be joining too).
-            if cluster
-                .catalog_bucket
-                .create(KEY, bytes.into())
-                .await
-                .is_err()
-            {
-                return Box::pin(adopt(cluster, sources)).await;
-            }
-            tracing::info!(version = %local.version, "published this node's catalog as the cluster's");
-            Ok(())
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Err(format!(
+        "publishing this node's catalog as the cluster's: {last_error}"
+    ))
 }
 
 impl Cluster {

@@ -36,14 +36,16 @@ async fn read_stream(js: &jetstream::Context, name: &str) -> Result<Vec<(i128, V
         .get_stream(name)
         .await
         .map_err(|e| format!("stream `{name}`: {e}"))?;
-    let last = stream
+    let state = stream
         .info()
         .await
         .map_err(|e| format!("stream `{name}`: {e}"))?
         .state
-        .last_sequence;
+        .clone();
+    let last = state.last_sequence;
     let mut out = Vec::new();
-    if last == 0 {
+    // Empty, or every message aged out (`max_age`) since.
+    if state.messages == 0 {
         return Ok(out);
     }
     let consumer = stream

@@ -119,9 +119,9 @@ pub enum ClusterError {
     /// Connecting or setting up the streams.
     #[error("joining the cluster at {servers}: {detail}")]
     Join { servers: String, detail: String },
-    /// The local snapshot was taken from another stream than the cluster's.
+    /// The data directory holds an embedded node's journal or snapshot.
     #[error(
-        "the data directory holds an embedded node's journal ({records} records); a cluster node starts from an empty directory or its own snapshots"
+        "the data directory holds an embedded node's snapshot or journal ({records} journal records); a cluster node starts from an empty directory or its own snapshots"
     )]
     NotAClusterDirectory { records: u64 },
 }
@@ -201,19 +201,22 @@ impl Cluster {
     /// (`recovered`), or from the stream's start. Returns once the applier runs; the node
     /// is caught up when [`Cluster::caught_up`] says so.
     pub async fn join(
-        config: ClusterConfig,
+        mut config: ClusterConfig,
         db: Arc<Db>,
         rules: &Sources,
-        recovered: Option<StreamMark>,
-        local_records: u64,
+        recovery: &crate::db::Recovery,
     ) -> Result<Arc<Cluster>, ClusterError> {
+        let recovered = recovery.stream.clone();
+        let servers = config.servers.join(",");
         let join_error = |detail: String| ClusterError::Join {
-            servers: config.servers.join(","),
+            servers: servers.clone(),
             detail,
         };
-        if recovered.is_none() && local_records > 0 {
+        // An embedded node's directory: a snapshot without a stream position, or journal
+        // records (a cluster node journals nothing), whatever it was bootstrapped with.
+        if (recovery.snapshot.is_some() && recovered.is_none()) || recovery.replayed > 0 {
             return Err(ClusterError::NotAClusterDirectory {
-                records: local_records,
+                records: recovery.replayed,
             });
         }
         let connected = Arc::new(AtomicBool::new(false));
@@ -253,11 +256,23 @@ impl Cluster {
                 num_replicas: config.replicas,
                 storage: stream::StorageType::File,
                 duplicate_window: config.duplicate_window,
+                description: Some(format!("nextbest writes; partitions={}", config.partitions)),
                 ..Default::default()
             },
         )
         .await
         .map_err(join_error)?;
+        // The partitions are the stream's (its first node's), whatever this node says.
+        if let Some(n) = writes
+            .config
+            .description
+            .as_deref()
+            .and_then(|d| d.split("partitions=").nth(1))
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| *n > 0)
+        {
+            config.partitions = n;
+        }
         ensure_stream(
             &js,
             stream::Config {
@@ -287,12 +302,6 @@ impl Cluster {
                 Some(mark.clone())
             }
             Some(mark) => {
-                tracing::warn!(
-                    snapshot_stream = %mark.stream,
-                    snapshot_position = mark.position,
-                    stream_last = last,
-                    "the local snapshot is not of the cluster's stream; applying the stream from its start into an empty state"
-                );
                 return Err(join_error(format!(
                     "the data directory's snapshot is of stream `{}` at position {}, which is not this cluster's `{}` (last position {last}); start this node on an empty data directory",
                     mark.stream,
@@ -332,7 +341,17 @@ impl Cluster {
         tokio::spawn(catalog::follow(Arc::clone(&cluster)));
         let sink = publish::DecisionQueue::start(Arc::clone(&cluster));
         cluster.db.set_decision_sink(Box::new(sink));
-        tokio::spawn(apply::writes(Arc::clone(&cluster), start + 1));
+        let applier = tokio::spawn(apply::writes(Arc::clone(&cluster), start + 1));
+        tokio::spawn(async move {
+            // The applier runs for as long as the process does; if it ends (a bug), the
+            // node would serve a frozen state: stop the process, whose restart catches up.
+            let ended = applier.await;
+            tracing::error!(
+                ?ended,
+                "the write stream's applier stopped; exiting so that a restart catches up"
+            );
+            std::process::exit(70);
+        });
         tokio::spawn(apply::decisions(
             Arc::clone(&cluster),
             cluster.decisions_applied.load(Ordering::Relaxed) + 1,
@@ -447,7 +466,7 @@ impl Cluster {
         }
     }
 
-    fn mark(&self, position: u64) -> StreamMark {
+    pub(super) fn mark(&self, position: u64) -> StreamMark {
         StreamMark {
             stream: self.config.writes_stream(),
             created: self.stream_created,

@@ -182,7 +182,10 @@ impl Cluster {
             return;
         }
         let given_up = Instant::now() + DECISION_WAIT;
-        while Instant::now() < given_up && inputs.iter().any(unknown) {
+        // Read the decisions stream to its end (twice at most: a decision answered a
+        // moment ago may not be published yet); a decision still unknown then is one this
+        // node will not learn of (anonymous, or too old) and the outcome goes on without.
+        for round in 0..2 {
             let asked = async {
                 let mut stream = self
                     .js
@@ -199,9 +202,12 @@ impl Cluster {
             {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            if inputs.iter().any(unknown) {
-                // Decided a moment ago and not yet published by its node.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if round == 0 && inputs.iter().any(unknown) {
+                // A batch lingers up to 2 ms before it is published.
+                tokio::time::sleep(LINGER * 5).await;
+            }
+            if !inputs.iter().any(unknown) {
+                return;
             }
         }
     }

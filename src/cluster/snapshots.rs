@@ -44,14 +44,21 @@ pub(super) async fn store(
 /// Uploads a snapshot this node took, in the background (the applier goes on).
 pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
     let cluster = Arc::clone(cluster);
+    let mark = cluster.mark(position);
     tokio::spawn(async move {
         let uploaded = async {
             let mut file = tokio::fs::File::open(&path)
                 .await
                 .map_err(|e| e.to_string())?;
+            // What stream it is of, for `bootstrap` to check before downloading.
+            let meta = object_store::ObjectMetadata {
+                name: OBJECT.to_string(),
+                description: Some(describe(&mark.stream, mark.created, mark.position)),
+                ..Default::default()
+            };
             cluster
                 .snapshot_store
-                .put(OBJECT, &mut file)
+                .put(meta, &mut file)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -73,6 +80,11 @@ pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
     });
 }
 
+/// The snapshot object's description: the stream and position it reflects.
+fn describe(stream: &str, created: i64, position: u64) -> String {
+    format!("stream={stream} created={created} position={position}")
+}
+
 /// Before a node opens an empty data directory: downloads the cluster's newest snapshot
 /// into it, if the cluster has one. Returns where it put it. A directory that already
 /// holds a snapshot is left alone.
@@ -88,7 +100,13 @@ pub async fn bootstrap(
             name.starts_with("snapshot-") && name.ends_with(".bin")
         })
     });
-    if has_snapshot {
+    // A journal with records is an embedded node's: `Cluster::join` refuses it.
+    let journal_records = std::fs::read_dir(data.join("journal")).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 64))
+    });
+    if has_snapshot || journal_records {
         return Ok(None);
     }
     let join_error = |detail: String| ClusterError::Join {
@@ -105,6 +123,32 @@ pub async fn bootstrap(
     let Ok(store) = js.get_object_store(bucket_name(config)).await else {
         return Ok(None);
     };
+    // Only a snapshot of the stream the cluster has now (not of one deleted and made
+    // again since, which `Cluster::join` would refuse).
+    let (Ok(info), Ok(mut stream)) = (
+        store.info(OBJECT).await,
+        js.get_stream(config.writes_stream()).await,
+    ) else {
+        return Ok(None);
+    };
+    let stream_info = stream
+        .info()
+        .await
+        .map_err(|e| join_error(format!("the write stream: {e}")))?;
+    let of_this_stream = info.description.as_deref().is_some_and(|d| {
+        d.starts_with(&format!(
+            "stream={} created={} ",
+            config.writes_stream(),
+            stream_info.created.unix_timestamp_nanos() as i64
+        ))
+    });
+    if !of_this_stream {
+        tracing::warn!(
+            snapshot = info.description.as_deref().unwrap_or(""),
+            "the cluster's published snapshot is of another write stream; applying the stream from its start"
+        );
+        return Ok(None);
+    }
     let mut object = match store.get(OBJECT).await {
         Ok(object) => object,
         Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),

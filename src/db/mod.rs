@@ -55,6 +55,10 @@ pub struct DbOptions {
     /// At most this many recent outcomes are remembered to recognise retries (the latest
     /// half of them always are): memory is bounded whatever the outcome rate.
     pub remembered_outcomes: usize,
+    /// How histories are bounded; `None`: by the catalog the node opens with (its
+    /// look-backs). A cluster node sets the fixed default, so that every node trims alike
+    /// whatever catalog it opened with.
+    pub history_limits: Option<HistoryLimits>,
 }
 
 impl Default for DbOptions {
@@ -64,6 +68,7 @@ impl Default for DbOptions {
             attribution_window: 7 * 86_400_000,
             remembered_decisions: 1_000_000,
             remembered_outcomes: 2_000_000,
+            history_limits: None,
         }
     }
 }
@@ -182,6 +187,10 @@ pub struct Db {
     /// while it is being queued; 0 for one restored, which is durable).
     outcomes: Generations<OutcomeKey, u64>,
     decisions: Generations<u128, Recent>,
+    /// Customers forgotten, with the time of their forget: a decision of theirs made before
+    /// it that arrives later (a cluster's decisions stream is not ordered with its writes)
+    /// is not remembered again.
+    forgotten_at: Generations<Box<str>, i64>,
     /// Forgotten since the last compaction, in order: their records are still in the
     /// journal until the next one.
     forgotten: Mutex<Vec<String>>,
@@ -287,7 +296,9 @@ impl Db {
         }
         let end = journal::recover(&journal_dir).map_err(io("recovering the journal"))?;
         let store = Store::new(
-            HistoryLimits::for_catalog(&catalog),
+            options
+                .history_limits
+                .unwrap_or_else(|| HistoryLimits::for_catalog(&catalog)),
             catalog.schema.customer.len(),
         );
         let mut db = Db {
@@ -299,6 +310,7 @@ impl Db {
             store,
             outcomes: Generations::new(options.remembered_outcomes),
             decisions: Generations::new(options.remembered_decisions),
+            forgotten_at: Generations::new(100_000),
             forgotten: Mutex::new(Vec::new()),
             compaction: Mutex::new(()),
             replay_from: Mutex::new(storage::Position::default()),

@@ -541,6 +541,7 @@ pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedu
                 db.store.forget(&r.customer);
             }
             db.decisions.retain(|_, d| *d.customer != *r.customer);
+            db.forgotten_at.insert(r.customer.as_str().into(), r.at);
             db.forgotten
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -111,6 +111,14 @@ impl Db {
             shown,
         } = decision
         {
+            // Made before its customer was forgotten: stays forgotten.
+            if self
+                .forgotten_at
+                .get(&Box::from(&*customer))
+                .is_some_and(|at| uuid_time(Uuid::from_bytes(id)) <= at)
+            {
+                return;
+            }
             self.decisions.insert(
                 Uuid::from_bytes(id).as_u128(),
                 Recent {
@@ -199,6 +207,11 @@ impl Db {
         self.decisions
             .retain(|d, _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
         let spending = self.spending.lock().counters().clone();
+        // Nothing of theirs is in this node's journal (it holds no writes) to erase.
+        self.forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let (path, _) = recovery::write_snapshot(
             self,
             storage::Position::default(),

@@ -39,6 +39,9 @@ pub async fn reload(
             );
         }
         Err(NodeError::Task(e)) => tracing::error!(trigger, error = %e, "reload failed"),
+        Err(NodeError::Cluster(e)) => {
+            tracing::error!(trigger, error = %e, "reload not published to the cluster")
+        }
         Err(e) => {
             metrics.reload(false, &node.db().catalog().version);
             tracing::warn!(
@@ -61,6 +64,8 @@ impl AdminService for Service {
             self.authorize(&request)?;
             let result = match reload(&self.node, &self.metrics, "Reload").await {
                 Err(NodeError::Task(e)) => return Err(Status::internal(e)),
+                // The cluster out of reach: the node's fault, not the rules'.
+                Err(NodeError::Cluster(e)) => return Err(super::convert::cluster_status(e)),
                 result => result,
             };
             let version = self.node.db().catalog().version.to_string();

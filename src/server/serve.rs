@@ -210,9 +210,7 @@ pub async fn run(
         // A cluster node serves once it has applied what the stream held when it joined
         // (it answers meanwhile, from a state that lags the cluster's).
         Some(cluster) if !cluster.caught_up() => {
-            health
-                .set_not_serving::<DecisionServiceServer<Service>>()
-                .await;
+            set_not_serving(&health).await;
             let (health, cluster) = (health.clone(), Arc::clone(cluster));
             tokio::spawn(async move {
                 cluster.wait_caught_up().await;
@@ -246,15 +244,7 @@ pub async fn run(
     let (draining_started, drain_started) = tokio::sync::oneshot::channel::<()>();
     let draining = async move {
         shutdown.await;
-        health
-            .set_not_serving::<DecisionServiceServer<Service>>()
-            .await;
-        health
-            .set_not_serving::<CustomerServiceServer<Service>>()
-            .await;
-        health
-            .set_not_serving::<AdminServiceServer<Service>>()
-            .await;
+        set_not_serving(&health).await;
         let _ = draining_started.send(());
     };
     let limit = transport.max_message_bytes;
@@ -297,10 +287,29 @@ pub async fn run(
     served
 }
 
+/// Every service SERVING, the server as a whole (`""`, what load balancers and probes
+/// ask) included.
 async fn set_serving(health: &tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus::Serving;
+    health.set_service_status("", Serving).await;
     health.set_serving::<DecisionServiceServer<Service>>().await;
     health.set_serving::<CustomerServiceServer<Service>>().await;
     health.set_serving::<AdminServiceServer<Service>>().await;
+}
+
+/// Every service NOT_SERVING, the server as a whole included.
+async fn set_not_serving(health: &tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus::NotServing;
+    health.set_service_status("", NotServing).await;
+    health
+        .set_not_serving::<DecisionServiceServer<Service>>()
+        .await;
+    health
+        .set_not_serving::<CustomerServiceServer<Service>>()
+        .await;
+    health
+        .set_not_serving::<AdminServiceServer<Service>>()
+        .await;
 }
 
 /// How long a shutdown waits for calls in flight.
