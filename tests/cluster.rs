@@ -1213,3 +1213,66 @@ fn a_cluster_node_refuses_an_embedded_nodes_data_directory() {
         );
     }
 }
+
+/// The write stream's first position, as JetStream answers.
+fn stream_first(nats: &NatsCluster) -> u64 {
+    let info = common::nats::js_request(&nats.url(0), "$JS.API.STREAM.INFO.NEXTBEST_WRITES", "");
+    let v: serde_json::Value = serde_json::from_str(&info).expect("stream info is JSON");
+    v["state"]["first_seq"].as_u64().expect("first_seq")
+}
+
+#[test]
+fn the_write_stream_is_trimmed_below_every_snapshot_and_nodes_still_join() {
+    let Some(_turn) = have_nats() else {
+        return;
+    };
+    let nats = NatsCluster::start(3);
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            Node::start(
+                &nats,
+                &format!("node-{i}"),
+                dirs[i].path(),
+                &["--compact-interval", "1s"],
+            )
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let last = bounded(&runtime, &nodes, async {
+        let mut last = 0;
+        for n in &nodes {
+            let mut client = n.customers().await;
+            for c in 0..40 {
+                last = upsert(&mut client, &format!("t{}-{c}", n.id), c)
+                    .await
+                    .expect("upsert");
+            }
+        }
+        converged(&nodes.iter().collect::<Vec<_>>(), last).await;
+        last
+    });
+    // Every node snapshots (each second, the stream quiet or not) and publishes; the
+    // stream is then trimmed below the lowest of them.
+    let given_up = Instant::now() + Duration::from_secs(30);
+    while stream_first(&nats) <= 1 {
+        assert!(
+            Instant::now() < given_up,
+            "the write stream was not trimmed in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        stream_first(&nats) <= last + 1,
+        "nothing a snapshot needs is trimmed"
+    );
+    // A restarted node (its own snapshot) and a new one (the published snapshot) both
+    // join, and every digest agrees.
+    drop(nodes.remove(0));
+    nodes.insert(0, Node::start(&nats, "node-0", dirs[0].path(), &[]));
+    nodes.push(Node::start(&nats, "node-3", dirs[3].path(), &[]));
+    bounded(&runtime, &nodes, async {
+        let status = converged(&nodes.iter().collect::<Vec<_>>(), last).await;
+        assert_eq!(status.customers, 120);
+    });
+}

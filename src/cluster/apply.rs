@@ -143,6 +143,17 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                 // Delivered again after a consumer was made anew.
                 continue;
             }
+            if position > next && next > 1 {
+                // Records this node has not applied were trimmed away (it was cut off
+                // longer than every other node's snapshots reach back): its state can no
+                // longer be completed. Stop rather than serve a state missing writes.
+                tracing::error!(
+                    expected = next,
+                    delivered = position,
+                    "the write stream no longer holds the records this node needs next; exiting (start it on an empty data directory: it begins from the cluster's published snapshot)"
+                );
+                std::process::exit(70);
+            }
             match Record::decode_payload(&message.payload) {
                 Ok(record) => {
                     if cluster.db.apply_replicated(position, record) {

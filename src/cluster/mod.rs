@@ -144,6 +144,8 @@ pub struct ClusterStats {
     pub stale_decides: AtomicU64,
     pub snapshots: AtomicU64,
     pub snapshots_published: AtomicU64,
+    /// Write-stream records purged below every node's snapshot.
+    pub trimmed: AtomicU64,
     /// Sum of publish-to-ack times of this node's writes, in µs (with `published`, a mean).
     pub publish_micros: AtomicU64,
 }
@@ -170,6 +172,8 @@ pub struct Cluster {
     connected: Arc<AtomicBool>,
     catalog_bucket: jetstream::kv::Store,
     snapshot_store: jetstream::object_store::ObjectStore,
+    /// Each node's newest snapshot position (what trimming the write stream respects).
+    nodes_bucket: jetstream::kv::Store,
     /// Catalogs this node swapped to because the cluster published them.
     catalog_swaps: AtomicU64,
     pub stats: ClusterStats,
@@ -289,6 +293,9 @@ impl Cluster {
         .map_err(join_error)?;
         let catalog_bucket = catalog::bucket(&js, &config).await.map_err(join_error)?;
         let snapshot_store = snapshots::store(&js, &config).await.map_err(join_error)?;
+        let nodes_bucket = snapshots::nodes_bucket(&js, &config)
+            .await
+            .map_err(join_error)?;
         let created = writes.created.unix_timestamp_nanos() as i64;
         let last = writes.state.last_sequence;
         // A snapshot of another stream (deleted and made again) or ahead of this one is
@@ -311,10 +318,17 @@ impl Cluster {
             }
             None => None,
         };
+        // The records after the node's state must all still be in the stream.
+        let first = writes.state.first_sequence;
+        let start = from.as_ref().map_or(0, |m| m.position);
+        if start + 1 < first {
+            return Err(join_error(format!(
+                "the write stream now starts at position {first} (trimmed below every node's snapshot) and this node's state is at {start}: start it on an empty data directory, which begins from the cluster's published snapshot"
+            )));
+        }
         let partitions = (0..config.partitions.max(1))
             .map(|_| AtomicU64::new(0))
             .collect();
-        let start = from.as_ref().map_or(0, |m| m.position);
         let cluster = Arc::new(Cluster {
             js,
             db,
@@ -328,6 +342,7 @@ impl Cluster {
             connected,
             catalog_bucket,
             snapshot_store,
+            nodes_bucket,
             catalog_swaps: AtomicU64::new(0),
             stats: ClusterStats::default(),
             config,

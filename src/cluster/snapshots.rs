@@ -15,6 +15,92 @@ use super::{Cluster, ClusterConfig, ClusterError};
 
 const OBJECT: &str = "snapshot";
 
+/// How long a node's snapshot position protects the stream's records after it: a node
+/// away for longer is not waited for (it restarts from the published snapshot).
+const NODE_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// Gets the bucket of the nodes' snapshot positions (`<PREFIX>_NODES`, a key a node, each
+/// kept [`NODE_TTL`]), making it when there is none: the stream of the bucket directly,
+/// as the client's `create_key_value` would (which nats-server 2.9 does not answer).
+pub(super) async fn nodes_bucket(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<jetstream::kv::Store, String> {
+    let name = format!("{}_NODES", config.prefix.to_ascii_uppercase());
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    let made = js
+        .create_stream(jetstream::stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age: NODE_TTL,
+            storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: config.replicas,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    js.get_key_value(&name).await.map_err(|e| match made {
+        Err(made) => format!("the nodes bucket `{name}`: {made}"),
+        Ok(_) => format!("the nodes bucket `{name}`: {e}"),
+    })
+}
+
+/// Trims the write stream below what every snapshot still needs: the records up to the
+/// smallest of the published snapshot's position and every node's newest snapshot
+/// position (nodes not heard of for [`NODE_TTL`] aside). A node restarts from its own
+/// snapshot or the published one, and either needs only the records after it.
+async fn trim(cluster: &Cluster) -> Result<u64, String> {
+    use tokio_stream::StreamExt;
+    let published = cluster
+        .snapshot_store
+        .info(OBJECT)
+        .await
+        .map_err(|e| e.to_string())?
+        .description
+        .as_deref()
+        .and_then(|d| d.rsplit("position=").next()?.parse::<u64>().ok())
+        .ok_or("the published snapshot names no position")?;
+    let mut keep = published;
+    let mut keys = cluster
+        .nodes_bucket
+        .keys()
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| e.to_string())?;
+        let position = cluster
+            .nodes_bucket
+            .get(&key)
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|v| std::str::from_utf8(v.as_ref()).ok()?.parse::<u64>().ok());
+        if let Some(position) = position {
+            keep = keep.min(position);
+        }
+    }
+    if keep == 0 {
+        return Ok(0);
+    }
+    let stream = cluster
+        .js
+        .get_stream(cluster.config.writes_stream())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Up to, not including, `keep + 1`.
+    let purged = stream
+        .purge()
+        .sequence(keep + 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(purged.purged)
+}
+
 fn bucket_name(config: &ClusterConfig) -> String {
     format!("{}_SNAPSHOTS", config.prefix.to_ascii_uppercase())
 }
@@ -74,6 +160,24 @@ pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
                     bytes = info.size,
                     "snapshot published to the cluster"
                 );
+                // This node needs nothing before `position` any more.
+                let node = &cluster.config.node_id;
+                if let Err(error) = cluster
+                    .nodes_bucket
+                    .put(node.as_str(), position.to_string().into())
+                    .await
+                {
+                    tracing::warn!(%error, "recording this node's snapshot position");
+                    return;
+                }
+                match trim(&cluster).await {
+                    Ok(0) => {}
+                    Ok(purged) => {
+                        cluster.stats.trimmed.fetch_add(purged, Ordering::Relaxed);
+                        tracing::info!(purged, "trimmed the write stream below every snapshot");
+                    }
+                    Err(error) => tracing::warn!(%error, "trimming the write stream"),
+                }
             }
             Err(error) => tracing::warn!(position, %error, "publishing a snapshot failed"),
         }

@@ -591,7 +591,7 @@ fn count(v: &std::sync::atomic::AtomicU64) -> f64 {
     v.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
 
-const CLUSTER_FIGURES: [ClusterFigure; 18] = [
+const CLUSTER_FIGURES: [ClusterFigure; 19] = [
     (
         "nextbest_cluster_applied_position",
         "The last write-stream position this node applied.",
@@ -696,6 +696,12 @@ const CLUSTER_FIGURES: [ClusterFigure; 18] = [
         "Snapshots this node uploaded to the cluster's snapshot store (what new nodes start from).",
         MetricType::COUNTER,
         |c| count(&c.stats.snapshots_published),
+    ),
+    (
+        "nextbest_cluster_trimmed_total",
+        "Write-stream records this node purged below every node's snapshot.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.trimmed),
     ),
     (
         "nextbest_cluster_catalog_swaps_total",
