@@ -18,8 +18,10 @@ use crate::journal::{Entry, PendingDecision, Record};
 use crate::schema::Value;
 use crate::storage::{Encode, WriteError};
 
-/// How long a write that JetStream acknowledged waits for this node to apply it (less
-/// than a call's default timeout, 10 s, so the caller hears UNAVAILABLE and why).
+/// How long a write that JetStream acknowledged waits for this node to apply it: then it
+/// answers UNAVAILABLE, saying how far the node has applied (the write is in the stream;
+/// retrying it is safe). With the publish's own bound (5 s) a call can outlast the
+/// default call timeout (10 s) only when both are slow.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// Decisions younger than this (ms) that a node does not remember may still be on their
