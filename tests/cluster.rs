@@ -875,6 +875,23 @@ fn a_daily_budget_is_exhausted_on_every_node_by_impressions_through_all() {
     });
 }
 
+/// A node's `/metrics` value of one series (one sample, whatever its labels).
+fn metric(node: &Node, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(&node.serve.metrics_addr).expect("connect to /metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: nextbest\r\n\r\n").expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read /metrics");
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no `{name}` in {}'s /metrics", node.id))
+}
+
 /// Whether server `i` names itself the leader of `stream` (its own `/jsz`).
 fn claims_stream_leadership(nats: &NatsCluster, i: usize, stream: &str) -> bool {
     let jsz: serde_json::Value = serde_json::from_str(&nats.jsz(i)).expect("/jsz is JSON");
@@ -986,7 +1003,8 @@ fn a_partition_refuses_writes_on_the_minority_side_and_heals_without_loss() {
             started.elapsed(),
             status.message()
         );
-        // ...and it keeps deciding from memory.
+        // ...and it keeps deciding from memory, counted as stale.
+        let stale_before = metric(&nodes[2], "nextbest_cluster_stale_decisions_total");
         let decided = nodes[2]
             .decisions()
             .await
@@ -998,6 +1016,10 @@ fn a_partition_refuses_writes_on_the_minority_side_and_heals_without_loss() {
             .await
             .expect("the minority decides");
         assert!(!decided.into_inner().offers.is_empty());
+        assert!(
+            metric(&nodes[2], "nextbest_cluster_stale_decisions_total") > stale_before,
+            "a decision on the minority side is counted stale"
+        );
         // The majority side takes writes (after an election, if the leader was cut off).
         let mut acked = HashMap::new();
         for c in 0..30usize {

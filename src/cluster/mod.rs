@@ -170,6 +170,10 @@ pub struct Cluster {
     joined_at: u64,
     stream_created: i64,
     connected: Arc<AtomicBool>,
+    /// Whether the last publish JetStream answered (a write or a batch of decisions) was
+    /// acknowledged: false on the minority side of a partition, where the connection to
+    /// a NATS server holds but the streams have no quorum.
+    acknowledging: AtomicBool,
     catalog_bucket: jetstream::kv::Store,
     snapshot_store: jetstream::object_store::ObjectStore,
     /// Each node's newest snapshot position (what trimming the write stream respects).
@@ -340,6 +344,7 @@ impl Cluster {
             joined_at: last,
             stream_created: created,
             connected,
+            acknowledging: AtomicBool::new(true),
             catalog_bucket,
             snapshot_store,
             nodes_bucket,
@@ -474,11 +479,16 @@ impl Cluster {
     }
 
     /// Counts a decision answered while the cluster is out of reach (from memory, which
-    /// may lag the cluster's writes).
+    /// may lag the cluster's writes): NATS unreachable, or its last publish refused.
     pub fn count_if_stale(&self) {
-        if !self.connected() {
+        if !self.connected() || !self.acknowledging.load(Ordering::Relaxed) {
             self.stats.stale_decides.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Notes whether JetStream acknowledged a publish.
+    fn acknowledged(&self, yes: bool) {
+        self.acknowledging.store(yes, Ordering::Relaxed);
     }
 
     pub(super) fn mark(&self, position: u64) -> StreamMark {

@@ -56,6 +56,7 @@ impl Pending<'_> {
         let stats = &self.cluster.stats;
         match self.ack.await {
             Ok(ack) => {
+                self.cluster.acknowledged(true);
                 stats.published.fetch_add(1, Ordering::Relaxed);
                 stats
                     .publish_micros
@@ -64,6 +65,7 @@ impl Pending<'_> {
                 Ok(ack)
             }
             Err(e) => {
+                self.cluster.acknowledged(false);
                 stats.publish_failures.fetch_add(1, Ordering::Relaxed);
                 Err(unavailable(e))
             }
@@ -107,6 +109,7 @@ impl Cluster {
                 started,
             }),
             Err(e) => {
+                self.acknowledged(false);
                 self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
                 Err(unavailable(e))
             }
@@ -365,6 +368,7 @@ impl DecisionQueue {
                         Ok(ack) => ack.await.is_ok(),
                         Err(_) => false,
                     };
+                    cluster.acknowledged(acked);
                     let counter = if acked {
                         &cluster.stats.decisions_published
                     } else {
