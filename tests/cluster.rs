@@ -28,11 +28,7 @@ fn have_nats() -> Option<std::sync::MutexGuard<'static, ()>> {
     if nats_server_path().is_some() {
         return Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()));
     }
-    let why = "nats-server is not installed (apt-get install nats-server)";
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("could not run: {why}; CI (CI=true) requires this test to run");
-    }
-    eprintln!("NOT RUN: {why}");
+    common::not_run("nats-server is not installed (apt-get install nats-server)");
     None
 }
 
@@ -737,6 +733,36 @@ fn string(s: &str) -> proto::Value {
     }
 }
 
+/// A new customer who qualifies for the save desk's offer, and the call-centre decision
+/// for them when they call to cancel.
+async fn save_desk_decision(
+    customers: &mut Customers,
+    decisions: &mut DecisionServiceClient<Channel>,
+    id: &str,
+) -> proto::Decision {
+    customers
+        .upsert(proto::UpsertRequest {
+            customer_id: id.to_string(),
+            attributes: [
+                ("tenure_months".to_string(), int(24)),
+                ("credit_band".to_string(), string("high")),
+            ]
+            .into(),
+        })
+        .await
+        .expect("upsert");
+    decisions
+        .decide(proto::DecideRequest {
+            customer_id: id.to_string(),
+            placement: "call_center.next_best".into(),
+            context: [("intent".to_string(), string("cancel"))].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("decide")
+        .into_inner()
+}
+
 #[test]
 fn a_daily_budget_is_exhausted_on_every_node_by_impressions_through_all() {
     let Some(_turn) = have_nats() else {
@@ -780,27 +806,7 @@ fn a_daily_budget_is_exhausted_on_every_node_by_impressions_through_all() {
                 let (mut shown, mut missed, mut last) = (0u64, 0, 0u64);
                 for c in 0..400 {
                     let id = format!("b{i}-{c}");
-                    customers
-                        .upsert(proto::UpsertRequest {
-                            customer_id: id.clone(),
-                            attributes: [
-                                ("tenure_months".to_string(), int(24)),
-                                ("credit_band".to_string(), string("high")),
-                            ]
-                            .into(),
-                        })
-                        .await
-                        .expect("upsert");
-                    let d = decisions
-                        .decide(proto::DecideRequest {
-                            customer_id: id.clone(),
-                            placement: "call_center.next_best".into(),
-                            context: [("intent".to_string(), string("cancel"))].into(),
-                            ..Default::default()
-                        })
-                        .await
-                        .expect("decide")
-                        .into_inner();
+                    let d = save_desk_decision(&mut customers, &mut decisions, &id).await;
                     match d.offers.iter().find(|o| o.offer_id == OFFER) {
                         Some(o) => {
                             missed = 0;
@@ -849,27 +855,7 @@ fn a_daily_budget_is_exhausted_on_every_node_by_impressions_through_all() {
         for (i, n) in nodes.iter().enumerate() {
             let (mut customers, mut decisions) = (n.customers().await, n.decisions().await);
             let id = format!("after{i}");
-            customers
-                .upsert(proto::UpsertRequest {
-                    customer_id: id.clone(),
-                    attributes: [
-                        ("tenure_months".to_string(), int(24)),
-                        ("credit_band".to_string(), string("high")),
-                    ]
-                    .into(),
-                })
-                .await
-                .expect("upsert");
-            let d = decisions
-                .decide(proto::DecideRequest {
-                    customer_id: id,
-                    placement: "call_center.next_best".into(),
-                    context: [("intent".to_string(), string("cancel"))].into(),
-                    ..Default::default()
-                })
-                .await
-                .expect("decide")
-                .into_inner();
+            let d = save_desk_decision(&mut customers, &mut decisions, &id).await;
             assert!(d.offers.iter().all(|o| o.offer_id != OFFER), "node {i}");
         }
     });
@@ -913,11 +899,7 @@ fn may_partition() -> bool {
     if root {
         return true;
     }
-    let why = "network namespaces need root";
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("could not run: {why}; CI (CI=true) requires this test to run");
-    }
-    eprintln!("NOT RUN: {why}");
+    common::not_run("network namespaces need root");
     false
 }
 

@@ -1,10 +1,13 @@
 //! The gRPC service end to end: a real server on 127.0.0.1:0 over a temporary data
 //! directory and a copy of the sample rules, called through the generated clients.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::not_run;
 use nextbest::server::proto::admin_service_client::AdminServiceClient;
 use nextbest::server::proto::customer_service_client::CustomerServiceClient;
 use nextbest::server::proto::decision_service_client::DecisionServiceClient;
@@ -2437,17 +2440,6 @@ async fn the_bad_input_matrix_gets_the_right_status_naming_the_field_and_changes
     assert_eq!(after, before, "no change to state or counters");
     eprintln!("{} bad inputs, each refused as expected", cases.len());
     server.stop().await;
-}
-
-/// A test that cannot run on this machine says why and passes, except under CI
-/// (`CI=true`), where it fails: CI runs as root with loop devices, and a CI machine that
-/// lacks them must be noticed, not counted as tested.
-#[track_caller]
-fn not_run(why: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("could not run: {why}; CI (CI=true) requires this test to run");
-    }
-    eprintln!("NOT RUN: {why}");
 }
 
 /// A small tmpfs at a temporary directory, unmounted when dropped.

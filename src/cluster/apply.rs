@@ -21,19 +21,6 @@ const RETRY: Duration = Duration::from_millis(500);
 /// A consumer that delivers nothing this long is checked against what the stream holds.
 const QUIET: Duration = Duration::from_millis(500);
 
-/// The stream's last position (0 if it cannot be asked now).
-async fn stream_last(cluster: &Cluster, name: &str) -> u64 {
-    let asked = async {
-        let mut stream = cluster.js.get_stream(name).await.ok()?;
-        stream.info().await.ok().map(|i| i.state.last_sequence)
-    };
-    tokio::time::timeout(Duration::from_secs(2), asked)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(0)
-}
-
 fn deliver_from(position: u64) -> DeliverPolicy {
     if position <= 1 {
         DeliverPolicy::All
@@ -44,6 +31,26 @@ fn deliver_from(position: u64) -> DeliverPolicy {
     }
 }
 
+/// An ordered consumer of the stream `name` from position `from` on, and its messages.
+async fn consume(cluster: &Cluster, name: &str, from: u64) -> Result<push::Ordered, String> {
+    let stream = cluster
+        .js
+        .get_stream(name)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: cluster.js.client().new_inbox(),
+            deliver_policy: deliver_from(from),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Applies the write stream from `from` on, for as long as the process runs.
 pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
     let mut next = from;
@@ -52,33 +59,8 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
     let mut snapshotted = from.saturating_sub(1);
     let mut failing = false;
     loop {
-        let stream = match cluster.js.get_stream(cluster.config.writes_stream()).await {
-            Ok(s) => s,
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "the write stream is out of reach; retrying");
-                    failing = true;
-                }
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: cluster.js.client().new_inbox(),
-                deliver_policy: deliver_from(next),
-                ..Default::default()
-            })
-            .await;
-        let mut messages = match consumer {
-            Ok(c) => match c.messages().await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the write stream");
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-            },
+        let mut messages = match consume(&cluster, &cluster.config.writes_stream(), next).await {
+            Ok(m) => m,
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, "consuming the write stream; retrying");
@@ -125,7 +107,7 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                         break;
                     }
                     if quiet.is_multiple_of(4)
-                        && stream_last(&cluster, &cluster.config.writes_stream()).await > applied
+                        && cluster.stream_last(&cluster.config.writes_stream()).await > applied
                     {
                         break;
                     }
@@ -222,29 +204,8 @@ fn partition_of(subject: &str) -> Option<usize> {
 pub(super) async fn decisions(cluster: Arc<Cluster>, from: u64) {
     let mut next = from;
     loop {
-        let consumer = match cluster
-            .js
-            .get_stream(cluster.config.decisions_stream())
-            .await
-        {
-            Ok(stream) => {
-                stream
-                    .create_consumer(push::OrderedConfig {
-                        deliver_subject: cluster.js.client().new_inbox(),
-                        deliver_policy: deliver_from(next),
-                        ..Default::default()
-                    })
-                    .await
-            }
-            Err(_) => {
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        let Ok(mut messages) = (match consumer {
-            Ok(c) => c.messages().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }) else {
+        let Ok(mut messages) = consume(&cluster, &cluster.config.decisions_stream(), next).await
+        else {
             tokio::time::sleep(RETRY).await;
             continue;
         };
@@ -257,7 +218,10 @@ pub(super) async fn decisions(cluster: Arc<Cluster>, from: u64) {
                     // As for the write stream: a consumer gone with its server.
                     quiet += 1;
                     if quiet.is_multiple_of(4)
-                        && stream_last(&cluster, &cluster.config.decisions_stream()).await >= next
+                        && cluster
+                            .stream_last(&cluster.config.decisions_stream())
+                            .await
+                            >= next
                     {
                         break;
                     }

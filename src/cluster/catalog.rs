@@ -71,31 +71,7 @@ pub(super) async fn bucket(
     config: &super::ClusterConfig,
 ) -> Result<kv::Store, String> {
     let name = format!("{}_CATALOG", config.prefix.to_ascii_uppercase());
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
-    // The bucket's stream made directly, as the client's `create_key_value` would make it:
-    // that call first asks for the account's limits in a form nats-server 2.9 does not
-    // answer in.
-    let made = js
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: format!("KV_{name}"),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: 10,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            num_replicas: config.replicas,
-            discard: async_nats::jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await;
-    // Made meanwhile by another node, or now.
-    js.get_key_value(&name).await.map_err(|e| match made {
-        Err(made) => format!("the catalog bucket `{name}`: {made}"),
-        Ok(_) => format!("the catalog bucket `{name}`: {e}"),
-    })
+    super::key_value(js, &name, 10, Duration::ZERO, config.replicas).await
 }
 
 /// At join: takes the cluster's catalog when it has one (refused when it changes this

@@ -450,6 +450,19 @@ impl Cluster {
         }
     }
 
+    /// The stream's last position (0 if it cannot be asked now, within 2 s).
+    pub(super) async fn stream_last(&self, name: &str) -> u64 {
+        let asked = async {
+            let mut stream = self.js.get_stream(name).await.ok()?;
+            stream.info().await.ok().map(|i| i.state.last_sequence)
+        };
+        tokio::time::timeout(Duration::from_secs(2), asked)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
     /// While the node lags the stream: how old (s) the last record it applied is, by
     /// JetStream's store times; 0 when caught up.
     pub fn lag_seconds(&self) -> f64 {
@@ -499,6 +512,42 @@ impl Cluster {
             decisions: self.decisions_applied.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Gets a key-value bucket, making it when there is none (`history` values a key, each kept
+/// `max_age`, zero for ever): the bucket's stream made directly, as the client's
+/// `create_key_value` would make it, since that call first asks for the account's limits
+/// in a form nats-server 2.9 does not answer in.
+async fn key_value(
+    js: &jetstream::Context,
+    name: &str,
+    history: i64,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, String> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    let made = js
+        .create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: history,
+            max_age,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: replicas,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    // Made meanwhile by another node, or now.
+    js.get_key_value(name).await.map_err(|e| match made {
+        Err(made) => format!("the bucket `{name}`: {made}"),
+        Ok(_) => format!("the bucket `{name}`: {e}"),
+    })
 }
 
 /// Gets a stream, or creates it with `config` when there is none. An existing stream

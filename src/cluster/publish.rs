@@ -191,16 +191,9 @@ impl Cluster {
         // moment ago may not be published yet); a decision still unknown then is one this
         // node will not learn of (anonymous, or too old) and the outcome goes on without.
         for round in 0..2 {
-            let asked = async {
-                let mut stream = self
-                    .js
-                    .get_stream(self.config.decisions_stream())
-                    .await
-                    .ok()?;
-                stream.info().await.ok().map(|i| i.state.last_sequence)
-            };
             let remaining = given_up.saturating_duration_since(Instant::now());
-            let Ok(Some(last)) = tokio::time::timeout(remaining, asked).await else {
+            let stream = self.config.decisions_stream();
+            let Ok(last) = tokio::time::timeout(remaining, self.stream_last(&stream)).await else {
                 return;
             };
             while self.decisions_applied.load(Ordering::Relaxed) < last && Instant::now() < given_up

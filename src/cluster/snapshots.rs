@@ -20,35 +20,13 @@ const OBJECT: &str = "snapshot";
 const NODE_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// Gets the bucket of the nodes' snapshot positions (`<PREFIX>_NODES`, a key a node, each
-/// kept [`NODE_TTL`]), making it when there is none: the stream of the bucket directly,
-/// as the client's `create_key_value` would (which nats-server 2.9 does not answer).
+/// kept [`NODE_TTL`]), making it when there is none.
 pub(super) async fn nodes_bucket(
     js: &jetstream::Context,
     config: &ClusterConfig,
 ) -> Result<jetstream::kv::Store, String> {
     let name = format!("{}_NODES", config.prefix.to_ascii_uppercase());
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
-    let made = js
-        .create_stream(jetstream::stream::Config {
-            name: format!("KV_{name}"),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: 1,
-            max_age: NODE_TTL,
-            storage: jetstream::stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            num_replicas: config.replicas,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await;
-    js.get_key_value(&name).await.map_err(|e| match made {
-        Err(made) => format!("the nodes bucket `{name}`: {made}"),
-        Ok(_) => format!("the nodes bucket `{name}`: {e}"),
-    })
+    super::key_value(js, &name, 1, NODE_TTL, config.replicas).await
 }
 
 /// Trims the write stream below what every snapshot still needs: the records up to the
