@@ -170,7 +170,7 @@ fn bench(c: &mut Criterion) {
             for _ in 0..chunk {
                 let options = Options::new(id());
                 db.decide(
-                    &catalog,
+                    &db.view(),
                     Some("ada"),
                     &context,
                     placement,

@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             "contract_end",
             Value::Timestamp(start + (u("contract") * 200.0 * 86_400_000.0) as i64),
         );
-        db.upsert(&format!("cust-{c:05}"), values, start, false)?;
+        db.upsert(&catalog, &format!("cust-{c:05}"), values, start, false)?;
     }
     db.sync()?;
 

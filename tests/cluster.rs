@@ -727,6 +727,162 @@ fn a_reload_on_one_node_reaches_every_node_and_a_bad_catalog_none() {
     });
 }
 
+/// A new customer attribute and a new offer whose rule reads it, in node 0's rules.
+fn add_loyalty(rules: &Path) {
+    let schema = rules.join("schema.yaml");
+    let text = std::fs::read_to_string(&schema).expect("schema");
+    std::fs::write(
+        &schema,
+        text.replacen(
+            "customer:\n",
+            "customer:\n  loyalty_points:\n    type: int\n",
+            1,
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        rules.join("offers/loyalty.yaml"),
+        "offers:\n  - id: loyalty_reward\n    name: Loyalty reward\n    group: service\n    propensity: 0.9\n    value: 500\n    eligibility: customer.loyalty_points > 100\n    content:\n      web.home_banner:\n        title: Your points are worth a reward\n        cta: Redeem\n",
+    )
+    .expect("write");
+}
+
+#[test]
+fn a_catalog_with_a_new_attribute_hot_swaps_on_every_node_under_write_and_decide_load() {
+    let Some(_turn) = have_nats() else {
+        return;
+    };
+    let nats = NatsCluster::start(3);
+    let rules: Vec<tempfile::TempDir> = (0..3).map(|_| copy_rules()).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            Node::start_on(
+                &nats,
+                &format!("node-{i}"),
+                rules[i].path(),
+                dirs[i].path(),
+                &[],
+            )
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    bounded(&runtime, &nodes, async {
+        let mut clients = Vec::new();
+        let mut deciders = Vec::new();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for (i, n) in nodes.iter().enumerate() {
+            clients.push(n.customers().await);
+            let (mut decisions, done) = (n.decisions().await, done.clone());
+            deciders.push(tokio::spawn(async move {
+                let mut decided = 0usize;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = format!("w{}-{}", decided % 8, decided % 10);
+                    decisions
+                        .decide(proto::DecideRequest {
+                            customer_id: id.clone(),
+                            placement: "web.home_banner".into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap_or_else(|s| panic!("node-{i}: a decision for {id} failed: {s:?}"));
+                    decided += 1;
+                }
+                decided
+            }));
+        }
+        let mut version = String::new();
+        let (last, position) = write_load(clients, 800, async {
+            add_loyalty(rules[0].path());
+            let reloaded = nodes[0]
+                .admin()
+                .await
+                .reload(proto::ReloadRequest {})
+                .await
+                .expect("reload")
+                .into_inner();
+            assert!(reloaded.reloaded, "{:?}", reloaded.errors);
+            version = reloaded.version;
+        })
+        .await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for d in deciders {
+            assert!(d.await.expect("decider") > 0);
+        }
+        let all: Vec<&Node> = nodes.iter().collect();
+        converged(&all, position).await;
+        for n in &nodes {
+            assert_eq!(n.status().await.catalog_version, version, "{}", n.id);
+            let mut client = n.customers().await;
+            for (id, age) in &last {
+                assert_eq!(
+                    age_of(&mut client, id).await,
+                    Some(*age),
+                    "{id} on {}",
+                    n.id
+                );
+            }
+        }
+        // The new attribute through node 2, decided on through node 1.
+        let written = nodes[2]
+            .customers()
+            .await
+            .upsert(proto::UpsertRequest {
+                customer_id: "w3-3".into(),
+                attributes: [("loyalty_points".to_string(), int(150))].into(),
+            })
+            .await
+            .expect("the new attribute is taken")
+            .into_inner();
+        let decision = nodes[1]
+            .decisions()
+            .await
+            .decide(proto::DecideRequest {
+                customer_id: "w3-3".into(),
+                placement: "web.home_banner".into(),
+                min_position: written.position,
+                ..Default::default()
+            })
+            .await
+            .expect("decide")
+            .into_inner();
+        assert_eq!(decision.offers[0].offer_id, "loyalty_reward");
+        // A node started later on the sample rules opens with the cluster's catalog and
+        // reaches the same state.
+        let late_dir = tempfile::tempdir().expect("tmp");
+        let late = Node::start(&nats, "node-late", late_dir.path(), &[]);
+        let mut all: Vec<&Node> = nodes.iter().collect();
+        all.push(&late);
+        converged(&all, written.position).await;
+        assert_eq!(late.status().await.catalog_version, version);
+        // The stream's catalogs are no journal records: the cluster's journal reads whole.
+        let out = tempfile::tempdir().expect("tmp");
+        let export = std::process::Command::new(env!("CARGO_BIN_EXE_nextbest"))
+            .args([
+                "export",
+                "--format",
+                "dsjson",
+                "--cluster",
+                &nats.url_list(),
+                "--out",
+            ])
+            .arg(out.path().join("x.json"))
+            .arg("--rules")
+            .arg(rules[0].path())
+            .output()
+            .expect("run export");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&export.stdout),
+            String::from_utf8_lossy(&export.stderr)
+        );
+        assert!(export.status.success(), "{said}");
+        assert!(!said.contains("undecodable"), "{said}");
+        let lines = std::fs::read_to_string(out.path().join("x.json")).expect("the export");
+        assert!(lines.lines().count() > 0, "the decisions are exported");
+    });
+}
+
 fn string(s: &str) -> proto::Value {
     proto::Value {
         kind: Some(Kind::StringValue(s.to_string())),

@@ -72,7 +72,8 @@ fn crash_child() {
                     let mut values = vec![Value::Missing; width];
                     values[age] = Value::Int(i as i64);
                     values[tenure] = Value::Int(i as i64);
-                    db.upsert(&id, values, 0, true).expect("upsert");
+                    db.upsert(&db.catalog(), &id, values, 0, true)
+                        .expect("upsert");
                     println!("U {id} {i}");
                     let outcome = OutcomeInput {
                         decision: decision(t, i, &round),

@@ -3292,3 +3292,162 @@ async fn a_decision_dated_tomorrow_reads_todays_budget() {
     }
     server.stop().await;
 }
+
+/// The most common catalog change: a new customer attribute for a new offer's rule. It
+/// hot-swaps under write and decide load: no decision fails, every acknowledged write is
+/// there, the new attribute is taken and decided on at once, and a restart keeps it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_with_a_new_attribute_hot_swaps_under_write_and_decide_load() {
+    const CUSTOMERS: usize = 100;
+    const WRITES: usize = 1_500;
+    let server = start().await;
+    let channel = server.channel().await;
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    for c in 0..CUSTOMERS {
+        let mut attributes = ada();
+        attributes.insert("age".into(), int(20));
+        customers
+            .upsert(proto::UpsertRequest {
+                customer_id: format!("c{c}"),
+                attributes,
+            })
+            .await
+            .expect("seed");
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let deciders: Vec<_> = (0..2)
+        .map(|d| {
+            let (mut decisions, done) = (DecisionServiceClient::new(channel.clone()), done.clone());
+            tokio::spawn(async move {
+                let mut decided = 0usize;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = format!("c{}", (decided * 2 + d) % CUSTOMERS);
+                    decisions
+                        .decide(decide_request(&id, "web.home_banner"))
+                        .await
+                        .unwrap_or_else(|s| panic!("a decision for {id} failed: {s:?}"));
+                    decided += 1;
+                }
+                decided
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (mut customers, written) = (customers.clone(), written.clone());
+            tokio::spawn(async move {
+                let mut last = HashMap::new();
+                for i in 0..WRITES {
+                    let id = format!("c{}", (i * 2 + w) % CUSTOMERS);
+                    let age = (21 + i) as i64;
+                    customers
+                        .upsert(proto::UpsertRequest {
+                            customer_id: id.clone(),
+                            attributes: [("age".to_string(), int(age))].into(),
+                        })
+                        .await
+                        .unwrap_or_else(|s| panic!("an upsert of {id} failed: {s:?}"));
+                    last.insert(id, age);
+                    written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                last
+            })
+        })
+        .collect();
+    while written.load(std::sync::atomic::Ordering::Relaxed) < WRITES / 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let schema = server.rules.path().join("schema.yaml");
+    let text = std::fs::read_to_string(&schema).expect("schema");
+    std::fs::write(
+        &schema,
+        text.replacen(
+            "customer:\n",
+            "customer:\n  loyalty_points:\n    type: int\n    description: Points in the loyalty programme.\n",
+            1,
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        server.rules.path().join("offers/loyalty.yaml"),
+        "offers:\n  - id: loyalty_reward\n    name: Loyalty reward\n    group: service\n    propensity: 0.9\n    value: 500\n    eligibility: customer.loyalty_points > 100\n    content:\n      web.home_banner:\n        title: Your points are worth a reward\n        cta: Redeem\n",
+    )
+    .expect("write");
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let reloaded = admin
+        .reload(proto::ReloadRequest {})
+        .await
+        .expect("reload")
+        .into_inner();
+    assert!(reloaded.reloaded, "{:?}", reloaded.errors);
+    let mut last = HashMap::new();
+    for w in writers {
+        last.extend(w.await.expect("writer"));
+    }
+    assert!(
+        written.load(std::sync::atomic::Ordering::Relaxed) == 2 * WRITES,
+        "every write was acknowledged"
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for d in deciders {
+        assert!(d.await.expect("decider") > 0);
+    }
+    let age_of = |c: proto::Customer| match c.attributes.get("age").and_then(|v| v.kind.clone()) {
+        Some(Kind::IntValue(v)) => v,
+        other => panic!("no age: {other:?}"),
+    };
+    for (id, age) in &last {
+        let stored = customers
+            .get(proto::GetRequest {
+                customer_id: id.clone(),
+                history_limit: 0,
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(age_of(stored), *age, "{id}'s last acknowledged age");
+    }
+    // The new attribute is taken, and the new offer's rule reads it.
+    customers
+        .upsert(proto::UpsertRequest {
+            customer_id: "c7".into(),
+            attributes: [("loyalty_points".to_string(), int(150))].into(),
+        })
+        .await
+        .expect("the new attribute is accepted");
+    let mut decisions = DecisionServiceClient::new(channel.clone());
+    let shown = |d: proto::Decision| d.offers.into_iter().map(|o| o.offer_id).collect::<Vec<_>>();
+    let for_c7 = decisions
+        .decide(decide_request("c7", "web.home_banner"))
+        .await
+        .expect("decide")
+        .into_inner();
+    assert_eq!(shown(for_c7)[0], "loyalty_reward");
+    let for_c8 = decisions
+        .decide(decide_request("c8", "web.home_banner"))
+        .await
+        .expect("decide")
+        .into_inner();
+    assert!(!shown(for_c8).contains(&"loyalty_reward".to_string()));
+    // A restart replays the journal under the new catalog: the same customers.
+    let (rules, data) = server.shut_down().await;
+    let server = start_on(rules, data, Transport::default()).await;
+    let mut customers = CustomerServiceClient::new(server.channel().await);
+    let c7 = customers
+        .get(proto::GetRequest {
+            customer_id: "c7".into(),
+            history_limit: 0,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(matches!(
+        c7.attributes
+            .get("loyalty_points")
+            .and_then(|v| v.kind.clone()),
+        Some(Kind::IntValue(150))
+    ));
+    assert_eq!(age_of(c7), last["c7"]);
+    server.stop().await;
+}

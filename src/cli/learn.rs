@@ -56,7 +56,7 @@ impl SimulateArgs {
         options.writer.sync = crate::storage::writer::SyncMode::Never;
         let (db, _) = open_data(data, Arc::clone(&catalog), options)?;
         let bar = progress_bar(scenario.days, "days");
-        let summary = simulate::run(&db, &catalog, &scenario, self.seed, &mut |day, _| {
+        let summary = simulate::run(&db, &scenario, self.seed, &mut |day, _| {
             bar.set_position(day);
         })?;
         bar.finish_and_clear();

@@ -192,7 +192,18 @@ impl ServeArgs {
             history_limits: cluster.is_some().then(crate::state::HistoryLimits::default),
             ..crate::db::DbOptions::default()
         };
-        let (node, recovery) = Node::open_with(rules, data, options)?;
+        // A cluster node opens with the cluster's catalog, when it has one.
+        let opening = match &cluster {
+            Some(config) => runtime.block_on(crate::cluster::opening_catalog(config))?,
+            None => None,
+        };
+        let (node, recovery) = match opening {
+            Some(catalog) => {
+                tracing::info!(catalog = %catalog.version, "opening with the cluster's catalog");
+                Node::open_on(rules, Arc::new(catalog), data, options)?
+            }
+            None => Node::open_with(rules, data, options)?,
+        };
         log_recovery(data, &recovery);
         let node = Arc::new(node.with_admin_token(admin_token));
         runtime.block_on(async {

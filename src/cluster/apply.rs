@@ -136,25 +136,29 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                 );
                 std::process::exit(70);
             }
-            match Record::decode_payload(&message.payload) {
-                Ok(record) => {
-                    if cluster.db.apply_replicated(position, record) {
-                        cluster
-                            .stats
-                            .applied_records
-                            .fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        cluster
-                            .stats
-                            .skipped_duplicates
-                            .fetch_add(1, Ordering::Relaxed);
+            if super::catalog::is_catalog(&message.subject) {
+                super::catalog::apply(&cluster, position, &message.payload);
+            } else {
+                match Record::decode_payload(&message.payload) {
+                    Ok(record) => {
+                        if cluster.db.apply_replicated(position, record) {
+                            cluster
+                                .stats
+                                .applied_records
+                                .fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            cluster
+                                .stats
+                                .skipped_duplicates
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                }
-                Err(e) => {
-                    // A record of a newer nextbest, or damage: skipped alike on every
-                    // node of this version, so the nodes stay equal; counted and logged.
-                    cluster.stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(position, error = %e, "a write in the stream does not decode; skipped");
+                    Err(e) => {
+                        // A record of a newer nextbest, or damage: skipped alike on every
+                        // node of this version, so the nodes stay equal; counted and logged.
+                        cluster.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(position, error = %e, "a write in the stream does not decode; skipped");
+                    }
                 }
             }
             if let Some(p) = partition_of(&message.subject)

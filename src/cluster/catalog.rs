@@ -1,22 +1,31 @@
-//! The cluster's catalog: one key (`catalog`) of a JetStream key-value bucket holds the
-//! files of the catalog in force, as the node that published it read them. A reload on
-//! any node validates its own rules directory there and publishes it only when it has no
-//! error at all; every node watches the key and swaps to each version it sees, so a bad
-//! catalog reaches no node and a good one reaches all. A node that joins takes the
-//! cluster's catalog (publishing its own when the cluster has none yet).
+//! The cluster's catalog. A reload on any node validates its own rules directory there
+//! and, only when it has no error at all, publishes it twice: into the write stream (on
+//! subject `<prefix>.writes.catalog`), where every node swaps to it as it applies it, so
+//! that every node changes catalog between the same two writes (the store's layout, budgets
+//! and the digest depend on the catalog, and a catalog that changes the customer
+//! attributes carries stored customers over by name: that must happen at one point of the
+//! stream on every node), and into one key (`catalog`) of a key-value bucket, which a
+//! node that starts opens with. A bad catalog reaches no node.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
-use tokio_stream::StreamExt;
 
 use super::{Cluster, ClusterError, unavailable};
 use crate::catalog::{Catalog, LoadErrors, SourceFile, Sources};
 
 const KEY: &str = "catalog";
+
+/// The last token of the write stream's subject for catalogs.
+pub(super) const SUBJECT: &str = "catalog";
+
+/// Whether a write stream message is a catalog (not a journal record).
+pub(super) fn is_catalog(subject: &str) -> bool {
+    subject.rsplit('.').next() == Some(SUBJECT)
+}
 
 /// How long a reload waits for its own node to swap to what it published.
 const SWAP_WAIT: Duration = Duration::from_secs(10);
@@ -74,9 +83,9 @@ pub(super) async fn bucket(
     super::key_value(js, &name, 10, Duration::ZERO, config.replicas).await
 }
 
-/// At join: takes the cluster's catalog when it has one (refused when it changes this
-/// node's customer attributes: the stored state is laid out by them), or publishes this
-/// node's (`sources`, the rules directory it loaded) when it has none.
+/// At join: takes the cluster's catalog when it has one (a node that starts opens with
+/// it, see [`opening`], so this finds it in force unless it was published meanwhile), or
+/// publishes this node's (`sources`, the rules directory it loaded) when it has none.
 pub(super) async fn adopt(cluster: &Cluster, sources: Sources) -> Result<(), String> {
     let local = cluster.db.catalog();
     let mut last_error = String::new();
@@ -85,14 +94,13 @@ pub(super) async fn adopt(cluster: &Cluster, sources: Sources) -> Result<(), Str
             Some((_, theirs)) if theirs.version == local.version => return Ok(()),
             Some((_, theirs)) => {
                 let version = theirs.version.clone();
-                if cluster.db.set_catalog(Arc::new(theirs)) {
-                    tracing::info!(%version, rules = %local.version, "took the cluster's catalog instead of the rules directory's");
-                    return Ok(());
-                }
-                return Err(format!(
-                    "the cluster's catalog {version} has other customer attributes than this node's rules directory ({}); start the node with the cluster's rules",
-                    local.version
-                ));
+                let db = Arc::clone(&cluster.db);
+                let relayout =
+                    tokio::task::spawn_blocking(move || db.set_catalog(Arc::new(theirs)))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                tracing::info!(%version, rules = %local.version, customers_carried_over = relayout.customers, "took the cluster's catalog instead of the rules directory's");
+                return Ok(());
             }
             None => {
                 let published = Published::of(&sources, &local.version, &cluster.config.node_id);
@@ -115,6 +123,35 @@ pub(super) async fn adopt(cluster: &Cluster, sources: Sources) -> Result<(), Str
     ))
 }
 
+/// The cluster's catalog, for a node about to open its data directory: opening with it
+/// lays the stored customers out by the cluster's attributes from the start (opening with
+/// the rules directory's and swapping after would drop, in between, the values of
+/// attributes only the cluster's has). `None` when the cluster has none yet.
+pub async fn opening(config: &super::ClusterConfig) -> Result<Option<Catalog>, ClusterError> {
+    let join_error = |detail: String| ClusterError::Join {
+        servers: config.servers.join(","),
+        detail,
+    };
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("nextbest {} opening", config.node_id))
+        .connection_timeout(Duration::from_secs(5))
+        .connect(config.servers.as_slice())
+        .await
+        .map_err(|e| join_error(e.to_string()))?;
+    let js = async_nats::jetstream::new(client);
+    let name = format!("{}_CATALOG", config.prefix.to_ascii_uppercase());
+    let Ok(bucket) = js.get_key_value(name).await else {
+        return Ok(None);
+    };
+    match bucket.entry(KEY).await {
+        Ok(Some(entry)) if entry.operation == kv::Operation::Put => decode(&entry.value)
+            .map(|(_, catalog)| Some(catalog))
+            .map_err(|e| join_error(e.to_string())),
+        Ok(_) => Ok(None),
+        Err(e) => Err(join_error(format!("reading the cluster's catalog: {e}"))),
+    }
+}
+
 impl Cluster {
     /// Publishes a catalog (already validated here: `catalog` is built from `sources`)
     /// for every node, and waits until this node has swapped to it.
@@ -125,21 +162,23 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let published = Published::of(sources, &catalog.version, &self.config.node_id);
         let bytes = serde_json::to_vec(&published).map_err(unavailable)?;
+        // The bucket first: a node starting from now on opens with this catalog, and
+        // meets it again in the stream (a no-op then) if it applies from before it.
         self.catalog_bucket
-            .put(KEY, bytes.into())
+            .put(KEY, bytes.clone().into())
             .await
             .map_err(unavailable)?;
-        let given_up = Instant::now() + SWAP_WAIT;
-        while self.db.catalog().version != catalog.version {
-            if Instant::now() >= given_up {
-                return Err(ClusterError::Unavailable(format!(
-                    "catalog {} was published but this node has not swapped to it in {SWAP_WAIT:?}",
-                    catalog.version
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
+        let ack = self
+            .publish(self.config.catalog_subject(), None, bytes)
+            .await?;
+        self.wait_applied(ack.sequence, SWAP_WAIT)
+            .await
+            .map_err(|_| {
+                ClusterError::Unavailable(format!(
+                    "catalog {} was published at position {} but this node has not applied it in {SWAP_WAIT:?}",
+                    catalog.version, ack.sequence
+                ))
+            })
     }
 
     /// The cluster's catalog, if one was published.
@@ -175,41 +214,28 @@ fn decode(bytes: &[u8]) -> Result<(Sources, Catalog), Undecodable> {
     Ok((sources, catalog))
 }
 
-/// Swaps this node to every catalog the cluster publishes, for as long as the process
-/// runs.
-pub(super) async fn follow(cluster: Arc<Cluster>) {
-    loop {
-        let mut watch = match cluster.catalog_bucket.watch_with_history(KEY).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching the cluster's catalog; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+/// Applies a catalog published into the write stream at `position` (the applier calls it
+/// between two records): swaps to it, carrying stored customers over when it changes their
+/// attributes. One that does not load here (published by a newer nextbest) is skipped, as
+/// it is on every node of this version.
+pub(super) fn apply(cluster: &Cluster, position: u64, payload: &[u8]) {
+    match decode(payload) {
+        Ok((_, catalog)) => {
+            let version = catalog.version.clone();
+            if cluster.db.catalog().version == version {
+                return;
             }
-        };
-        while let Some(entry) = watch.next().await {
-            let Ok(entry) = entry else { break };
-            if entry.operation != kv::Operation::Put {
-                continue;
-            }
-            match decode(&entry.value) {
-                Ok((_, catalog)) => {
-                    let version = catalog.version.clone();
-                    if cluster.db.catalog().version == version {
-                        continue;
-                    }
-                    if cluster.db.set_catalog(Arc::new(catalog)) {
-                        cluster.catalog_swaps.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%version, "swapped to the cluster's catalog");
-                    } else {
-                        tracing::error!(%version, "the cluster's catalog changes the customer attributes; restart this node to take it");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "the cluster's catalog does not load on this node; kept the one in force")
-                }
+            let relayout =
+                tokio::task::block_in_place(|| cluster.db.set_catalog(Arc::new(catalog)));
+            cluster.catalog_swaps.fetch_add(1, Ordering::Relaxed);
+            if relayout.customers > 0 {
+                tracing::info!(%version, position, customers = relayout.customers, dropped_values = relayout.dropped_values, writes_paused_ms = relayout.paused.as_millis() as u64, "swapped to the cluster's catalog; customers carried over to its attributes");
+            } else {
+                tracing::info!(%version, position, "swapped to the cluster's catalog");
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        Err(e) => {
+            tracing::error!(position, error = %e, "the cluster's catalog does not load on this node; kept the one in force")
+        }
     }
 }

@@ -30,7 +30,7 @@ pub struct Fetched {
     pub decisions: u64,
 }
 
-/// Reads a whole stream: (store time in ns, payload) of every message.
+/// Reads a whole stream: (store time in ns, payload) of every record in it.
 async fn read_stream(js: &jetstream::Context, name: &str) -> Result<Vec<(i128, Vec<u8>)>, String> {
     let mut stream = js
         .get_stream(name)
@@ -73,7 +73,10 @@ async fn read_stream(js: &jetstream::Context, name: &str) -> Result<Vec<(i128, V
             info.pending,
             info.published.unix_timestamp_nanos(),
         );
-        out.push((at, message.payload.to_vec()));
+        // The write stream's catalogs are not journal records (see `catalog`).
+        if !super::catalog::is_catalog(&message.subject) {
+            out.push((at, message.payload.to_vec()));
+        }
         if pending == 0 || seq >= last {
             break;
         }

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use crate::catalog::Sources;
 use crate::db::{Db, DbError, StreamMark};
 
+pub use catalog::opening as opening_catalog;
 pub use fetch::{Fetched, fetch_journal};
 pub use publish::Written;
 pub use snapshots::bootstrap;
@@ -95,6 +96,11 @@ impl ClusterConfig {
     /// nobody known).
     fn write_subject(&self, key: &[u8]) -> String {
         format!("{}.writes.{}", self.prefix, self.partition(key))
+    }
+    /// The write subject of catalog swaps: a catalog takes effect where it is in the
+    /// write stream, on every node alike.
+    fn catalog_subject(&self) -> String {
+        format!("{}.writes.{}", self.prefix, catalog::SUBJECT)
     }
     fn partition(&self, key: &[u8]) -> u32 {
         (xxhash_rust::xxh3::xxh3_64(key) % u64::from(self.partitions.max(1))) as u32
@@ -358,7 +364,6 @@ impl Cluster {
                 servers: cluster.config.servers.join(","),
                 detail: e,
             })?;
-        tokio::spawn(catalog::follow(Arc::clone(&cluster)));
         let sink = publish::DecisionQueue::start(Arc::clone(&cluster));
         cluster.db.set_decision_sink(Box::new(sink));
         let applier = tokio::spawn(apply::writes(Arc::clone(&cluster), start + 1));

@@ -13,6 +13,7 @@ use async_nats::jetstream::publish::PublishAck;
 use tokio::sync::mpsc;
 
 use super::{Cluster, ClusterError, unavailable};
+use crate::catalog::Catalog;
 use crate::db::{DbError, DecisionSink, OutcomeAck, OutcomeInput};
 use crate::journal::{Entry, PendingDecision, Record};
 use crate::schema::Value;
@@ -117,7 +118,7 @@ impl Cluster {
     }
 
     /// Publishes one record and waits for JetStream's acknowledgement.
-    async fn publish(
+    pub(super) async fn publish(
         &self,
         subject: String,
         message_id: Option<String>,
@@ -127,14 +128,15 @@ impl Cluster {
     }
 
     /// Merges attributes into a customer, through the cluster.
+    /// `values` are in `catalog`'s slots (the record names them).
     pub async fn upsert(
         &self,
+        catalog: &Catalog,
         id: &str,
         values: Vec<Value>,
         at: i64,
     ) -> Result<Written, ClusterError> {
-        let catalog = self.db.catalog();
-        let record = crate::db::Db::upsert_record(&catalog, id, &values, at);
+        let record = crate::db::Db::upsert_record(catalog, id, &values, at);
         // A customer whose stored record does not decode is refused, as embedded.
         self.db.store().with(id, |_| ()).map_err(DbError::from)?;
         let ack = self

@@ -235,7 +235,7 @@ pub fn import(
         report.read += 1;
         match parsed {
             Ok((id, values)) => {
-                db.upsert(&id, values, now, false)?;
+                db.upsert(&catalog, &id, values, now, false)?;
                 report.imported += 1;
             }
             Err(message) => report.errors.push(LineError { line, message }),

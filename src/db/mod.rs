@@ -23,7 +23,7 @@ mod replica;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use arc_swap::ArcSwap;
 use uuid::Uuid;
@@ -177,11 +177,36 @@ pub struct Compaction {
 /// Outcome identity: (decision, offer key, kind).
 type OutcomeKey = (u128, u32, EventKind);
 
+/// The catalog in force and the store, its records laid out by that catalog's customer
+/// attributes: one value, swapped whole, so that no call reads a store through another
+/// catalog's slots. A call holds the view it started with to its end.
+#[derive(Debug)]
+pub struct View {
+    pub catalog: Arc<Catalog>,
+    pub store: Arc<Store>,
+}
+
+/// What [`Db::set_catalog`] did to the stored customers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Relayout {
+    /// Customers carried over to the new catalog's attributes (0: the attributes are
+    /// the same, the store was kept as it is).
+    pub customers: usize,
+    /// Stored values dropped: their attribute is gone, or changed to a type they do not
+    /// convert to.
+    pub dropped_values: usize,
+    /// How long writes waited while the customers were carried over.
+    pub paused: std::time::Duration,
+}
+
 pub struct Db {
     journal_dir: PathBuf,
     state_dir: PathBuf,
-    catalog: ArcSwap<Catalog>,
-    store: Store,
+    view: ArcSwap<View>,
+    /// Held shared by every write to the store from choosing the view to changing it,
+    /// and exclusively by a catalog swap: a write lands in the store the swap carries
+    /// over, or in the new one, never in one left behind.
+    layout: RwLock<()>,
     journal: Writer<Entry>,
     /// The outcomes counted, with the sequence number of their record (`PENDING`
     /// while it is being queued; 0 for one restored, which is durable).
@@ -212,7 +237,7 @@ impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db")
             .field("journal", &self.journal_dir)
-            .field("customers", &self.store.len())
+            .field("customers", &self.view.load().store.len())
             .finish()
     }
 }
@@ -306,8 +331,11 @@ impl Db {
                 .map_err(io("starting the journal writer"))?,
             journal_dir,
             state_dir,
-            catalog: ArcSwap::new(catalog),
-            store,
+            view: ArcSwap::from_pointee(View {
+                catalog,
+                store: Arc::new(store),
+            }),
+            layout: RwLock::new(()),
             outcomes: Generations::new(options.remembered_outcomes),
             decisions: Generations::new(options.remembered_decisions),
             forgotten_at: Generations::new(100_000),
@@ -327,22 +355,55 @@ impl Db {
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.load_full()
+        Arc::clone(&self.view.load().catalog)
+    }
+
+    /// The catalog in force and the store laid out by it: a call decides on one view.
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// For a write: the view in force, which no swap replaces while the guard is held.
+    fn for_write(&self) -> (RwLockReadGuard<'_, ()>, Arc<View>) {
+        let guard = self.layout.read().unwrap_or_else(|e| e.into_inner());
+        (guard, self.view.load_full())
     }
 
     /// Puts a new catalog in force for every later call; calls in flight finish on the
-    /// one they started with. Refused (`false`) when the customer attributes differ: the
-    /// packed records are laid out by the schema, and carrying a million of them over
-    /// while writes go on is left to a restart (snapshots are remapped by name).
-    pub fn set_catalog(&self, catalog: Arc<Catalog>) -> bool {
-        let current = self.catalog.load_full();
-        if current.schema.customer != catalog.schema.customer {
-            return false;
-        }
+    /// view they started with. When the customer attributes differ, every stored customer
+    /// is carried over to the new ones by attribute name (enum values by variant name; a
+    /// value whose attribute is gone or changed to a type it does not convert to is
+    /// dropped) into a new store, while decisions go on reading the old one and writes
+    /// wait: a write that races the swap lands in the old store before it is carried
+    /// over, or in the new one after.
+    pub fn set_catalog(&self, catalog: Arc<Catalog>) -> Relayout {
+        let _no_writes = self.layout.write().unwrap_or_else(|e| e.into_inner());
+        let started = std::time::Instant::now();
+        let current = self.view.load_full();
+        let mut relayout = Relayout::default();
+        let store = if current.catalog.schema.customer == catalog.schema.customer {
+            Arc::clone(&current.store)
+        } else {
+            let from: Vec<_> = current
+                .catalog
+                .schema
+                .customer
+                .attributes()
+                .iter()
+                .map(|a| (a.name.clone(), a.ty.clone()))
+                .collect();
+            let (store, dropped_values) = current.store.remapped(&from, &catalog.schema.customer);
+            relayout = Relayout {
+                customers: store.len(),
+                dropped_values,
+                paused: started.elapsed(),
+            };
+            Arc::new(store)
+        };
         // Cells for both catalogs' budgets before the swap: decisions on either find theirs.
-        self.spending.publish(&[&catalog, &current]);
-        self.catalog.store(catalog);
-        true
+        self.spending.publish(&[&catalog, &current.catalog]);
+        self.view.store(Arc::new(View { catalog, store }));
+        relayout
     }
 
     /// The budget counters as a decision at `now` reads them.
@@ -350,24 +411,38 @@ impl Db {
         self.spending.at(now)
     }
 
-    /// The store decide reads.
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The store decide reads (the current view's).
+    pub fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.view.load().store)
     }
 
     pub fn journal_stats(&self) -> &Stats {
         self.journal.stats()
     }
 
-    /// Merges attributes (parsed against the current catalog's schema) into a customer.
-    /// With `wait`, returns once the change is durable; without, call [`Db::sync`] later.
-    pub fn upsert(&self, id: &str, values: Vec<Value>, at: i64, wait: bool) -> Result<(), DbError> {
-        let catalog = self.catalog.load();
-        let schema = &catalog.schema;
-        let record = Db::upsert_record(&catalog, id, &values, at);
+    /// Merges attributes (parsed against `catalog`'s schema) into a customer. With
+    /// `wait`, returns once the change is durable; without, call [`Db::sync`] later. When
+    /// another catalog came into force since the values were parsed, they are carried
+    /// over to its attributes by name, as the journal record is on replay.
+    pub fn upsert(
+        &self,
+        catalog: &Catalog,
+        id: &str,
+        mut values: Vec<Value>,
+        at: i64,
+        wait: bool,
+    ) -> Result<(), DbError> {
+        let record = Db::upsert_record(catalog, id, &values, at);
         // Room first: the append under the customer's lock never waits for the disk.
         let permit = self.journal.reserve()?;
-        let seq = self.store.update(id, |state| {
+        let (_layout, view) = self.for_write();
+        let schema = &view.catalog.schema;
+        if schema.customer != catalog.schema.customer
+            && let Record::Upsert(r) = &record
+        {
+            values = recovery::values_by_name(&schema.customer, &r.attributes).0;
+        }
+        let seq = view.store.update(id, |state| {
             let seq = permit.append(Entry::Record(record), false)?;
             state.merge(schema, values);
             state.seq = seq;
@@ -404,12 +479,10 @@ impl Db {
         attributes: &serde_json::Map<String, serde_json::Value>,
         at: i64,
     ) -> Result<(), DbError> {
-        let values = crate::state::parse_attributes(
-            "customer",
-            &self.catalog.load().schema.customer,
-            attributes,
-        )?;
-        self.upsert(id, values, at, true)
+        let catalog = self.catalog();
+        let values =
+            crate::state::parse_attributes("customer", &catalog.schema.customer, attributes)?;
+        self.upsert(&catalog, id, values, at, true)
     }
 
     /// Waits until every write so far is durable.
@@ -424,8 +497,10 @@ impl Db {
             at,
             customer: id.to_string(),
         });
+        let (layout, view) = self.for_write();
         let seq = self.journal.append(Entry::Record(record), true)?;
-        let known = self.store.forget(id);
+        let known = view.store.forget(id);
+        drop(layout);
         self.decisions.retain(|_, r| &*r.customer != id);
         self.forgotten
             .lock()
@@ -469,7 +544,7 @@ impl Db {
     #[allow(clippy::too_many_arguments)]
     pub fn decide<R>(
         &self,
-        catalog: &Arc<Catalog>,
+        view: &View,
         customer: Option<&str>,
         context: &Context,
         placement: PlacementIdx,
@@ -477,10 +552,11 @@ impl Db {
         options: &Options<'_>,
         respond: impl FnOnce(&CustomerState, &Decision) -> R,
     ) -> Result<R, DbError> {
+        let catalog = &view.catalog;
         let channel = catalog.placements[placement].channel_key;
         let mut respond = Some(respond);
         if let Some(id) = customer {
-            let done = self.store.with_record(id, |found| {
+            let done = view.store.with_record(id, |found| {
                 let (state, record) = found?;
                 let decision = decide::decide(catalog, state, context, placement, now, options);
                 let reply = respond.take()?(state, &decision);

@@ -61,7 +61,7 @@ impl Db {
         inputs: &[OutcomeInput],
         now: i64,
     ) -> Result<Vec<OutcomeAck>, (Option<usize>, DbError)> {
-        let catalog = self.catalog.load();
+        let catalog = self.catalog();
         let checked = inputs
             .iter()
             .enumerate()
@@ -266,7 +266,7 @@ impl Db {
         // A customer whose stored record does not decode refuses the outcome here, before
         // anything of its batch is written.
         if let (Some(c), Some(_)) = (&customer, &channel) {
-            self.store.with(c, |_| ())?;
+            self.store().with(c, |_| ())?;
         }
         Ok(CheckedOutcome {
             key: offer.key,
@@ -316,8 +316,9 @@ impl Db {
                     channel: key(ch),
                     kind: input.kind,
                 };
-                let limits = self.store.limits();
-                self.store.update(c, |state| {
+                let (_layout, view) = self.for_write();
+                let limits = view.store.limits();
+                view.store.update(c, |state| {
                     let seq = append(record)?;
                     state.history.record(event, limits, now);
                     state.seq = seq;

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -211,8 +212,8 @@ pub(super) fn write_snapshot(
     now: i64,
     stream: Option<&StreamMark>,
 ) -> Result<(PathBuf, usize), DbError> {
-    let catalog = db.catalog();
-    let schema = &catalog.schema.customer;
+    let view = db.view();
+    let schema = &view.catalog.schema.customer;
     let path = db
         .state_dir
         .join(format!("snapshot-{:020}.bin", position.segment));
@@ -242,7 +243,7 @@ pub(super) fn write_snapshot(
         let mut result = Ok(());
         let mut customer = Vec::with_capacity(4096);
         let mut framed = Vec::with_capacity(4096);
-        db.store.for_each_packed(|id, packed| {
+        view.store.for_each_packed(|id, packed| {
             if result.is_ok() {
                 customers += 1;
                 customer.clear();
@@ -319,8 +320,13 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
             None => {
                 // Unusable: start from an empty state and replay the whole journal,
                 // which segments are never deleted from.
-                db.store =
-                    crate::state::Store::new(db.store.limits(), db.catalog().schema.customer.len());
+                let catalog = db.catalog();
+                let store =
+                    crate::state::Store::new(db.store().limits(), catalog.schema.customer.len());
+                db.view.store(Arc::new(super::View {
+                    catalog,
+                    store: Arc::new(store),
+                }));
                 db.outcomes.clear();
                 db.decisions.clear();
                 db.spending.lock().clear();
@@ -370,8 +376,8 @@ fn load_snapshot(
     path: &Path,
     recovery: &mut Recovery,
 ) -> Result<Option<Position>, DbError> {
-    let catalog = db.catalog();
-    let schema = &catalog.schema.customer;
+    let view = db.view();
+    let schema = &view.catalog.schema.customer;
     let current = describe_slots(schema);
     // The slots of the snapshot when they differ from the catalog's.
     let mut remap: Option<Vec<(String, AttrType)>> = None;
@@ -412,7 +418,7 @@ fn load_snapshot(
                         bytes.into_boxed_slice()
                     }
                 };
-                db.store.insert_packed(id.into(), packed);
+                view.store.insert_packed(id.into(), packed);
                 recovery.customers_loaded += 1;
                 continue;
             }
@@ -497,6 +503,27 @@ fn load_snapshot(
     Ok(None)
 }
 
+/// An upsert record's attributes (by name) in `schema`'s slots, and how many of them no
+/// longer fit it (the attribute is gone, or changed to a type the value does not
+/// convert to).
+pub(super) fn values_by_name(
+    schema: &EntitySchema,
+    attributes: &[(String, crate::schema::Feature)],
+) -> (Vec<crate::schema::Value>, usize) {
+    let mut values = vec![crate::schema::Value::Missing; schema.len()];
+    let mut dropped = 0;
+    for (name, feature) in attributes {
+        let value = schema
+            .slot(name)
+            .and_then(|slot| Some((slot, feature.value(&schema.get(slot)?.ty)?)));
+        match value {
+            Some((slot, v)) => values[slot as usize] = v,
+            None => dropped += 1,
+        }
+    }
+    (values, dropped)
+}
+
 /// Applies one journal record to the in-memory state, as the write did, unless the
 /// customer's state already holds it (a snapshot taken after the write). Values that no
 /// longer fit the schema are counted in `dropped`. With `dedupe` (a cluster's stream,
@@ -504,24 +531,16 @@ fn load_snapshot(
 /// counted is skipped whole, and the identity remembers `seq`; returns whether the
 /// record changed anything.
 pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedupe: bool) -> bool {
-    let catalog = db.catalog();
+    let (_layout, view) = db.for_write();
+    let (catalog, store) = (&view.catalog, &view.store);
     match record {
         Record::Upsert(r) => {
             let schema = &catalog.schema;
-            let mut values = vec![crate::schema::Value::Missing; schema.customer.len()];
-            for (name, feature) in &r.attributes {
-                let value = schema
-                    .customer
-                    .slot(name)
-                    .and_then(|slot| Some((slot, feature.value(&schema.customer.get(slot)?.ty)?)));
-                match value {
-                    Some((slot, v)) => values[slot as usize] = v,
-                    None => *dropped += 1,
-                }
-            }
+            let (values, lost) = values_by_name(&schema.customer, &r.attributes);
+            *dropped += lost;
             // A customer whose stored record does not decode stays refused (counted, as
             // when serving); its journal records stay for a repair.
-            let _refused = db.store.update(&r.customer, |state| {
+            let _refused = store.update(&r.customer, |state| {
                 if seq > state.seq {
                     state.merge(schema, values);
                     state.seq = seq;
@@ -533,12 +552,11 @@ pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedu
         Record::Forget(r) => {
             // A record that does not decode holds no sequence number to go by: the
             // forget applies, as it does when serving.
-            let newer = db
-                .store
+            let newer = store
                 .with(&r.customer, |s| s.is_some_and(|s| s.seq > seq))
                 .unwrap_or(false);
             if !newer {
-                db.store.forget(&r.customer);
+                store.forget(&r.customer);
             }
             db.decisions.retain(|_, d| *d.customer != *r.customer);
             db.forgotten_at.insert(r.customer.as_str().into(), r.at);
@@ -573,8 +591,8 @@ pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedu
                     channel: key(channel),
                     kind: r.kind,
                 };
-                let limits = db.store.limits();
-                let _refused = db.store.update(customer, |state| {
+                let limits = store.limits();
+                let _refused = store.update(customer, |state| {
                     if seq > state.seq {
                         state.history.record(event, limits, r.accepted);
                         state.seq = seq;

@@ -65,7 +65,7 @@ impl Db {
         inputs: &[OutcomeInput],
         now: i64,
     ) -> Result<Vec<ReplicaOutcome>, (usize, DbError)> {
-        let catalog = self.catalog.load();
+        let catalog = self.catalog();
         inputs
             .iter()
             .enumerate()
@@ -145,7 +145,8 @@ impl Db {
         use xxhash_rust::xxh3::{Xxh3, xxh3_64};
         let mut customers = 0u64;
         let mut customer_sum = 0u64;
-        self.store.for_each_packed(|id, packed| {
+        let view = self.view();
+        view.store.for_each_packed(|id, packed| {
             let mut h = Xxh3::new();
             h.update(&(id.len() as u64).to_le_bytes());
             h.update(id.as_bytes());
@@ -190,7 +191,7 @@ impl Db {
         ] {
             h.update(&part.to_le_bytes());
         }
-        h.update(self.catalog.load().version.as_bytes());
+        h.update(view.catalog.version.as_bytes());
         StateDigest {
             customers,
             outcomes: identities.len() as u64,

@@ -190,6 +190,7 @@ fn compaction_then_replay_gives_the_same_state() {
     for i in 0..50 {
         attrs.insert("age".into(), (20 + i).into());
         db.upsert(
+            &db.catalog(),
             &format!("c{i}"),
             crate::state::parse_attributes("customer", &db.catalog().schema.customer, &attrs)
                 .expect("valid"),
@@ -426,7 +427,7 @@ fn deciding_through_the_store_logs_the_same_record_as_by_hand() {
     let options = Options::new(decision_id(1));
     let shown = db
         .decide(
-            &catalog,
+            &db.view(),
             Some("ada"),
             &context,
             p,
@@ -445,7 +446,7 @@ fn deciding_through_the_store_logs_the_same_record_as_by_hand() {
         .expect("logged");
     let unknown = db
         .decide(
-            &catalog,
+            &db.view(),
             Some("nobody"),
             &context,
             p,
@@ -595,7 +596,7 @@ fn replay_reads_the_same_decision_heads_as_whole_records() {
         let p = catalog.placement(placement).expect("placement");
         let context = Context::for_placement(&catalog, p, vec![]);
         db.decide(
-            &catalog,
+            &db.view(),
             None,
             &context,
             p,
@@ -868,7 +869,7 @@ fn concurrent_first_writes_are_in_memory_as_in_the_journal() {
                     if t < 2 {
                         let mut values = vec![Value::Missing; catalog.schema.customer.len()];
                         values[[age, tenure][t]] = Value::Int(c as i64);
-                        db.upsert(&id, values, NOW, false).expect("upsert");
+                        db.upsert(catalog, &id, values, NOW, false).expect("upsert");
                     } else {
                         let offer = ["fiber_broadband", "tv_bundle"][t - 2];
                         db.record_outcome(
@@ -918,5 +919,129 @@ fn concurrent_first_writes_are_in_memory_as_in_the_journal() {
         differ[0],
         in_memory.get(differ[0]),
         replayed.get(differ[0]),
+    );
+}
+
+/// A catalog with other customer attributes swaps in while upserts (each parsed against
+/// the catalog in force when it began), outcomes and decisions race it, back and forth:
+/// every decision reads its customer through the catalog it decides with, no write is
+/// lost, and memory ends as a replay of the journal under the last catalog.
+#[test]
+fn a_catalog_with_other_attributes_swaps_in_while_writes_and_decisions_race() {
+    const WRITERS: usize = 2;
+    const WRITES: usize = 3_000;
+    const CUSTOMERS: usize = 50;
+    const SWAPS: usize = 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = tempfile::tempdir().expect("tempdir");
+    let mut options = DbOptions::default();
+    options.writer.sync = storage::writer::SyncMode::Never;
+    let original = catalog();
+    let changed = changed_catalog(rules.path());
+    let (db, _) = Db::open(dir.path(), Arc::clone(&original), options).expect("open");
+    db.upsert_json("ada", &ada(), NOW).expect("upsert");
+    let ada_age = ada()["age"].as_i64().expect("ada has an age");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let decided = std::sync::atomic::AtomicUsize::new(0);
+    let relayouts = std::thread::scope(|scope| {
+        let (db, done, decided) = (&db, &done, &decided);
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|t| {
+                scope.spawn(move || {
+                    for i in 0..WRITES {
+                        let catalog = db.catalog();
+                        let schema = &catalog.schema.customer;
+                        let mut values = vec![Value::Missing; schema.len()];
+                        values[schema.slot("age").expect("age") as usize] = Value::Int(i as i64);
+                        let id = format!("w{t}-{}", i % CUSTOMERS);
+                        db.upsert(&catalog, &id, values, NOW, false)
+                            .expect("upsert");
+                        if i % 10 == 0 {
+                            db.record_outcome(
+                                &OutcomeInput {
+                                    customer: Some(id),
+                                    channel: Some("web".into()),
+                                    ..outcome(
+                                        decision_id((i * WRITERS + t) as u64),
+                                        "tv_bundle",
+                                        EventKind::Click,
+                                    )
+                                },
+                                NOW,
+                            )
+                            .expect("outcome");
+                        }
+                    }
+                })
+            })
+            .collect();
+        scope.spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let view = db.view();
+                let p = view.catalog.placement("app.card").expect("placement");
+                let context = Context::for_placement(&view.catalog, p, vec![]);
+                let age = db
+                    .decide(
+                        &view,
+                        Some("ada"),
+                        &context,
+                        p,
+                        NOW,
+                        &Options::new(decision_id(7)),
+                        |state, _| {
+                            let slot = view.catalog.schema.customer.slot("age").expect("age");
+                            state.attributes[slot as usize].clone()
+                        },
+                    )
+                    .expect("decided");
+                assert_eq!(age, Value::Int(ada_age), "ada read through another layout");
+                decided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Each decision is logged: a paced reader leaves the journal to the writers.
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        });
+        let mut relayouts = Vec::new();
+        for n in 0..SWAPS {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let next = if n % 2 == 0 { &changed } else { &original };
+            relayouts.push(db.set_catalog(Arc::clone(next)));
+        }
+        for w in writers {
+            w.join().expect("writer");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        relayouts
+    });
+    assert!(decided.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(relayouts.iter().all(|r| r.customers > 0), "{relayouts:?}");
+    // Back and forth between two catalogs that share every attribute: nothing dropped.
+    assert!(
+        relayouts.iter().all(|r| r.dropped_values == 0),
+        "{relayouts:?}"
+    );
+    let last = db.set_catalog(Arc::clone(&changed));
+    assert!(
+        last.customers > 0,
+        "the last swap (to `changed`) carried customers over"
+    );
+    let age = changed.schema.customer.slot("age").expect("age") as usize;
+    let in_memory = all_states(&db);
+    for t in 0..WRITERS {
+        for c in 0..CUSTOMERS {
+            let id = format!("w{t}-{c}");
+            let last_write = (WRITES - CUSTOMERS + c) as i64;
+            assert_eq!(
+                in_memory[&id].attributes[age],
+                Value::Int(last_write),
+                "`{id}`'s last upsert"
+            );
+        }
+    }
+    db.close().expect("close");
+    let (db, _) = Db::open(dir.path(), changed, DbOptions::default()).expect("reopen");
+    assert_eq!(
+        all_states(&db),
+        in_memory,
+        "memory is what the journal replays to"
     );
 }

@@ -391,7 +391,7 @@ mod tests {
         let mut options = DbOptions::default();
         options.writer.sync = crate::storage::writer::SyncMode::Never;
         let (db, _) = Db::open(dir.path(), Arc::clone(&catalog), options).expect("open");
-        let summary = simulate::run(&db, &catalog, &scenario, 11, &mut |_, _| {}).expect("run");
+        let summary = simulate::run(&db, &scenario, 11, &mut |_, _| {}).expect("run");
         db.close().expect("close");
         assert!(summary.empty > 0, "contact policies bit: {summary:?}");
 

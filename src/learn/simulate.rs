@@ -3,12 +3,9 @@
 //! budgets and exploration, the decision journaled, an impression recorded for every
 //! offer shown and an accept drawn from the scenario's true response model.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 
 use super::scenario::{Scenario, draw, uniform};
-use crate::catalog::Catalog;
 use crate::db::{Db, DbError, OutcomeInput};
 use crate::decide::{Context, Options};
 use crate::schema::{EventKind, Value};
@@ -31,10 +28,9 @@ pub struct Summary {
     pub expected_value: f64,
 }
 
-/// Runs `scenario` with `seed` against `db`, deciding with `catalog`.
+/// Runs `scenario` with `seed` against `db`, deciding with its catalog.
 pub fn run(
     db: &Db,
-    catalog: &Arc<Catalog>,
     scenario: &Scenario,
     seed: u64,
     progress: &mut dyn FnMut(u64, u64),
@@ -45,6 +41,8 @@ pub fn run(
         days: scenario.days,
         ..Summary::default()
     };
+    let view = db.view();
+    let catalog = &view.catalog;
     let schema = &catalog.schema;
     let customer_id = |c: u64| format!("sim-{c:07}");
     for c in 0..scenario.customers {
@@ -61,7 +59,7 @@ pub fn run(
                 },
             )
             .collect();
-        db.upsert(&customer_id(c), values, scenario.start, false)?;
+        db.upsert(catalog, &customer_id(c), values, scenario.start, false)?;
     }
     db.sync()?;
 
@@ -119,7 +117,7 @@ pub fn run(
                 ..Options::new(id)
             };
             let shown = db.decide(
-                catalog,
+                &view,
                 Some(&customer_id(c)),
                 &context,
                 placement,

@@ -27,7 +27,7 @@ impl CustomerService for Service {
             if let Some(cluster) = self.node.cluster() {
                 deadline.check()?;
                 let written = cluster
-                    .upsert(&id, values, now_ms())
+                    .upsert(&catalog, &id, values, now_ms())
                     .await
                     .map_err(convert::cluster_status)?;
                 return Ok(Response::new(proto::UpsertResponse {
@@ -38,7 +38,7 @@ impl CustomerService for Service {
             blocking(move || {
                 deadline.check()?;
                 node.db()
-                    .upsert(&id, values, now_ms(), true)
+                    .upsert(&catalog, &id, values, now_ms(), true)
                     .map_err(status)
             })
             .await?;

@@ -10,7 +10,7 @@ use super::{
     Deadline, MAX_BATCH_OUTCOMES, MAX_PAGE_PLACEMENTS, Service, blocking, optional, required, slots,
 };
 use crate::catalog::{Catalog, OfferIdx, PlacementIdx};
-use crate::db::{Db, OutcomeInput, decision_id};
+use crate::db::{Db, OutcomeInput, View, decision_id};
 use crate::decide::{self, Context, Decision, Options};
 use crate::schema::{Value, printable};
 use crate::setup::now_ms;
@@ -52,7 +52,7 @@ impl Service {
     #[allow(clippy::too_many_arguments)]
     fn decide_one(
         db: &Db,
-        catalog: &Arc<Catalog>,
+        view: &View,
         customer: Option<&str>,
         inline: Option<&[Value]>,
         placement: PlacementIdx,
@@ -62,6 +62,7 @@ impl Service {
         explain: bool,
         exclude: &[OfferIdx],
     ) -> Result<(proto::Decision, Vec<OfferIdx>), Status> {
+        let catalog = &view.catalog;
         // Budgets count real impressions: a decision served now reads today's counts,
         // whatever `at` the request gave (a later day's would read nothing spent yet).
         let budgets = db.budgets(now_ms());
@@ -83,10 +84,10 @@ impl Service {
         };
         match inline {
             None => db
-                .decide(catalog, customer, &context, placement, at, &options, reply)
+                .decide(view, customer, &context, placement, at, &options, reply)
                 .map_err(status),
             Some(values) => {
-                let stored = customer.map(|id| db.store().with(id, |s| s.cloned()));
+                let stored = customer.map(|id| view.store.with(id, |s| s.cloned()));
                 let mut state = stored
                     .transpose()
                     .map_err(|e| status(e.into()))?
@@ -177,16 +178,17 @@ impl DecisionService for Service {
             let r = request.into_inner();
             // One `Db` (and catalog) for the whole call: a heal may swap the node's.
             let db = self.node.db();
-            let catalog = db.catalog();
-            let placement = Self::placement(&catalog, required("placement", &r.placement)?)?;
+            let view = db.view();
+            let catalog = &view.catalog;
+            let placement = Self::placement(catalog, required("placement", &r.placement)?)?;
             // The call's span (opened by the calls layer) names the placement and, once
             // made, the decision; never the customer or their attributes.
             let span = tracing::Span::current();
             span.record("placement", r.placement.as_str());
             let customer = optional("customer_id", &r.customer_id)?;
             let context = convert::values("context", &catalog.schema.context, &r.context)?;
-            let context = Self::context(&catalog, placement, context, "context.channel")?;
-            let inline = inline_attributes(&catalog, &r.attributes)?;
+            let context = Self::context(catalog, placement, context, "context.channel")?;
+            let inline = inline_attributes(catalog, &r.attributes)?;
             let at = decision_time(r.at.as_ref(), now_ms)?;
             let slots = slots("slots", r.slots)?;
             self.read_position(r.min_position, deadline).await?;
@@ -194,7 +196,7 @@ impl DecisionService for Service {
             let started = std::time::Instant::now();
             let (reply, _) = Self::decide_one(
                 &db,
-                &catalog,
+                &view,
                 customer,
                 inline.as_deref(),
                 placement,
@@ -221,7 +223,8 @@ impl DecisionService for Service {
             let deadline = Deadline::of(&request);
             let r = request.into_inner();
             let db = self.node.db();
-            let catalog = db.catalog();
+            let view = db.view();
+            let catalog = &view.catalog;
             let customer = optional("customer_id", &r.customer_id)?;
             if r.placements.is_empty() || r.placements.len() > MAX_PAGE_PLACEMENTS {
                 return Err(Status::invalid_argument(format!(
@@ -230,7 +233,7 @@ impl DecisionService for Service {
                 )));
             }
             let shared = convert::values("context", &catalog.schema.context, &r.context)?;
-            let inline = inline_attributes(&catalog, &r.attributes)?;
+            let inline = inline_attributes(catalog, &r.attributes)?;
             let at = decision_time(r.at.as_ref(), now_ms)?;
             // Check every placement before deciding any.
             let mut requests = Vec::with_capacity(r.placements.len());
@@ -243,10 +246,10 @@ impl DecisionService for Service {
                         1,
                     ))
                 })?;
-                let placement = Self::placement(&catalog, id)?;
+                let placement = Self::placement(catalog, id)?;
                 let mut context = shared.clone();
                 let own = convert::values("context", &catalog.schema.context, &p.context)?;
-                let own_channel = Context::conflicting_channel(&catalog, placement, &own).is_some();
+                let own_channel = Context::conflicting_channel(catalog, placement, &own).is_some();
                 for (slot, v) in own.into_iter().enumerate() {
                     if !v.is_missing() {
                         context[slot] = v;
@@ -257,7 +260,7 @@ impl DecisionService for Service {
                 } else {
                     "context.channel".to_string()
                 };
-                let context = Self::context(&catalog, placement, context, &field)?;
+                let context = Self::context(catalog, placement, context, &field)?;
                 let slots = slots(&format!("placements[{i}].slots"), p.slots)?;
                 requests.push((placement, context, slots));
             }
@@ -282,7 +285,7 @@ impl DecisionService for Service {
                 let started = std::time::Instant::now();
                 let (reply, offers) = Self::decide_one(
                     &db,
-                    &catalog,
+                    &view,
                     customer,
                     inline.as_deref(),
                     placement,

@@ -60,10 +60,6 @@ fn sha256(text: &str) -> [u8; 32] {
 pub enum NodeError {
     #[error(transparent)]
     Catalog(#[from] RulesError),
-    #[error(
-        "the new catalog changes the customer attributes; restart the node to carry stored customers over (snapshots are remapped by attribute name)"
-    )]
-    SchemaChanged,
     #[error(transparent)]
     Db(#[from] DbError),
     /// A cluster node's reload that could not be published.
@@ -103,7 +99,18 @@ impl Node {
         data: &Path,
         options: DbOptions,
     ) -> Result<(Node, Recovery), NodeError> {
-        let (db, recovery) = Db::open(data, load_catalog(rules)?, options)?;
+        Node::open_on(rules, load_catalog(rules)?, data, options)
+    }
+
+    /// As [`Node::open_with`], with `catalog` in force instead of the rules directory's
+    /// (a cluster node opens with the cluster's); reloads still read `rules`.
+    pub fn open_on(
+        rules: &Path,
+        catalog: Arc<Catalog>,
+        data: &Path,
+        options: DbOptions,
+    ) -> Result<(Node, Recovery), NodeError> {
+        let (db, recovery) = Db::open(data, catalog, options)?;
         Ok((
             Node {
                 db: arc_swap::ArcSwap::from_pointee(db),
@@ -167,12 +174,21 @@ impl Node {
     }
 
     /// Loads the rules directory again and swaps the catalog if it has no error at all;
-    /// decisions in flight finish on the catalog they started with.
+    /// decisions in flight finish on the catalog they started with. A catalog with other
+    /// customer attributes carries the stored customers over by name (see
+    /// [`Db::set_catalog`]): decisions go on meanwhile, writes wait.
     pub fn reload(&self) -> Result<Arc<Catalog>, NodeError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let catalog = load_catalog(&self.rules)?;
-        if !self.db().set_catalog(Arc::clone(&catalog)) {
-            return Err(NodeError::SchemaChanged);
+        let relayout = self.db().set_catalog(Arc::clone(&catalog));
+        if relayout.customers > 0 {
+            tracing::info!(
+                version = %catalog.version,
+                customers = relayout.customers,
+                dropped_values = relayout.dropped_values,
+                writes_paused_ms = relayout.paused.as_millis() as u64,
+                "the catalog changes the customer attributes: stored customers carried over by name"
+            );
         }
         self.loaded_at.store(now_ms(), Ordering::Relaxed);
         Ok(catalog)
@@ -180,8 +196,8 @@ impl Node {
 
     /// A cluster node's reload: loads and validates the rules directory here (off the
     /// request threads), then publishes it as the cluster's catalog and returns once this
-    /// node swapped to it; every other node swaps as it sees it. A catalog with any error,
-    /// or other customer attributes, is refused here and reaches no node.
+    /// node swapped to it; every other node swaps as it applies it, at the same position of
+    /// the write stream. A catalog with any error is refused here and reaches no node.
     pub async fn reload_cluster(&self, cluster: &Cluster) -> Result<Arc<Catalog>, NodeError> {
         let rules = self.rules.clone();
         let (sources, catalog) = tokio::task::spawn_blocking(move || {
@@ -192,9 +208,6 @@ impl Node {
         })
         .await
         .map_err(|e| NodeError::Task(format!("the reload task failed: {e}")))??;
-        if self.db().catalog().schema.customer != catalog.schema.customer {
-            return Err(NodeError::SchemaChanged);
-        }
         cluster.publish_catalog(&sources, &catalog).await?;
         self.loaded_at.store(now_ms(), Ordering::Relaxed);
         Ok(self.db().catalog())

@@ -571,19 +571,30 @@ impl Store {
         }
     }
 
-    /// Carries every record over from the schema `from` to `to` ([`packed::remap`]);
-    /// returns how many values no longer fit and were dropped. A record that does not
-    /// decode is left as it is: its customer stays refused.
-    pub fn remap(&mut self, from: &packed::SlotTypes, to: &EntitySchema) -> usize {
+    /// A new store holding every record carried over from the schema `from` to `to`
+    /// ([`packed::remap`]) while this one goes on serving reads, and how many values no
+    /// longer fit and were dropped. A record that does not decode is kept as it is: its
+    /// customer stays refused.
+    pub fn remapped(&self, from: &packed::SlotTypes, to: &EntitySchema) -> (Store, usize) {
+        let customers = DashMap::with_capacity(self.customers.len());
         let mut dropped = 0;
-        for mut entry in self.customers.iter_mut() {
-            if let Some((bytes, n)) = packed::remap(entry.value(), from, to) {
-                *entry.value_mut() = bytes.into_boxed_slice();
-                dropped += n;
-            }
+        for entry in self.customers.iter() {
+            let bytes = match packed::remap(entry.value(), from, to) {
+                Some((bytes, n)) => {
+                    dropped += n;
+                    bytes.into_boxed_slice()
+                }
+                None => entry.value().clone(),
+            };
+            customers.insert(entry.key().clone(), bytes);
         }
-        self.width = to.len();
-        dropped
+        let store = Store {
+            customers,
+            limits: self.limits,
+            width: to.len(),
+            undecodable: AtomicU64::new(self.undecodable.load(Ordering::Relaxed)),
+        };
+        (store, dropped)
     }
 
     pub fn forget(&self, id: &str) -> bool {
