@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release --example bench_state -- fill DIR [N]   # build, snapshot, print RSS
 //! cargo run --release --example bench_state -- restart DIR    # reopen, print time and RSS
+//! cargo run --release --example bench_state -- relayout DIR   # swap in a catalog with a new
+//!                                                              # attribute while deciding
 //! ```
 //! Run each phase in its own process so RSS is that of one store, not of two.
 
@@ -90,7 +92,7 @@ fn customer(catalog: &Catalog, n: u64) -> CustomerState {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(phase), Some(dir)) = (args.first(), args.get(1)) else {
-        anyhow::bail!("usage: bench_state fill|restart DIR [N]");
+        anyhow::bail!("usage: bench_state fill|restart|relayout DIR [N]");
     };
     let dir = Path::new(dir);
     let catalog = catalog()?;
@@ -134,7 +136,109 @@ fn main() -> anyhow::Result<()> {
                 (rss - base) * 1024.0 * 1024.0 / db.store().len().max(1) as f64,
             );
         }
-        other => anyhow::bail!("unknown phase `{other}`: fill or restart"),
+        "relayout" => relayout(dir, catalog)?,
+        other => anyhow::bail!("unknown phase `{other}`: fill, restart or relayout"),
     }
+    Ok(())
+}
+
+/// The sample rules with one more customer attribute, first (every slot moves), in `dir`.
+fn with_new_attribute(dir: &Path) -> anyhow::Result<Arc<Catalog>> {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    std::fs::create_dir_all(dir.join("offers"))?;
+    for name in ["placements.yaml", "experiments.yaml"] {
+        std::fs::copy(rules.join(name), dir.join(name))?;
+    }
+    for entry in std::fs::read_dir(rules.join("offers"))? {
+        let path = entry?.path();
+        std::fs::copy(
+            &path,
+            dir.join("offers")
+                .join(path.file_name().unwrap_or_default()),
+        )?;
+    }
+    let schema = std::fs::read_to_string(rules.join("schema.yaml"))?;
+    std::fs::write(
+        dir.join("schema.yaml"),
+        schema.replacen(
+            "customer:\n",
+            "customer:\n  loyalty_points:\n    type: int\n",
+            1,
+        ),
+    )?;
+    Ok(Arc::new(
+        Catalog::load(dir).map_err(|e| anyhow::anyhow!("{}", e.render()))?,
+    ))
+}
+
+/// Reopens `dir`, then swaps in a catalog with a new attribute while one thread decides
+/// for stored customers without pause: how long writes waited, what decisions saw.
+fn relayout(dir: &Path, catalog: Arc<Catalog>) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (db, _) = Db::open(dir, catalog, DbOptions::default())?;
+    let rules = tempfile::tempdir()?;
+    let changed = with_new_attribute(rules.path())?;
+    let before = rss_mb();
+    let swapping = AtomicBool::new(true);
+    let customers = db.store().len() as u64;
+    let (relayout, latencies, peak) = std::thread::scope(|scope| {
+        let decider = scope.spawn(|| {
+            let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+            let mut n = 0u64;
+            while swapping.load(Ordering::Relaxed) {
+                let view = db.view();
+                let placement = view
+                    .catalog
+                    .placement("web.home_banner")
+                    .expect("placement");
+                let context =
+                    nextbest::decide::Context::for_placement(&view.catalog, placement, vec![]);
+                let id = format!("c{}", mix(n, 7) % customers.max(1));
+                let started = Instant::now();
+                let _ = db.decide(
+                    &view,
+                    Some(&id),
+                    &context,
+                    placement,
+                    START,
+                    &nextbest::decide::Options::new(nextbest::db::decision_id(START)),
+                    |_, d| d.offers.len(),
+                );
+                let _ = latencies.record(started.elapsed().as_nanos() as u64);
+                n += 1;
+            }
+            latencies
+        });
+        let sampler = scope.spawn(|| {
+            let mut peak = 0f64;
+            while swapping.load(Ordering::Relaxed) {
+                peak = peak.max(rss_mb());
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let relayout = db.set_catalog(changed);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        swapping.store(false, Ordering::Relaxed);
+        (
+            relayout,
+            decider.join().expect("decider"),
+            sampler.join().expect("sampler"),
+        )
+    });
+    println!(
+        "relayout: {} customers carried over to a new attribute layout; writes waited {:.2?}; \
+         {} values dropped; RSS {before:.0} MB before, {peak:.0} MB at the peak, {:.0} MB after; \
+         {} decisions meanwhile on the other core: p50 {:.1} µs, p99 {:.1} µs, max {:.1} ms",
+        relayout.customers,
+        relayout.paused,
+        relayout.dropped_values,
+        rss_mb(),
+        latencies.len(),
+        latencies.value_at_quantile(0.5) as f64 / 1e3,
+        latencies.value_at_quantile(0.99) as f64 / 1e3,
+        latencies.max() as f64 / 1e6,
+    );
     Ok(())
 }

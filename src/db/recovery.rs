@@ -380,7 +380,7 @@ fn load_snapshot(
     let schema = &view.catalog.schema.customer;
     let current = describe_slots(schema);
     // The slots of the snapshot when they differ from the catalog's.
-    let mut remap: Option<Vec<(String, AttrType)>> = None;
+    let mut remap: Option<crate::state::packed::Remapping> = None;
     let mut reader = SegmentReader::open_file(path, MAGIC, 0)
         .map_err(io(format!("opening `{}`", path.display())))?;
     let mut payload = Vec::new();
@@ -407,13 +407,12 @@ fn load_snapshot(
                 let id = std::str::from_utf8(id).map_err(|e| bad(e.into()))?;
                 let packed = match &remap {
                     None => Box::from(packed),
-                    Some(from) => {
-                        let (bytes, dropped) = crate::state::packed::remap(packed, from, schema)
-                            .ok_or_else(|| {
-                                bad(SnapshotDefect::Undecodable {
-                                    customer: id.to_string(),
-                                })
-                            })?;
+                    Some(remapping) => {
+                        let (bytes, dropped) = remapping.apply(packed).ok_or_else(|| {
+                            bad(SnapshotDefect::Undecodable {
+                                customer: id.to_string(),
+                            })
+                        })?;
                         recovery.dropped_values += dropped;
                         bytes.into_boxed_slice()
                     }
@@ -433,10 +432,9 @@ fn load_snapshot(
                 ..
             } => {
                 if slots != current {
-                    remap = Some(
-                        slot_types(&slots)
-                            .ok_or_else(|| bad(SnapshotDefect::UnknownAttributeType))?,
-                    );
+                    let from = slot_types(&slots)
+                        .ok_or_else(|| bad(SnapshotDefect::UnknownAttributeType))?;
+                    remap = Some(crate::state::packed::Remapping::new(&from, schema));
                 }
                 position = Some(Position { segment, offset });
             }

@@ -576,10 +576,11 @@ impl Store {
     /// longer fit and were dropped. A record that does not decode is kept as it is: its
     /// customer stays refused.
     pub fn remapped(&self, from: &packed::SlotTypes, to: &EntitySchema) -> (Store, usize) {
+        let remapping = packed::Remapping::new(from, to);
         let customers = DashMap::with_capacity(self.customers.len());
         let mut dropped = 0;
         for entry in self.customers.iter() {
-            let bytes = match packed::remap(entry.value(), from, to) {
+            let bytes = match remapping.apply(entry.value()) {
                 Some((bytes, n)) => {
                     dropped += n;
                     bytes.into_boxed_slice()

@@ -305,35 +305,110 @@ fn decode_history(c: &mut Cursor<'_>, events: &mut Vec<Event>) -> Option<()> {
 /// The type of each slot of the schema a packed record was written under, for [`remap`].
 pub type SlotTypes = [(String, AttrType)];
 
-/// Carries a packed record from the schema `from` to `to`: values move by attribute
-/// name, enum values by variant name; a value whose attribute is gone or changed type is
-/// dropped. Returns the new bytes and how many values were dropped.
-pub fn remap(bytes: &[u8], from: &SlotTypes, to: &EntitySchema) -> Option<(Vec<u8>, usize)> {
-    let mut old = CustomerState::default();
-    decode(bytes, from.len(), &mut old)?;
-    let mut new = CustomerState {
-        attributes: vec![Value::Missing; to.len()],
-        history: std::mem::take(&mut old.history),
-        seq: old.seq,
-        id: None,
-    };
-    let mut dropped = 0;
-    for ((name, ty), value) in from.iter().zip(&old.attributes) {
-        let Some(feature) = Feature::of(value, ty) else {
-            continue;
-        };
-        let moved = to.slot(name).and_then(|slot| {
-            let v = feature.value(&to.get(slot)?.ty)?;
-            Some((slot, v))
-        });
-        match moved {
-            Some((slot, v)) => new.attributes[slot as usize] = v,
-            None => dropped += 1,
+/// Where one slot's value goes when a record is carried over to another schema.
+#[derive(Debug, Clone)]
+enum Move {
+    /// The attribute is gone: its value is dropped.
+    Gone,
+    /// Same name, same type: the value moves as it is.
+    Same(usize),
+    /// Enums both: the old variant index to the new one (`None`: the variant is gone).
+    Enum(usize, Vec<Option<u32>>),
+    /// Another type: through its [`Feature`] (by name), dropped if it does not convert.
+    Convert(usize, AttrType, AttrType),
+}
+
+/// How to carry packed records from the schema `from` to `to`, worked out once for a
+/// store or a snapshot: values move by attribute name, enum values by variant name; a
+/// value whose attribute is gone, or whose type changed to one it does not convert to, is
+/// dropped. The history is copied as it is (it names offers, groups and channels by
+/// key, whatever the schema).
+#[derive(Debug, Clone)]
+pub struct Remapping {
+    moves: Vec<Move>,
+    width: usize,
+}
+
+impl Remapping {
+    pub fn new(from: &SlotTypes, to: &EntitySchema) -> Remapping {
+        let moves = from
+            .iter()
+            .map(|(name, ty)| {
+                let Some((slot, new)) = to
+                    .slot(name)
+                    .and_then(|slot| Some((slot as usize, &to.get(slot)?.ty)))
+                else {
+                    return Move::Gone;
+                };
+                match (ty, new) {
+                    (AttrType::Enum(old), AttrType::Enum(new)) => {
+                        Move::Enum(slot, old.variants.iter().map(|v| new.index_of(v)).collect())
+                    }
+                    (old, new) if old == new => Move::Same(slot),
+                    (old, new) => Move::Convert(slot, old.clone(), new.clone()),
+                }
+            })
+            .collect();
+        Remapping {
+            moves,
+            width: to.len(),
         }
     }
-    let mut out = Vec::new();
-    encode(&new, &mut out);
-    Some((out, dropped))
+
+    /// Carries one packed record over; returns the new bytes and how many values were
+    /// dropped, `None` if the bytes are not a packed record of the `from` schema.
+    pub fn apply(&self, bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
+        let mut c = Cursor(bytes);
+        let seq = c.get()?;
+        let mut old = Vec::new();
+        decode_values_from(&mut c, self.moves.len(), &mut old)?;
+        let history = c.0;
+        let mut check = Cursor(history);
+        skip_history(&mut check)?;
+        if !check.0.is_empty() {
+            return None;
+        }
+        let mut new = vec![Value::Missing; self.width];
+        // Values in slots past the `from` schema's have no name to move by.
+        let mut dropped = old[self.moves.len().min(old.len())..]
+            .iter()
+            .filter(|v| !v.is_missing())
+            .count();
+        for (value, to) in old.into_iter().zip(&self.moves) {
+            if value.is_missing() {
+                continue;
+            }
+            let moved = match to {
+                Move::Gone => None,
+                Move::Same(slot) => Some((*slot, value)),
+                Move::Enum(slot, variants) => match value {
+                    Value::Enum(i) => variants
+                        .get(i as usize)
+                        .copied()
+                        .flatten()
+                        .map(|i| (*slot, Value::Enum(i))),
+                    _ => None,
+                },
+                Move::Convert(slot, from, to) => Feature::of(&value, from)
+                    .and_then(|f| f.value(to))
+                    .map(|v| (*slot, v)),
+            };
+            match moved {
+                Some((slot, v)) => new[slot] = v,
+                None => dropped += 1,
+            }
+        }
+        let mut out = Vec::with_capacity(bytes.len() + 8);
+        put(&mut out, seq);
+        encode_values(&new, &mut out);
+        out.extend_from_slice(history);
+        Some((out, dropped))
+    }
+}
+
+/// Carries one packed record from the schema `from` to `to` (see [`Remapping`]).
+pub fn remap(bytes: &[u8], from: &SlotTypes, to: &EntitySchema) -> Option<(Vec<u8>, usize)> {
+    Remapping::new(from, to).apply(bytes)
 }
 
 impl History {
@@ -474,8 +549,22 @@ mod tests {
             seq: 9,
             ..CustomerState::default()
         };
+        let mut state = state;
+        for at in [1_000, 2_500] {
+            state.history.events_mut().push(Event {
+                at,
+                offer: 77,
+                group: 0,
+                channel: 5,
+                kind: EventKind::Click,
+            });
+        }
         let mut bytes = Vec::new();
         encode(&state, &mut bytes);
+        assert!(
+            remap(&bytes[..bytes.len() - 1], &from, &to).is_none(),
+            "a cut record is no record"
+        );
         let (moved, dropped) = remap(&bytes, &from, &to).expect("remaps");
         let mut back = CustomerState::default();
         decode(&moved, to.len(), &mut back).expect("decodes");
@@ -485,5 +574,10 @@ mod tests {
         );
         assert_eq!(dropped, 2, "`gone` is gone and `score` changed type");
         assert_eq!(back.seq, 9);
+        assert_eq!(
+            back.history.events(),
+            state.history.events(),
+            "the history moves whole"
+        );
     }
 }
