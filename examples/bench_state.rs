@@ -172,7 +172,8 @@ fn with_new_attribute(dir: &Path) -> anyhow::Result<Arc<Catalog>> {
 }
 
 /// Reopens `dir`, then swaps in a catalog with a new attribute while one thread decides
-/// for stored customers without pause: how long writes waited, what decisions saw.
+/// for stored customers without pause, and another upserts stored customers: how long the
+/// copy took, how long writes were held back, what decisions saw.
 fn relayout(dir: &Path, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let (db, _) = Db::open(dir, catalog, DbOptions::default())?;
@@ -181,7 +182,7 @@ fn relayout(dir: &Path, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let before = rss_mb();
     let swapping = AtomicBool::new(true);
     let customers = db.store().len() as u64;
-    let (relayout, latencies, peak) = std::thread::scope(|scope| {
+    let (relayout, latencies, writes, peak) = std::thread::scope(|scope| {
         let decider = scope.spawn(|| {
             let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
             let mut n = 0u64;
@@ -209,6 +210,24 @@ fn relayout(dir: &Path, catalog: Arc<Catalog>) -> anyhow::Result<()> {
             }
             latencies
         });
+        let writer = scope.spawn(|| {
+            let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+            let mut n = 0u64;
+            while swapping.load(Ordering::Relaxed) {
+                let catalog = db.catalog();
+                let schema = &catalog.schema.customer;
+                let mut values = vec![Value::Missing; schema.len()];
+                values[schema.slot("age").expect("age") as usize] = Value::Int((n % 90) as i64);
+                let id = format!("c{}", mix(n, 9) % customers.max(1));
+                let started = Instant::now();
+                db.upsert(&catalog, &id, values, START, false)
+                    .expect("upsert");
+                let _ = latencies.record(started.elapsed().as_nanos() as u64);
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            latencies
+        });
         let sampler = scope.spawn(|| {
             let mut peak = 0f64;
             while swapping.load(Ordering::Relaxed) {
@@ -224,14 +243,19 @@ fn relayout(dir: &Path, catalog: Arc<Catalog>) -> anyhow::Result<()> {
         (
             relayout,
             decider.join().expect("decider"),
+            writer.join().expect("writer"),
             sampler.join().expect("sampler"),
         )
     });
     println!(
-        "relayout: {} customers carried over to a new attribute layout; writes waited {:.2?}; \
+        "relayout: {} customers carried over to a new attribute layout in {:.2?}; {} written \
+         meanwhile taken again, writes held back {:.2?}; \
          {} values dropped; RSS {before:.0} MB before, {peak:.0} MB at the peak, {:.0} MB after; \
-         {} decisions meanwhile on the other core: p50 {:.1} µs, p99 {:.1} µs, max {:.1} ms",
+         {} decisions meanwhile on the other core: p50 {:.1} µs, p99 {:.1} µs, max {:.1} ms; \
+         {} upserts (one per 100 µs): p99 {:.1} µs, max {:.1} ms",
         relayout.customers,
+        relayout.copied,
+        relayout.taken_again,
         relayout.paused,
         relayout.dropped_values,
         rss_mb(),
@@ -239,6 +263,9 @@ fn relayout(dir: &Path, catalog: Arc<Catalog>) -> anyhow::Result<()> {
         latencies.value_at_quantile(0.5) as f64 / 1e3,
         latencies.value_at_quantile(0.99) as f64 / 1e3,
         latencies.max() as f64 / 1e6,
+        writes.len(),
+        writes.value_at_quantile(0.99) as f64 / 1e3,
+        writes.max() as f64 / 1e6,
     );
     Ok(())
 }

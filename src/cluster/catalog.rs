@@ -229,7 +229,7 @@ pub(super) fn apply(cluster: &Cluster, position: u64, payload: &[u8]) {
                 tokio::task::block_in_place(|| cluster.db.set_catalog(Arc::new(catalog)));
             cluster.catalog_swaps.fetch_add(1, Ordering::Relaxed);
             if relayout.customers > 0 {
-                tracing::info!(%version, position, customers = relayout.customers, dropped_values = relayout.dropped_values, writes_paused_ms = relayout.paused.as_millis() as u64, "swapped to the cluster's catalog; customers carried over to its attributes");
+                tracing::info!(%version, position, customers = relayout.customers, dropped_values = relayout.dropped_values, copied_ms = relayout.copied.as_millis() as u64, "swapped to the cluster's catalog; customers carried over to its attributes");
             } else {
                 tracing::info!(%version, position, "swapped to the cluster's catalog");
             }

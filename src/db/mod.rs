@@ -192,10 +192,14 @@ pub struct Relayout {
     /// Customers carried over to the new catalog's attributes (0: the attributes are
     /// the same, the store was kept as it is).
     pub customers: usize,
-    /// Stored values dropped: their attribute is gone, or changed to a type they do not
-    /// convert to.
+    /// Stored values dropped by the copy: their attribute is gone, or changed to a type
+    /// they do not convert to.
     pub dropped_values: usize,
-    /// How long writes waited while the customers were carried over.
+    /// How long the copy took (writes and decisions went on meanwhile).
+    pub copied: std::time::Duration,
+    /// Customers written during the copy, carried over again with writes held back.
+    pub taken_again: usize,
+    /// How long writes were held back.
     pub paused: std::time::Duration,
 }
 
@@ -207,6 +211,8 @@ pub struct Db {
     /// and exclusively by a catalog swap: a write lands in the store the swap carries
     /// over, or in the new one, never in one left behind.
     layout: RwLock<()>,
+    /// One catalog swap at a time.
+    swapping: Mutex<()>,
     journal: Writer<Entry>,
     /// The outcomes counted, with the sequence number of their record (`PENDING`
     /// while it is being queued; 0 for one restored, which is durable).
@@ -336,6 +342,7 @@ impl Db {
                 store: Arc::new(store),
             }),
             layout: RwLock::new(()),
+            swapping: Mutex::new(()),
             outcomes: Generations::new(options.remembered_outcomes),
             decisions: Generations::new(options.remembered_decisions),
             forgotten_at: Generations::new(100_000),
@@ -371,19 +378,17 @@ impl Db {
 
     /// Puts a new catalog in force for every later call; calls in flight finish on the
     /// view they started with. When the customer attributes differ, every stored customer
-    /// is carried over to the new ones by attribute name (enum values by variant name; a
-    /// value whose attribute is gone or changed to a type it does not convert to is
-    /// dropped) into a new store, while decisions go on reading the old one and writes
-    /// wait: a write that races the swap lands in the old store before it is carried
-    /// over, or in the new one after.
+    /// is carried over to the new ones by name (enum values by variant name; a value whose
+    /// attribute is gone or changed to a type it does not convert to is dropped) into a
+    /// new store, while decisions read the old one and writes go on into it, their
+    /// customers noted; then, with writes held back for a moment, the customers written
+    /// meanwhile are carried over again and the new view swapped in. No write is lost:
+    /// it lands in the old store before it is last copied, or in the new one.
     pub fn set_catalog(&self, catalog: Arc<Catalog>) -> Relayout {
-        let _no_writes = self.layout.write().unwrap_or_else(|e| e.into_inner());
-        let started = std::time::Instant::now();
+        let _one_at_a_time = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.view.load_full();
         let mut relayout = Relayout::default();
-        let store = if current.catalog.schema.customer == catalog.schema.customer {
-            Arc::clone(&current.store)
-        } else {
+        let remapping = (current.catalog.schema.customer != catalog.schema.customer).then(|| {
             let from: Vec<_> = current
                 .catalog
                 .schema
@@ -392,17 +397,33 @@ impl Db {
                 .iter()
                 .map(|a| (a.name.clone(), a.ty.clone()))
                 .collect();
-            let (store, dropped_values) = current.store.remapped(&from, &catalog.schema.customer);
-            relayout = Relayout {
-                customers: store.len(),
-                dropped_values,
-                paused: started.elapsed(),
-            };
-            Arc::new(store)
+            crate::state::packed::Remapping::new(&from, &catalog.schema.customer)
+        });
+        let store = match &remapping {
+            None => Arc::clone(&current.store),
+            Some(remapping) => {
+                let started = std::time::Instant::now();
+                current.store.track_changes();
+                let (store, dropped_values) = current.store.remapped(remapping);
+                relayout.copied = started.elapsed();
+                relayout.dropped_values = dropped_values;
+                Arc::new(store)
+            }
         };
+        let _no_writes = self.layout.write().unwrap_or_else(|e| e.into_inner());
+        let held = std::time::Instant::now();
+        if let Some(remapping) = &remapping {
+            let changed = current.store.changes();
+            relayout.taken_again = changed.len();
+            for id in &changed {
+                store.take_again(&current.store, id, remapping);
+            }
+            relayout.customers = store.len();
+        }
         // Cells for both catalogs' budgets before the swap: decisions on either find theirs.
         self.spending.publish(&[&catalog, &current.catalog]);
         self.view.store(Arc::new(View { catalog, store }));
+        relayout.paused = held.elapsed();
         relayout
     }
 

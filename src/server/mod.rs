@@ -176,7 +176,7 @@ impl Node {
     /// Loads the rules directory again and swaps the catalog if it has no error at all;
     /// decisions in flight finish on the catalog they started with. A catalog with other
     /// customer attributes carries the stored customers over by name (see
-    /// [`Db::set_catalog`]): decisions go on meanwhile, writes wait.
+    /// [`Db::set_catalog`]): decisions and writes go on meanwhile.
     pub fn reload(&self) -> Result<Arc<Catalog>, NodeError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let catalog = load_catalog(&self.rules)?;
@@ -186,7 +186,9 @@ impl Node {
                 version = %catalog.version,
                 customers = relayout.customers,
                 dropped_values = relayout.dropped_values,
-                writes_paused_ms = relayout.paused.as_millis() as u64,
+                copied_ms = relayout.copied.as_millis() as u64,
+                written_meanwhile = relayout.taken_again,
+                writes_held_ms = relayout.paused.as_millis() as u64,
                 "the catalog changes the customer attributes: stored customers carried over by name"
             );
         }

@@ -9,8 +9,10 @@
 
 pub mod packed;
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -339,6 +341,10 @@ pub struct Store {
     width: usize,
     /// Reads and writes refused because the customer's record does not decode.
     undecodable: AtomicU64,
+    /// While on ([`Store::track_changes`]), the ids of customers changed since: what a
+    /// copy made meanwhile must take again.
+    tracking: AtomicBool,
+    changed: Mutex<HashSet<Box<str>>>,
 }
 
 impl fmt::Debug for Store {
@@ -382,6 +388,8 @@ impl Store {
             limits,
             width,
             undecodable: AtomicU64::new(0),
+            tracking: AtomicBool::new(false),
+            changed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -489,6 +497,7 @@ impl Store {
             *entry = bytes.into_boxed_slice();
         }
         drop(entry);
+        self.note(id);
         recycle(state);
         // A refused first write leaves no customer behind: the empty record goes, unless
         // another writer has written to it since.
@@ -503,11 +512,59 @@ impl Store {
         let mut bytes = Vec::new();
         packed::encode(state, &mut bytes);
         self.customers.insert(id.into(), bytes.into_boxed_slice());
+        self.note(id);
     }
 
     /// Puts a packed record in place as it is (a snapshot of the same schema).
     pub fn insert_packed(&self, id: Box<str>, bytes: Box<[u8]>) {
+        if self.tracking.load(Ordering::SeqCst) {
+            self.note(&id);
+        }
         self.customers.insert(id, bytes);
+    }
+
+    /// Records a change to `id` while changes are tracked. Called after the change: a
+    /// change made before tracking began is in any copy begun after it.
+    fn note(&self, id: &str) {
+        if self.tracking.load(Ordering::SeqCst) {
+            self.changed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.into());
+        }
+    }
+
+    /// From now on, records which customers change, until [`Store::changes`].
+    pub fn track_changes(&self) {
+        self.changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.tracking.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops tracking and returns the customers changed since [`Store::track_changes`].
+    pub fn changes(&self) -> HashSet<Box<str>> {
+        self.tracking.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Carries the customer `id` over from `old` (laid out as `remapping` expects) into
+    /// this store again, or removes it here when `old` no longer has it.
+    pub fn take_again(&self, old: &Store, id: &str, remapping: &packed::Remapping) {
+        let bytes = old.customers.get(id).map(|entry| {
+            remapping
+                .apply(entry.value())
+                .map_or_else(|| entry.value().clone(), |(b, _)| b.into_boxed_slice())
+        });
+        match bytes {
+            Some(bytes) => {
+                self.customers.insert(id.into(), bytes);
+            }
+            None => {
+                self.customers.remove(id);
+            }
+        }
     }
 
     /// Runs `f` on a copy of one customer's state, taken under a short read lock; refused
@@ -571,15 +628,22 @@ impl Store {
         }
     }
 
-    /// A new store holding every record carried over from the schema `from` to `to`
-    /// ([`packed::remap`]) while this one goes on serving reads, and how many values no
-    /// longer fit and were dropped. A record that does not decode is kept as it is: its
+    /// A new store holding every record carried over by `remapping` while this one goes
+    /// on serving reads and taking writes (see [`Store::track_changes`]), and how many
+    /// values no longer fit and were dropped. A record that does not decode is kept as it is: its
     /// customer stays refused.
-    pub fn remapped(&self, from: &packed::SlotTypes, to: &EntitySchema) -> (Store, usize) {
-        let remapping = packed::Remapping::new(from, to);
+    pub fn remapped(&self, remapping: &packed::Remapping) -> (Store, usize) {
         let customers = DashMap::with_capacity(self.customers.len());
         let mut dropped = 0;
-        for entry in self.customers.iter() {
+        // The ids first, then one record at a time: iterating holds a shard's lock for the
+        // whole shard, which would hold that shard's writers back for as long as carrying
+        // it over takes (half a second of a million customers here).
+        let ids: Vec<Box<str>> = self.customers.iter().map(|e| e.key().clone()).collect();
+        for id in ids {
+            // Gone since: it was changed, and is taken again (or not) at the end.
+            let Some(entry) = self.customers.get(&id) else {
+                continue;
+            };
             let bytes = match remapping.apply(entry.value()) {
                 Some((bytes, n)) => {
                     dropped += n;
@@ -587,19 +651,24 @@ impl Store {
                 }
                 None => entry.value().clone(),
             };
-            customers.insert(entry.key().clone(), bytes);
+            drop(entry);
+            customers.insert(id, bytes);
         }
         let store = Store {
             customers,
             limits: self.limits,
-            width: to.len(),
+            width: remapping.width(),
             undecodable: AtomicU64::new(self.undecodable.load(Ordering::Relaxed)),
+            tracking: AtomicBool::new(false),
+            changed: Mutex::new(HashSet::new()),
         };
         (store, dropped)
     }
 
     pub fn forget(&self, id: &str) -> bool {
-        self.customers.remove(id).is_some()
+        let known = self.customers.remove(id).is_some();
+        self.note(id);
+        known
     }
 }
 

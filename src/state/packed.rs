@@ -355,6 +355,11 @@ impl Remapping {
         }
     }
 
+    /// The number of slots of the schema records are carried to.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// Carries one packed record over; returns the new bytes and how many values were
     /// dropped, `None` if the bytes are not a packed record of the `from` schema.
     pub fn apply(&self, bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
