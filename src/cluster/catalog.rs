@@ -162,15 +162,16 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let published = Published::of(sources, &catalog.version, &self.config.node_id);
         let bytes = serde_json::to_vec(&published).map_err(unavailable)?;
-        // The bucket first: a node starting from now on opens with this catalog, and
-        // meets it again in the stream (a no-op then) if it applies from before it.
+        // The stream first: a catalog the stream did not take must not be the one
+        // starting nodes open with. A node that starts between the two opens with the one
+        // before and swaps when it applies this record.
+        let ack = self
+            .publish(self.config.catalog_subject(), None, bytes.clone())
+            .await?;
         self.catalog_bucket
-            .put(KEY, bytes.clone().into())
+            .put(KEY, bytes.into())
             .await
             .map_err(unavailable)?;
-        let ack = self
-            .publish(self.config.catalog_subject(), None, bytes)
-            .await?;
         self.wait_applied(ack.sequence, SWAP_WAIT)
             .await
             .map_err(|_| {

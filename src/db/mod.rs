@@ -410,8 +410,8 @@ impl Db {
                 Arc::new(store)
             }
         };
-        let _no_writes = self.layout.write().unwrap_or_else(|e| e.into_inner());
         let held = std::time::Instant::now();
+        let _no_writes = self.layout.write().unwrap_or_else(|e| e.into_inner());
         if let Some(remapping) = &remapping {
             let changed = current.store.changes();
             relayout.taken_again = changed.len();
@@ -518,8 +518,11 @@ impl Db {
             at,
             customer: id.to_string(),
         });
+        // Room first, as for every write: nothing waits for the disk holding the layout
+        // lock (a swap waiting for it would hold back writers that hold room).
+        let permit = self.journal.reserve()?;
         let (layout, view) = self.for_write();
-        let seq = self.journal.append(Entry::Record(record), true)?;
+        let seq = permit.append(Entry::Record(record), true)?;
         let known = view.store.forget(id);
         drop(layout);
         self.decisions.retain(|_, r| &*r.customer != id);

@@ -518,9 +518,11 @@ impl Store {
     /// Puts a packed record in place as it is (a snapshot of the same schema).
     pub fn insert_packed(&self, id: Box<str>, bytes: Box<[u8]>) {
         if self.tracking.load(Ordering::SeqCst) {
+            self.customers.insert(id.clone(), bytes);
             self.note(&id);
+        } else {
+            self.customers.insert(id, bytes);
         }
-        self.customers.insert(id, bytes);
     }
 
     /// Records a change to `id` while changes are tracked. Called after the change: a

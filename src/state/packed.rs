@@ -302,7 +302,8 @@ fn decode_history(c: &mut Cursor<'_>, events: &mut Vec<Event>) -> Option<()> {
     Some(())
 }
 
-/// The type of each slot of the schema a packed record was written under, for [`remap`].
+/// The type of each slot of the schema a packed record was written under, for
+/// [`Remapping`].
 pub type SlotTypes = [(String, AttrType)];
 
 /// Where one slot's value goes when a record is carried over to another schema.
@@ -412,7 +413,8 @@ impl Remapping {
 }
 
 /// Carries one packed record from the schema `from` to `to` (see [`Remapping`]).
-pub fn remap(bytes: &[u8], from: &SlotTypes, to: &EntitySchema) -> Option<(Vec<u8>, usize)> {
+#[cfg(test)]
+fn remap(bytes: &[u8], from: &SlotTypes, to: &EntitySchema) -> Option<(Vec<u8>, usize)> {
     Remapping::new(from, to).apply(bytes)
 }
 
