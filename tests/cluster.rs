@@ -639,18 +639,17 @@ fn copy_rules() -> tempfile::TempDir {
     dir
 }
 
-#[test]
-fn a_reload_on_one_node_reaches_every_node_and_a_bad_catalog_none() {
-    let Some(_turn) = have_nats() else {
-        return;
-    };
-    let nats = NatsCluster::start(3);
+/// Three nodes, each on a copy of the sample rules of its own (to reload) and a new data
+/// directory; the directories live as long as the returned guards.
+fn nodes_on_own_rules(
+    nats: &NatsCluster,
+) -> (Vec<tempfile::TempDir>, Vec<tempfile::TempDir>, Vec<Node>) {
     let rules: Vec<tempfile::TempDir> = (0..3).map(|_| copy_rules()).collect();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
-    let nodes: Vec<Node> = (0..3)
+    let nodes = (0..3)
         .map(|i| {
             Node::start_on(
-                &nats,
+                nats,
                 &format!("node-{i}"),
                 rules[i].path(),
                 dirs[i].path(),
@@ -658,6 +657,16 @@ fn a_reload_on_one_node_reaches_every_node_and_a_bad_catalog_none() {
             )
         })
         .collect();
+    (rules, dirs, nodes)
+}
+
+#[test]
+fn a_reload_on_one_node_reaches_every_node_and_a_bad_catalog_none() {
+    let Some(_turn) = have_nats() else {
+        return;
+    };
+    let nats = NatsCluster::start(3);
+    let (rules, _dirs, nodes) = nodes_on_own_rules(&nats);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     bounded(&runtime, &nodes, async {
         let first = nodes[0].status().await.catalog_version;
@@ -727,45 +736,13 @@ fn a_reload_on_one_node_reaches_every_node_and_a_bad_catalog_none() {
     });
 }
 
-/// A new customer attribute and a new offer whose rule reads it, in node 0's rules.
-fn add_loyalty(rules: &Path) {
-    let schema = rules.join("schema.yaml");
-    let text = std::fs::read_to_string(&schema).expect("schema");
-    std::fs::write(
-        &schema,
-        text.replacen(
-            "customer:\n",
-            "customer:\n  loyalty_points:\n    type: int\n",
-            1,
-        ),
-    )
-    .expect("write");
-    std::fs::write(
-        rules.join("offers/loyalty.yaml"),
-        "offers:\n  - id: loyalty_reward\n    name: Loyalty reward\n    group: service\n    propensity: 0.9\n    value: 500\n    eligibility: customer.loyalty_points > 100\n    content:\n      web.home_banner:\n        title: Your points are worth a reward\n        cta: Redeem\n",
-    )
-    .expect("write");
-}
-
 #[test]
 fn a_catalog_with_a_new_attribute_hot_swaps_on_every_node_under_write_and_decide_load() {
     let Some(_turn) = have_nats() else {
         return;
     };
     let nats = NatsCluster::start(3);
-    let rules: Vec<tempfile::TempDir> = (0..3).map(|_| copy_rules()).collect();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            Node::start_on(
-                &nats,
-                &format!("node-{i}"),
-                rules[i].path(),
-                dirs[i].path(),
-                &[],
-            )
-        })
-        .collect();
+    let (rules, _dirs, nodes) = nodes_on_own_rules(&nats);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     bounded(&runtime, &nodes, async {
         let mut clients = Vec::new();
@@ -793,7 +770,7 @@ fn a_catalog_with_a_new_attribute_hot_swaps_on_every_node_under_write_and_decide
         }
         let mut version = String::new();
         let (last, position) = write_load(clients, 800, async {
-            add_loyalty(rules[0].path());
+            common::add_loyalty(rules[0].path());
             let reloaded = nodes[0]
                 .admin()
                 .await

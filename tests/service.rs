@@ -3358,22 +3358,7 @@ async fn a_catalog_with_a_new_attribute_hot_swaps_under_write_and_decide_load() 
     while written.load(std::sync::atomic::Ordering::Relaxed) < WRITES / 2 {
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    let schema = server.rules.path().join("schema.yaml");
-    let text = std::fs::read_to_string(&schema).expect("schema");
-    std::fs::write(
-        &schema,
-        text.replacen(
-            "customer:\n",
-            "customer:\n  loyalty_points:\n    type: int\n    description: Points in the loyalty programme.\n",
-            1,
-        ),
-    )
-    .expect("write");
-    std::fs::write(
-        server.rules.path().join("offers/loyalty.yaml"),
-        "offers:\n  - id: loyalty_reward\n    name: Loyalty reward\n    group: service\n    propensity: 0.9\n    value: 500\n    eligibility: customer.loyalty_points > 100\n    content:\n      web.home_banner:\n        title: Your points are worth a reward\n        cta: Redeem\n",
-    )
-    .expect("write");
+    common::add_loyalty(server.rules.path());
     let mut admin = AdminServiceClient::new(channel.clone());
     let reloaded = admin
         .reload(proto::ReloadRequest {})

@@ -164,3 +164,25 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// The most common catalog change, in the rules directory `rules`: a new customer
+/// attribute (`loyalty_points`, first, so every slot moves) and a new offer whose rule
+/// reads it (`loyalty_reward`, on `web.home_banner`, for more than 100 points).
+pub fn add_loyalty(rules: &Path) {
+    let schema = rules.join("schema.yaml");
+    let text = std::fs::read_to_string(&schema).expect("schema");
+    std::fs::write(
+        &schema,
+        text.replacen(
+            "customer:\n",
+            "customer:\n  loyalty_points:\n    type: int\n    description: Points in the loyalty programme.\n",
+            1,
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        rules.join("offers/loyalty.yaml"),
+        "offers:\n  - id: loyalty_reward\n    name: Loyalty reward\n    group: service\n    propensity: 0.9\n    value: 500\n    eligibility: customer.loyalty_points > 100\n    content:\n      web.home_banner:\n        title: Your points are worth a reward\n        cta: Redeem\n",
+    )
+    .expect("write");
+}
