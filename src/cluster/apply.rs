@@ -13,6 +13,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use tokio_stream::StreamExt;
 
 use super::Cluster;
+use super::commit::{self, Confirmer};
 use crate::journal::Record;
 
 /// How long to wait before making a failed consumer again.
@@ -51,17 +52,26 @@ async fn consume(cluster: &Cluster, name: &str, from: u64) -> Result<push::Order
         .map_err(|e| e.to_string())
 }
 
-/// Applies the write stream from `from` on, for as long as the process runs.
+/// Applies the write stream from `from` on, for as long as the process runs, each record
+/// once it is known to be committed (`commit`).
 pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
     let mut next = from;
+    // The last position applied and known committed: where reading starts again when a
+    // record cannot be confirmed (only barriers, which change nothing, lie between it
+    // and `next`).
+    let mut confirmed = from.saturating_sub(1);
+    let mut confirmer = Confirmer::default();
     let mut last_snapshot = Instant::now();
     // The position of the last snapshot taken (or the one the node started from).
     let mut snapshotted = from.saturating_sub(1);
     let mut failing = false;
+    // Whether the last record delivered could not be confirmed (logged once).
+    let mut unconfirmed = false;
     loop {
         let mut messages = match consume(&cluster, &cluster.config.writes_stream(), next).await {
             Ok(m) => m,
             Err(e) => {
+                cluster.suspect();
                 if !failing {
                     tracing::warn!(error = %e, "consuming the write stream; retrying");
                     failing = true;
@@ -80,9 +90,13 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "the write stream's consumer failed; making it again");
+                    cluster.suspect();
                     break;
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    cluster.suspect();
+                    break;
+                }
                 Err(_) => {
                     // Nothing delivered for a while. The consumer (one replica, on one
                     // server) may be gone with its server: the client would notice only
@@ -93,22 +107,24 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                     // A quiet stream still gets its snapshot, of what was applied since.
                     if let Some(every) = cluster.config.snapshot_every
                         && last_snapshot.elapsed() >= every
-                        && applied > snapshotted
+                        && confirmed > snapshotted
                     {
                         last_snapshot = Instant::now();
-                        snapshotted = applied;
-                        snapshot(&cluster, applied);
+                        snapshotted = confirmed;
+                        snapshot(&cluster, confirmed);
                     }
                     if cluster.tail.load(Ordering::Relaxed) > applied {
                         tracing::info!(
                             applied,
                             "the write stream's consumer is stalled; making it again"
                         );
+                        cluster.suspect();
                         break;
                     }
                     if quiet.is_multiple_of(4)
                         && cluster.stream_last(&cluster.config.writes_stream()).await > applied
                     {
+                        cluster.suspect();
                         break;
                     }
                     continue;
@@ -136,51 +152,83 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                 );
                 std::process::exit(70);
             }
-            if super::catalog::is_catalog(&message.subject) {
-                super::catalog::apply(&cluster, position, &message.payload);
-            } else {
-                match Record::decode_payload(&message.payload) {
-                    Ok(record) => {
-                        if cluster.db.apply_replicated(position, record) {
-                            cluster
-                                .stats
-                                .applied_records
-                                .fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            cluster
-                                .stats
-                                .skipped_duplicates
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(e) => {
-                        // A record of a newer nextbest, or damage: skipped alike on every
-                        // node of this version, so the nodes stay equal; counted and logged.
-                        cluster.stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(position, error = %e, "a write in the stream does not decode; skipped");
-                    }
+            if commit::is_barrier(&message.subject) {
+                confirmer.passed_barrier(position, &message.payload);
+                if position <= cluster.committed() {
+                    confirmed = position;
                 }
+            } else {
+                if let Err(e) = confirmer
+                    .confirm(&cluster, position, &message.subject, &message.payload)
+                    .await
+                {
+                    if !unconfirmed {
+                        tracing::warn!(
+                            position,
+                            error = %e,
+                            "a delivered write is not known to be committed; reading the stream again"
+                        );
+                        unconfirmed = true;
+                    }
+                    next = confirmed + 1;
+                    break;
+                }
+                if unconfirmed {
+                    tracing::info!(position, "delivered writes are confirmed committed again");
+                    unconfirmed = false;
+                }
+                apply_message(&cluster, position, &message.subject, &message.payload);
+                confirmed = position;
+                cluster
+                    .tail
+                    .fetch_max(position + pending, Ordering::Relaxed);
             }
-            if let Some(p) = partition_of(&message.subject)
-                && let Some(cell) = cluster.partitions.get(p)
-            {
-                cell.store(position, Ordering::Relaxed);
-            }
-            cluster
-                .tail
-                .fetch_max(position + pending, Ordering::Relaxed);
             next = position + 1;
             cluster.applied_at.store(stored_ms, Ordering::Relaxed);
-            cluster.applied.send_replace(position);
+            cluster.applied.send_if_modified(|applied| {
+                let moved = position > *applied;
+                *applied = (*applied).max(position);
+                moved
+            });
             if let Some(every) = cluster.config.snapshot_every
                 && last_snapshot.elapsed() >= every
+                && confirmed > snapshotted
             {
                 last_snapshot = Instant::now();
-                snapshotted = position;
-                snapshot(&cluster, position);
+                snapshotted = confirmed;
+                snapshot(&cluster, confirmed);
             }
         }
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Applies one committed record of the write stream: a catalog, or a journal record.
+fn apply_message(cluster: &Cluster, position: u64, subject: &str, payload: &[u8]) {
+    if super::catalog::is_catalog(subject) {
+        super::catalog::apply(cluster, position, payload);
+    } else {
+        match Record::decode_payload(payload) {
+            Ok(record) => {
+                let counter = if cluster.db.apply_replicated(position, record) {
+                    &cluster.stats.applied_records
+                } else {
+                    &cluster.stats.skipped_duplicates
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // A record of a newer nextbest, or damage: skipped alike on every node of
+                // this version, so the nodes stay equal; counted and logged.
+                cluster.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(position, error = %e, "a write in the stream does not decode; skipped");
+            }
+        }
+    }
+    if let Some(p) = partition_of(subject)
+        && let Some(cell) = cluster.partitions.get(p)
+    {
+        cell.store(position, Ordering::Relaxed);
     }
 }
 

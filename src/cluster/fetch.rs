@@ -73,8 +73,11 @@ async fn read_stream(js: &jetstream::Context, name: &str) -> Result<Vec<(i128, V
             info.pending,
             info.published.unix_timestamp_nanos(),
         );
-        // The write stream's catalogs are not journal records (see `catalog`).
-        if !super::catalog::is_catalog(&message.subject) {
+        // The write stream's catalogs and barriers are not journal records (see `catalog`
+        // and `commit`).
+        if !super::catalog::is_catalog(&message.subject)
+            && !super::commit::is_barrier(&message.subject)
+        {
             out.push((at, message.payload.to_vec()));
         }
         if pending == 0 || seq >= last {

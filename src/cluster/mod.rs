@@ -21,6 +21,7 @@
 
 mod apply;
 mod catalog;
+mod commit;
 mod fetch;
 mod publish;
 mod snapshots;
@@ -152,6 +153,8 @@ pub struct ClusterStats {
     pub snapshots_published: AtomicU64,
     /// Write-stream records purged below every node's snapshot.
     pub trimmed: AtomicU64,
+    /// Barriers published to confirm that records delivered are committed.
+    pub barriers: AtomicU64,
     /// Sum of publish-to-ack times of this node's writes, in µs (with `published`, a mean).
     pub publish_micros: AtomicU64,
 }
@@ -168,6 +171,18 @@ pub struct Cluster {
     partitions: Box<[AtomicU64]>,
     /// The highest write-stream position known to exist (from acks and deliveries).
     tail: AtomicU64,
+    /// The highest write-stream position JetStream acknowledged to this node: every record
+    /// up to it is committed (`commit`).
+    committed: AtomicU64,
+    committed_moved: tokio::sync::Notify,
+    /// Barriers this node published (their payloads count them).
+    barriers: AtomicU64,
+    /// Records this node sent to the write stream and JetStream has not answered yet.
+    in_flight: AtomicU64,
+    /// Events after which what this node is delivered may not be the cluster's log (a
+    /// publish JetStream did not acknowledge, a consumer of the write stream lost): the
+    /// applier then checks each record against the stream's leader (`commit`).
+    suspicions: AtomicU64,
     /// The last decisions-stream position remembered here.
     decisions_applied: AtomicU64,
     /// JetStream's store time (ms since the epoch) of the last write applied here.
@@ -345,6 +360,11 @@ impl Cluster {
             applied: watch::channel(start).0,
             partitions,
             tail: AtomicU64::new(last),
+            committed: AtomicU64::new(0),
+            committed_moved: tokio::sync::Notify::new(),
+            barriers: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            suspicions: AtomicU64::new(0),
             decisions_applied: AtomicU64::new(from.as_ref().map_or(0, |m| m.decisions)),
             applied_at: std::sync::atomic::AtomicI64::new(0),
             joined_at: last,
@@ -507,6 +527,14 @@ impl Cluster {
     /// Notes whether JetStream acknowledged a publish.
     fn acknowledged(&self, yes: bool) {
         self.acknowledging.store(yes, Ordering::Relaxed);
+        if !yes {
+            self.suspect();
+        }
+    }
+
+    /// Notes an event after which what this node is delivered may not be the cluster's log.
+    pub(super) fn suspect(&self) {
+        self.suspicions.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn mark(&self, position: u64) -> StreamMark {

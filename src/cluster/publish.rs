@@ -50,19 +50,36 @@ struct Pending<'a> {
     cluster: &'a Cluster,
     ack: PublishAckFuture,
     started: Instant,
+    in_flight: InFlight<'a>,
+}
+
+/// Counts a record in flight to the write stream for as long as it lives.
+struct InFlight<'a>(&'a Cluster);
+
+impl<'a> InFlight<'a> {
+    fn new(cluster: &'a Cluster) -> Self {
+        cluster.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(cluster)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pending<'_> {
     async fn acked(self) -> Result<PublishAck, ClusterError> {
         let stats = &self.cluster.stats;
+        let _in_flight = self.in_flight;
         match self.ack.await {
             Ok(ack) => {
-                self.cluster.acknowledged(true);
+                self.cluster.took(&ack);
                 stats.published.fetch_add(1, Ordering::Relaxed);
                 stats
                     .publish_micros
                     .fetch_add(self.started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                self.cluster.tail.fetch_max(ack.sequence, Ordering::Relaxed);
                 Ok(ack)
             }
             Err(e) => {
@@ -88,6 +105,38 @@ fn encode(record: Record) -> Vec<u8> {
 }
 
 impl Cluster {
+    /// Notes JetStream's acknowledgement of a record this node sent to the write stream.
+    fn took(&self, ack: &PublishAck) {
+        self.acknowledged(true);
+        self.tail.fetch_max(ack.sequence, Ordering::Relaxed);
+        // A duplicate is answered from the leader's memory, not by a quorum.
+        if !ack.duplicate {
+            self.committed_through(ack.sequence);
+        }
+    }
+
+    /// Publishes a barrier (`commit`) and waits for JetStream's acknowledgement; counted
+    /// apart from writes.
+    pub(super) async fn publish_barrier(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+    ) -> Result<PublishAck, ClusterError> {
+        let pending = self.send(subject, None, payload).await?;
+        let _in_flight = pending.in_flight;
+        match pending.ack.await {
+            Ok(ack) => {
+                self.took(&ack);
+                self.stats.barriers.fetch_add(1, Ordering::Relaxed);
+                Ok(ack)
+            }
+            Err(e) => {
+                self.acknowledged(false);
+                Err(unavailable(e))
+            }
+        }
+    }
+
     /// Sends one record to the write stream; the returned future is JetStream's
     /// acknowledgement. Sending several before awaiting any pipelines them.
     async fn send(
@@ -108,6 +157,7 @@ impl Cluster {
                 cluster: self,
                 ack,
                 started,
+                in_flight: InFlight::new(self),
             }),
             Err(e) => {
                 self.acknowledged(false);

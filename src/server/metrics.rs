@@ -591,7 +591,7 @@ fn count(v: &std::sync::atomic::AtomicU64) -> f64 {
     v.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
 
-const CLUSTER_FIGURES: [ClusterFigure; 19] = [
+const CLUSTER_FIGURES: [ClusterFigure; 20] = [
     (
         "nextbest_cluster_applied_position",
         "The last write-stream position this node applied.",
@@ -636,6 +636,12 @@ const CLUSTER_FIGURES: [ClusterFigure; 19] = [
         "Writes JetStream did not acknowledge (answered UNAVAILABLE).",
         MetricType::COUNTER,
         |c| count(&c.stats.publish_failures),
+    ),
+    (
+        "nextbest_cluster_barriers_total",
+        "Barriers this node published to learn that records delivered to it are committed before applying them.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.barriers),
     ),
     (
         "nextbest_cluster_applied_total",
