@@ -192,9 +192,10 @@ impl ServeArgs {
             history_limits: cluster.is_some().then(crate::state::HistoryLimits::default),
             ..crate::db::DbOptions::default()
         };
-        // A cluster node opens with the cluster's catalog, when it has one.
+        // A cluster node opens with its snapshot's catalog, else the cluster's, when it has
+        // one.
         let opening = match &cluster {
-            Some(config) => runtime.block_on(crate::cluster::opening_catalog(config))?,
+            Some(config) => runtime.block_on(crate::cluster::opening_catalog(config, data))?,
             None => None,
         };
         let (node, recovery) = match opening {

@@ -237,7 +237,11 @@ fn apply_message(cluster: &Cluster, position: u64, subject: &str, payload: &[u8]
 fn snapshot(cluster: &Arc<Cluster>, position: u64) {
     let mark = cluster.mark(position);
     let db = &cluster.db;
-    match tokio::task::block_in_place(|| db.snapshot_replicated(&mark, crate::setup::now_ms())) {
+    let catalog = cluster.catalog_in_force();
+    let taken = tokio::task::block_in_place(|| {
+        db.snapshot_replicated(&mark, catalog.as_deref(), crate::setup::now_ms())
+    });
+    match taken {
         Ok(path) => {
             cluster.stats.snapshots.fetch_add(1, Ordering::Relaxed);
             tracing::info!(position, snapshot = %path.display(), "snapshot taken");

@@ -83,22 +83,39 @@ pub(super) async fn bucket(
     super::key_value(js, &name, 10, Duration::ZERO, config.replicas).await
 }
 
-/// At join: takes the cluster's catalog when it has one (a node that starts opens with
-/// it, see [`opening`], so this finds it in force unless it was published meanwhile), or
-/// publishes this node's (`sources`, the rules directory it loaded) when it has none.
-pub(super) async fn adopt(cluster: &Cluster, sources: Sources) -> Result<(), String> {
+/// At join: keeps the catalog of the snapshot the node opened from (`snapshot`, as
+/// published), since the records after the snapshot were applied under it on every node
+/// and a catalog published since is in the stream after it, where the applier swaps to
+/// it. Without one, takes the cluster's catalog when it has one (a node that starts opens
+/// with it, see [`opening`], so this finds it in force unless it was published meanwhile),
+/// or publishes this node's (`sources`, the rules directory it loaded) when it has none.
+pub(super) async fn adopt(
+    cluster: &Cluster,
+    sources: Sources,
+    snapshot: Option<&[u8]>,
+) -> Result<(), String> {
     let local = cluster.db.catalog();
+    if let Some(bytes) = snapshot
+        && version_of(bytes).as_deref() == Some(&*local.version)
+    {
+        cluster.keep_in_force(bytes);
+        return Ok(());
+    }
     let mut last_error = String::new();
     for _ in 0..10 {
         match cluster.cluster_catalog().await? {
-            Some((_, theirs)) if theirs.version == local.version => return Ok(()),
-            Some((_, theirs)) => {
+            Some((bytes, theirs)) if theirs.version == local.version => {
+                cluster.keep_in_force(&bytes);
+                return Ok(());
+            }
+            Some((bytes, theirs)) => {
                 let version = theirs.version.clone();
                 let db = Arc::clone(&cluster.db);
                 let relayout =
                     tokio::task::spawn_blocking(move || db.set_catalog(Arc::new(theirs)))
                         .await
                         .map_err(|e| e.to_string())?;
+                cluster.keep_in_force(&bytes);
                 tracing::info!(%version, rules = %local.version, customers_carried_over = relayout.customers, "took the cluster's catalog instead of the rules directory's");
                 return Ok(());
             }
@@ -107,8 +124,13 @@ pub(super) async fn adopt(cluster: &Cluster, sources: Sources) -> Result<(), Str
                 let bytes = serde_json::to_vec(&published).map_err(|e| e.to_string())?;
                 // `create`: only if still none (another node may be joining too, and then
                 // the next look finds its catalog).
-                match cluster.catalog_bucket.create(KEY, bytes.into()).await {
+                match cluster
+                    .catalog_bucket
+                    .create(KEY, bytes.clone().into())
+                    .await
+                {
                     Ok(_) => {
+                        cluster.keep_in_force(&bytes);
                         tracing::info!(version = %local.version, "published this node's catalog as the cluster's");
                         return Ok(());
                     }
@@ -123,15 +145,37 @@ pub(super) async fn adopt(cluster: &Cluster, sources: Sources) -> Result<(), Str
     ))
 }
 
-/// The cluster's catalog, for a node about to open its data directory: opening with it
-/// lays the stored customers out by the cluster's attributes from the start (opening with
-/// the rules directory's and swapping after would drop, in between, the values of
-/// attributes only the cluster's has). `None` when the cluster has none yet.
-pub async fn opening(config: &super::ClusterConfig) -> Result<Option<Catalog>, ClusterError> {
+/// The version a published catalog names, without loading it.
+fn version_of(bytes: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Published>(bytes)
+        .ok()
+        .map(|p| p.version)
+}
+
+/// The catalog a cluster node opens its data directory `data` with: the one its snapshot
+/// was taken under, else the cluster's (the latest published). Opening with it lays the
+/// stored customers out by the cluster's attributes from the start (opening with the
+/// rules directory's and swapping after would drop, in between, the values of attributes
+/// only the cluster's has). `None` when the cluster has none yet.
+pub async fn opening(
+    config: &super::ClusterConfig,
+    data: &std::path::Path,
+) -> Result<Option<Catalog>, ClusterError> {
     let join_error = |detail: String| ClusterError::Join {
         servers: config.servers.join(","),
         detail,
     };
+    // The records after a snapshot were applied, on every node, under the catalog in
+    // force at it: reopen with that one, whatever the cluster published since (the stream
+    // brings that after the snapshot's position).
+    if let Some(bytes) = crate::db::snapshot_catalog(data) {
+        match decode(&bytes) {
+            Ok((_, catalog)) => return Ok(Some(catalog)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the catalog kept in this node's snapshot does not load here; opening with the cluster's")
+            }
+        }
+    }
     let client = async_nats::ConnectOptions::new()
         .name(format!("nextbest {} opening", config.node_id))
         .connection_timeout(Duration::from_secs(5))
@@ -182,8 +226,21 @@ impl Cluster {
             })
     }
 
-    /// The cluster's catalog, if one was published.
-    pub(super) async fn cluster_catalog(&self) -> Result<Option<(Sources, Catalog)>, String> {
+    /// Notes the catalog in force as published (what snapshots keep).
+    pub(super) fn keep_in_force(&self, published: &[u8]) {
+        *self.in_force.lock().unwrap_or_else(|e| e.into_inner()) = Some(published.into());
+    }
+
+    /// The catalog in force as published, once known.
+    pub(super) fn catalog_in_force(&self) -> Option<Arc<[u8]>> {
+        self.in_force
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The cluster's catalog as published, and loaded, if one was published.
+    pub(super) async fn cluster_catalog(&self) -> Result<Option<(Vec<u8>, Catalog)>, String> {
         let Some(entry) = self
             .catalog_bucket
             .entry(KEY)
@@ -195,7 +252,9 @@ impl Cluster {
         if entry.operation != kv::Operation::Put {
             return Ok(None);
         }
-        decode(&entry.value).map(Some).map_err(|e| e.to_string())
+        decode(&entry.value)
+            .map(|(_, catalog)| Some((entry.value.to_vec(), catalog)))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -223,6 +282,7 @@ pub(super) fn apply(cluster: &Cluster, position: u64, payload: &[u8]) {
     match decode(payload) {
         Ok((_, catalog)) => {
             let version = catalog.version.clone();
+            cluster.keep_in_force(payload);
             if cluster.db.catalog().version == version {
                 return;
             }

@@ -201,6 +201,9 @@ pub struct Cluster {
     nodes_bucket: jetstream::kv::Store,
     /// Catalogs this node swapped to because the cluster published them.
     catalog_swaps: AtomicU64,
+    /// The catalog in force as the cluster published it (its files): what snapshots keep,
+    /// for a restart to open with. Set before the applier starts, then only by it.
+    in_force: std::sync::Mutex<Option<Arc<[u8]>>>,
     pub stats: ClusterStats,
 }
 
@@ -375,15 +378,20 @@ impl Cluster {
             snapshot_store,
             nodes_bucket,
             catalog_swaps: AtomicU64::new(0),
+            in_force: std::sync::Mutex::new(None),
             stats: ClusterStats::default(),
             config,
         });
-        catalog::adopt(&cluster, rules.clone())
+        catalog::adopt(&cluster, rules.clone(), recovery.catalog.as_deref())
             .await
             .map_err(|e| ClusterError::Join {
                 servers: cluster.config.servers.join(","),
                 detail: e,
             })?;
+        // Until this node's first snapshot, its restart begins where it starts now: keep
+        // the records after it (a node that begins at the stream's start holds trimming
+        // back until it has snapshotted).
+        cluster.record_snapshot_position(start).await;
         let sink = publish::DecisionQueue::start(Arc::clone(&cluster));
         cluster.db.set_decision_sink(Box::new(sink));
         let applier = tokio::spawn(apply::writes(Arc::clone(&cluster), start + 1));

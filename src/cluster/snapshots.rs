@@ -110,6 +110,10 @@ pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
     let cluster = Arc::clone(cluster);
     let mark = cluster.mark(position);
     tokio::spawn(async move {
+        // This node needs nothing before `position` any more: its restart begins at this
+        // snapshot, whatever becomes of the upload. (Recorded before the upload, so the
+        // stream is never trimmed past a snapshot a node holds and has not recorded.)
+        cluster.record_snapshot_position(position).await;
         let uploaded = async {
             let mut file = tokio::fs::File::open(&path)
                 .await
@@ -138,16 +142,6 @@ pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
                     bytes = info.size,
                     "snapshot published to the cluster"
                 );
-                // This node needs nothing before `position` any more.
-                let node = &cluster.config.node_id;
-                if let Err(error) = cluster
-                    .nodes_bucket
-                    .put(node.as_str(), position.to_string().into())
-                    .await
-                {
-                    tracing::warn!(%error, "recording this node's snapshot position");
-                    return;
-                }
                 match trim(&cluster).await {
                     Ok(0) => {}
                     Ok(purged) => {
@@ -160,6 +154,21 @@ pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
             Err(error) => tracing::warn!(position, %error, "publishing a snapshot failed"),
         }
     });
+}
+
+impl Cluster {
+    /// Records, under this node's id in the nodes bucket, the position of the snapshot
+    /// its restart would begin at: the write stream is never trimmed past it.
+    pub(super) async fn record_snapshot_position(&self, position: u64) {
+        let node = self.config.node_id.as_str();
+        if let Err(error) = self
+            .nodes_bucket
+            .put(node, position.to_string().into())
+            .await
+        {
+            tracing::warn!(%error, position, "recording this node's snapshot position");
+        }
+    }
 }
 
 /// The snapshot object's description: the stream and position it reflects.

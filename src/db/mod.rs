@@ -39,7 +39,7 @@ use crate::state::{CustomerState, HistoryLimits, StateError, Store};
 use crate::storage::{self, Damage, Stats, Writer, WriterOptions};
 
 use generations::{Generations, Recent};
-pub use recovery::{Recovery, SnapshotDefect, StreamMark};
+pub use recovery::{Recovery, SnapshotDefect, StreamMark, snapshot_catalog};
 pub use replica::{DecisionSink, ReplicaOutcome, StateDigest};
 
 #[derive(Debug, Clone)]

@@ -77,6 +77,10 @@ enum Item {
     /// A cluster node's snapshot: the write stream it was applied from and the last
     /// stream position it reflects (written right after the header).
     Stream(StreamMark),
+    /// A cluster node's snapshot: the cluster's catalog in force at that position, as it
+    /// was published (its files; written after `Stream`, before the customers), which
+    /// the node opens with again.
+    Catalog(Vec<u8>),
 }
 
 /// Where a cluster node's state stands in its cluster's write stream: the stream (its
@@ -150,6 +154,9 @@ pub struct Recovery {
     pub elapsed: Duration,
     /// The write stream position the snapshot reflects, for a cluster node's.
     pub stream: Option<StreamMark>,
+    /// The cluster's catalog in force at that position, as published, for a cluster
+    /// node's (none in snapshots written before it was kept).
+    pub catalog: Option<Vec<u8>>,
 }
 
 impl std::fmt::Display for Recovery {
@@ -185,6 +192,28 @@ impl std::fmt::Display for Recovery {
     }
 }
 
+/// The cluster catalog the newest snapshot of the data directory `data` was taken under,
+/// as published (a cluster node opens with it: the records after the snapshot were
+/// applied under it on every node). `None` without a snapshot, for an embedded node's or
+/// one written before snapshots kept it, and when the snapshot cannot be read (opening
+/// it then says why).
+pub fn snapshot_catalog(data: &Path) -> Option<Vec<u8>> {
+    let (_, path) = snapshots(&data.join("state")).ok()?.pop()?;
+    let mut reader = SegmentReader::open_file(&path, MAGIC, 0).ok()?;
+    let mut payload = Vec::new();
+    // The catalog comes right after the header and the stream mark.
+    for _ in 0..3 {
+        reader.next_into(&mut payload).ok()??;
+        if payload.first() != Some(&ITEM) {
+            return None;
+        }
+        if let Ok(Item::Catalog(catalog)) = postcard::from_bytes(&payload[1..]) {
+            return Some(catalog);
+        }
+    }
+    None
+}
+
 fn snapshots(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -210,7 +239,7 @@ pub(super) fn write_snapshot(
     position: Position,
     spending: &Counters,
     now: i64,
-    stream: Option<&StreamMark>,
+    stream: Option<(&StreamMark, Option<&[u8]>)>,
 ) -> Result<(PathBuf, usize), DbError> {
     let view = db.view();
     let schema = &view.catalog.schema.customer;
@@ -237,8 +266,11 @@ pub(super) fn write_snapshot(
                 slots: describe_slots(schema),
             },
         )?;
-        if let Some(mark) = stream {
+        if let Some((mark, catalog)) = stream {
             put(w, &Item::Stream(mark.clone()))?;
+            if let Some(catalog) = catalog {
+                put(w, &Item::Catalog(catalog.to_vec()))?;
+            }
         }
         let mut result = Ok(());
         let mut customer = Vec::with_capacity(4096);
@@ -480,6 +512,7 @@ fn load_snapshot(
                 }
             }
             Item::Stream(mark) => recovery.stream = Some(mark),
+            Item::Catalog(catalog) => recovery.catalog = Some(catalog),
             Item::End { customers } => {
                 if customers as usize != recovery.customers_loaded {
                     return Err(bad(SnapshotDefect::CustomerCount {

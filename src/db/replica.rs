@@ -200,9 +200,15 @@ impl Db {
     }
 
     /// Snapshots a cluster node's state as of the write stream's `mark` (the caller, the
-    /// applier, applies nothing meanwhile, so the snapshot is exact). The node's journal
-    /// holds no writes in cluster mode, so nothing is rotated or erased.
-    pub fn snapshot_replicated(&self, mark: &StreamMark, now: i64) -> Result<PathBuf, DbError> {
+    /// applier, applies nothing meanwhile, so the snapshot is exact), with the cluster's
+    /// catalog in force there as published. The node's journal holds no writes in cluster
+    /// mode, so nothing is rotated or erased.
+    pub fn snapshot_replicated(
+        &self,
+        mark: &StreamMark,
+        catalog: Option<&[u8]>,
+        now: i64,
+    ) -> Result<PathBuf, DbError> {
         let _one_at_a_time = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
         let cutoff = now - self.options.attribution_window;
         self.decisions
@@ -218,7 +224,7 @@ impl Db {
             storage::Position::default(),
             &spending,
             now,
-            Some(mark),
+            Some((mark, catalog)),
         )?;
         Ok(path)
     }

@@ -1045,3 +1045,40 @@ fn a_catalog_with_other_attributes_swaps_in_while_writes_and_decisions_race() {
         "memory is what the journal replays to"
     );
 }
+
+#[test]
+fn a_cluster_snapshot_keeps_the_catalog_in_force_for_the_restart_to_open_with() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mark = StreamMark {
+        stream: "NEXTBEST_WRITES".into(),
+        created: 1,
+        position: 42,
+        decisions: 7,
+    };
+    let published = br#"{"version":"v1","node":"n","files":[]}"#;
+    {
+        let (db, _) = open(dir.path());
+        assert_eq!(snapshot_catalog(dir.path()), None, "no snapshot yet");
+        db.upsert_json("c1", &ada(), NOW).expect("upsert");
+        db.snapshot_replicated(&mark, Some(published), NOW)
+            .expect("snapshot");
+        db.close().expect("close");
+    }
+    assert_eq!(
+        snapshot_catalog(dir.path()).as_deref(),
+        Some(&published[..])
+    );
+    let (_, recovery) = open(dir.path());
+    assert_eq!(recovery.stream, Some(mark.clone()));
+    assert_eq!(recovery.catalog.as_deref(), Some(&published[..]));
+    assert_eq!(recovery.customers_loaded, 1);
+
+    // A snapshot without one (taken before snapshots kept it): none, and it still loads.
+    let (db, _) = open(dir.path());
+    db.snapshot_replicated(&mark, None, NOW).expect("snapshot");
+    db.close().expect("close");
+    assert_eq!(snapshot_catalog(dir.path()), None);
+    let (_, recovery) = open(dir.path());
+    assert_eq!(recovery.catalog, None);
+    assert_eq!(recovery.customers_loaded, 1);
+}
