@@ -103,6 +103,7 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                     // after two missed heartbeats (10 s). Known records not delivered, or
                     // the stream longer than what was applied, mean it is: make it again.
                     quiet += 1;
+                    confirmer.quiet(&cluster);
                     let applied = next - 1;
                     // A quiet stream still gets its snapshot, of what was applied since.
                     if let Some(every) = cluster.config.snapshot_every
@@ -153,7 +154,7 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                 std::process::exit(70);
             }
             if commit::is_barrier(&message.subject) {
-                confirmer.passed_barrier(position, &message.payload);
+                confirmer.passed_barrier(&cluster, position, &message.subject, &message.payload);
                 if position <= cluster.committed() {
                     confirmed = position;
                 }
@@ -170,7 +171,6 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                         );
                         unconfirmed = true;
                     }
-                    next = confirmed + 1;
                     break;
                 }
                 if unconfirmed {
@@ -199,6 +199,10 @@ pub(super) async fn writes(cluster: Arc<Cluster>, from: u64) {
                 snapshot(&cluster, confirmed);
             }
         }
+        // Whatever ended this consumer, read again from the last record confirmed: the
+        // barriers passed since may not be the cluster's.
+        next = confirmed + 1;
+        confirmer.rewound();
         tokio::time::sleep(RETRY).await;
     }
 }

@@ -83,8 +83,8 @@ pub(super) async fn bucket(
     super::key_value(js, &name, 10, Duration::ZERO, config.replicas).await
 }
 
-/// At join: keeps the catalog of the snapshot the node opened from (`snapshot`, as
-/// published), since the records after the snapshot were applied under it on every node
+/// At join: keeps the catalog of the snapshot the node's state was loaded from
+/// (`snapshot`, as published; none when the snapshot was unusable), since the records after the snapshot were applied under it on every node
 /// and a catalog published since is in the stream after it, where the applier swaps to
 /// it. Without one, takes the cluster's catalog when it has one (a node that starts opens
 /// with it, see [`opening`], so this finds it in force unless it was published meanwhile),

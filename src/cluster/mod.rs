@@ -382,7 +382,9 @@ impl Cluster {
             stats: ClusterStats::default(),
             config,
         });
-        catalog::adopt(&cluster, rules.clone(), recovery.catalog.as_deref())
+        // The snapshot's catalog counts only if its state was loaded (`stream` set).
+        let snapshot_catalog = recovery.stream.as_ref().and(recovery.catalog.as_deref());
+        catalog::adopt(&cluster, rules.clone(), snapshot_catalog)
             .await
             .map_err(|e| ClusterError::Join {
                 servers: cluster.config.servers.join(","),

@@ -111,8 +111,7 @@ pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
     let mark = cluster.mark(position);
     tokio::spawn(async move {
         // This node needs nothing before `position` any more: its restart begins at this
-        // snapshot, whatever becomes of the upload. (Recorded before the upload, so the
-        // stream is never trimmed past a snapshot a node holds and has not recorded.)
+        // snapshot, whatever becomes of the upload.
         cluster.record_snapshot_position(position).await;
         let uploaded = async {
             let mut file = tokio::fs::File::open(&path)

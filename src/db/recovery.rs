@@ -364,6 +364,7 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
                 db.spending.lock().clear();
                 recovery.customers_loaded = 0;
                 recovery.stream = None;
+                recovery.catalog = None;
             }
         }
     }
