@@ -226,8 +226,11 @@ impl Confirmer {
     /// Called while nothing is delivered: a barrier passed unconfirmed for long raises a
     /// suspicion, so what comes next is checked against the stream's leader.
     pub(super) fn quiet(&mut self, cluster: &Cluster) {
-        let committed = cluster.committed();
-        self.passed.retain(|(at, ..)| *at > committed);
+        // Covered by an acknowledgement now; while suspicious, still to be compared.
+        if !self.suspicious(cluster) {
+            let committed = cluster.committed();
+            self.passed.retain(|(at, ..)| *at > committed);
+        }
         if let Some((_, _, _, when)) = self.passed.first()
             && !self.suspected
             && when.elapsed() >= PASSED_UNCONFIRMED
