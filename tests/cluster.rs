@@ -1398,6 +1398,20 @@ fn stream_first(nats: &NatsCluster) -> u64 {
     v["state"]["first_seq"].as_u64().expect("first_seq")
 }
 
+/// Nodes 0 to 2 on `dirs`, each snapshotting (and publishing, and trimming) every second.
+fn snapshotting_nodes(nats: &NatsCluster, dirs: &[tempfile::TempDir]) -> Vec<Node> {
+    (0..3)
+        .map(|i| {
+            Node::start(
+                nats,
+                &format!("node-{i}"),
+                dirs[i].path(),
+                &["--compact-interval", "1s"],
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn the_write_stream_is_trimmed_below_every_snapshot_and_nodes_still_join() {
     let Some(_turn) = have_nats() else {
@@ -1405,16 +1419,7 @@ fn the_write_stream_is_trimmed_below_every_snapshot_and_nodes_still_join() {
     };
     let nats = NatsCluster::start(3);
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("tmp")).collect();
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            Node::start(
-                &nats,
-                &format!("node-{i}"),
-                dirs[i].path(),
-                &["--compact-interval", "1s"],
-            )
-        })
-        .collect();
+    let mut nodes = snapshotting_nodes(&nats, &dirs);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let last = bounded(&runtime, &nodes, async {
         let mut last = 0;
@@ -1467,16 +1472,7 @@ fn a_node_restarts_on_the_catalog_of_its_snapshot_whatever_the_bucket_holds() {
     };
     let nats = NatsCluster::start(3);
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            Node::start(
-                &nats,
-                &format!("node-{i}"),
-                dirs[i].path(),
-                &["--compact-interval", "1s"],
-            )
-        })
-        .collect();
+    let mut nodes = snapshotting_nodes(&nats, &dirs);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let last = bounded(&runtime, &nodes, async {
         let mut client = nodes[0].customers().await;
@@ -1527,13 +1523,10 @@ fn a_node_restarts_on_the_catalog_of_its_snapshot_whatever_the_bucket_holds() {
     bounded(&runtime, &nodes, async {
         let status = converged(&nodes.iter().collect::<Vec<_>>(), last).await;
         assert_eq!(status.customers, 20);
-        let versions: Vec<String> = {
-            let mut v = Vec::new();
-            for n in &nodes {
-                v.push(n.status().await.catalog_version);
-            }
-            v
-        };
+        let mut versions = Vec::new();
+        for n in &nodes {
+            versions.push(n.status().await.catalog_version);
+        }
         assert!(
             versions.windows(2).all(|w| w[0] == w[1]),
             "every node on one catalog: {versions:?}"
