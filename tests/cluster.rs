@@ -1533,3 +1533,193 @@ fn a_node_restarts_on_the_catalog_of_its_snapshot_whatever_the_bucket_holds() {
         );
     });
 }
+
+/// Every file under `roots` whose bytes hold `needle` (files replaced while scanned are
+/// skipped: their successors are scanned next time).
+fn files_holding(roots: &[&Path], needle: &[u8]) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = roots.iter().map(|r| r.to_path_buf()).collect();
+    let mut holding = Vec::new();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                files.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+            }
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            holding.push(path);
+        }
+    }
+    holding
+}
+
+#[test]
+fn a_forgotten_customer_leaves_no_trace_in_any_nodes_or_servers_files() {
+    let Some(_turn) = have_nats() else {
+        return;
+    };
+    const ID: &str = "erase-me-5d1c7a";
+    const VALUE: &str = "x-canary-93be41";
+    let nats = NatsCluster::start(3);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    let nodes = snapshotting_nodes(&nats, &dirs);
+    let mut roots: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
+    roots.extend((0..3).map(|i| nats.store_dir(i)));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // Other customers' traffic, through every node: decisions batched with the forgotten
+    // customer's, and what keeps the streams (and their Raft logs) moving.
+    let others = |round: usize| {
+        let nodes = &nodes;
+        async move {
+            let mut last = 0;
+            for (i, n) in nodes.iter().enumerate() {
+                let id = format!("other-{round}-{i}");
+                last = upsert(&mut n.customers().await, &id, 30)
+                    .await
+                    .expect("upsert");
+                n.decisions()
+                    .await
+                    .decide(proto::DecideRequest {
+                        customer_id: id,
+                        placement: "email.hero".into(),
+                        min_position: last,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("decide");
+            }
+            last
+        }
+    };
+    bounded(&runtime, &nodes, async {
+        others(0).await;
+        let position = within(
+            &nodes,
+            "upsert the customer to forget",
+            nodes[0].customers().await.upsert(proto::UpsertRequest {
+                customer_id: ID.into(),
+                attributes: [
+                    ("age".to_string(), int(41)),
+                    ("language".to_string(), string(VALUE)),
+                ]
+                .into(),
+            }),
+        )
+        .await
+        .position;
+        // Decided on node 1 beside another customer (one batch, most likely), shown
+        // through node 2.
+        let (mut a, mut b) = (nodes[1].decisions().await, nodes[1].decisions().await);
+        let request = |customer_id: &str| proto::DecideRequest {
+            customer_id: customer_id.into(),
+            placement: "email.hero".into(),
+            min_position: position,
+            ..Default::default()
+        };
+        let (decision, _) = tokio::join!(a.decide(request(ID)), b.decide(request("other-0-0")));
+        let decision = decision.expect("decide").into_inner();
+        within(
+            &nodes,
+            "an impression through another node",
+            nodes[2]
+                .decisions()
+                .await
+                .record_outcome(impression(&decision)),
+        )
+        .await;
+        others(1).await;
+    });
+    // Before the forget: in the nodes' snapshots, the published snapshot and the
+    // decisions stream's files (the scan finds what it looks for).
+    let given_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let holding = files_holding(&roots, VALUE.as_bytes());
+        let found = |part: &str| holding.iter().any(|p| p.to_string_lossy().contains(part));
+        if found("OBJ_NEXTBEST_SNAPSHOTS")
+            && found("NEXTBEST_DECISIONS")
+            && dirs
+                .iter()
+                .all(|d| holding.iter().any(|p| p.starts_with(d.path())))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < given_up,
+            "the customer's value is not in every snapshot and stream in 20 s: {holding:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let last = bounded(&runtime, &nodes, async {
+        within(
+            &nodes,
+            "forget",
+            nodes[2].customers().await.forget(proto::ForgetRequest {
+                customer_id: ID.into(),
+            }),
+        )
+        .await;
+        others(2).await
+    });
+    // Erased from the decisions stream and the snapshot store, purged from the write
+    // stream by trimming; NATS compacts each stream's Raft log on its own schedule
+    // (about every 2 minutes), the traffic going on meanwhile.
+    let started = Instant::now();
+    let mut round = 3;
+    let mut seen = Vec::new();
+    loop {
+        let mut holding = files_holding(&roots, ID.as_bytes());
+        holding.extend(files_holding(&roots, VALUE.as_bytes()));
+        holding.sort();
+        holding.dedup();
+        if holding.is_empty() {
+            break;
+        }
+        if holding != seen {
+            eprintln!(
+                "{:?} after the forget, holding the customer: {holding:#?}",
+                started.elapsed()
+            );
+            seen = holding.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "4 minutes after the forget, still holding the customer: {holding:#?}\n{}",
+            nodes.iter().map(Node::tail).collect::<Vec<_>>().join("\n")
+        );
+        bounded(&runtime, &nodes, others(round));
+        round += 1;
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    eprintln!(
+        "no trace of the customer {:?} after the forget",
+        started.elapsed()
+    );
+    let erased: f64 = nodes
+        .iter()
+        .map(|n| metric(n, "nextbest_cluster_erased_decisions_total"))
+        .sum();
+    assert!(
+        erased >= 1.0,
+        "the forgotten customer's decision was erased: {erased}"
+    );
+    // The other customers' decisions are all still there, and the nodes agree.
+    bounded(&runtime, &nodes, async {
+        converged(&nodes.iter().collect::<Vec<_>>(), last).await;
+    });
+    let out = tempfile::tempdir().expect("tmp");
+    let exported = std::process::Command::new(env!("CARGO_BIN_EXE_nextbest"))
+        .args(["export", "--format", "dsjson", "--rules"])
+        .arg(rules())
+        .arg("--out")
+        .arg(out.path().join("e.json"))
+        .args(["--cluster", &nats.url_list()])
+        .output()
+        .expect("run export");
+    assert!(exported.status.success(), "{exported:?}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&exported.stdout).expect("export's summary is JSON");
+    let lines = std::fs::read_to_string(out.path().join("e.json")).expect("the export");
+    assert!(!lines.contains(ID) && !lines.contains(VALUE));
+    // Every round decided once per node, and one more beside the forgotten customer's.
+    assert_eq!(summary["decisions"], 3 * round + 1, "{summary}");
+}

@@ -68,10 +68,16 @@ async fn read_stream(js: &jetstream::Context, name: &str) -> Result<Vec<(i128, V
         let info = message
             .info()
             .map_err(|e| format!("reading stream `{name}`: {e}"))?;
+        // A batch rewritten by an erasure (`erase`) keeps its original's place.
+        let stored_at = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(super::erase::STORED_AT))
+            .and_then(|v| v.as_str().parse::<i128>().ok());
         let (seq, pending, at) = (
             info.stream_sequence,
             info.pending,
-            info.published.unix_timestamp_nanos(),
+            stored_at.unwrap_or_else(|| info.published.unix_timestamp_nanos()),
         );
         // The write stream's catalogs and barriers are not journal records (see `catalog`
         // and `commit`).

@@ -22,6 +22,7 @@
 mod apply;
 mod catalog;
 mod commit;
+mod erase;
 mod fetch;
 mod publish;
 mod snapshots;
@@ -153,6 +154,10 @@ pub struct ClusterStats {
     pub snapshots_published: AtomicU64,
     /// Write-stream records purged below every node's snapshot.
     pub trimmed: AtomicU64,
+    /// Forgotten customers' decisions erased from the decisions stream by this node.
+    pub erased_decisions: AtomicU64,
+    /// Replaced snapshots whose chunks this node erased from the snapshot store.
+    pub erased_snapshots: AtomicU64,
     /// Barriers published to confirm that records delivered are committed.
     pub barriers: AtomicU64,
     /// Sum of publish-to-ack times of this node's writes, in µs (with `published`, a mean).
@@ -204,6 +209,10 @@ pub struct Cluster {
     /// The catalog in force as the cluster published it (its files): what snapshots keep,
     /// for a restart to open with. Set before the applier starts, then only by it.
     in_force: std::sync::Mutex<Option<Arc<[u8]>>>,
+    /// Customers forgotten through this node, their decisions still to erase (`erase`).
+    erasures: erase::Erasures,
+    /// The position of the last snapshot this node uploaded (`snapshots`).
+    uploaded: AtomicU64,
     pub stats: ClusterStats,
 }
 
@@ -379,6 +388,8 @@ impl Cluster {
             nodes_bucket,
             catalog_swaps: AtomicU64::new(0),
             in_force: std::sync::Mutex::new(None),
+            erasures: erase::Erasures::default(),
+            uploaded: AtomicU64::new(0),
             stats: ClusterStats::default(),
             config,
         });
@@ -411,6 +422,7 @@ impl Cluster {
             Arc::clone(&cluster),
             cluster.decisions_applied.load(Ordering::Relaxed) + 1,
         ));
+        tokio::spawn(erase::run(Arc::clone(&cluster)));
         tracing::info!(
             node = %cluster.config.node_id,
             stream = %cluster.config.writes_stream(),

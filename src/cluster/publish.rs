@@ -217,6 +217,8 @@ impl Cluster {
             )
             .await?;
         self.wait_applied(ack.sequence, APPLY_WAIT).await?;
+        // Its decisions are in batches of the decisions stream, among other customers'.
+        self.erase_decisions_later(id, at);
         Ok((
             known,
             Written {

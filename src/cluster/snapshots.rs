@@ -1,19 +1,67 @@
 //! Snapshots shared through the cluster: every node uploads each snapshot it takes to a
-//! JetStream object store (`<PREFIX>_SNAPSHOTS`, object `snapshot`: the newest one any
-//! node took), and a node that starts on an empty data directory downloads it first, so
-//! it applies only the stream's tail after the snapshot's position instead of the whole
-//! stream. A snapshot names the stream (and its creation time) and position it reflects;
-//! `Cluster::join` refuses one of another stream.
+//! JetStream object store (`<PREFIX>_SNAPSHOTS`), as an object of its own
+//! (`snapshot.<node>.<position>`), and points the link `snapshot` at it when it is newer
+//! than the one linked: the newest snapshot any node took. A node that starts on an
+//! empty data directory downloads the linked one first, so it applies only the stream's
+//! tail after the snapshot's position instead of the whole stream. A snapshot names the
+//! stream (and its creation time) and position it reflects; `Cluster::join` refuses one
+//! of another stream.
+//!
+//! Every snapshot older than the linked one is then erased: its chunks deleted with
+//! JetStream's erasing delete, which overwrites their bytes, before the object is. A
+//! plain replacement (an object put again under its name) would only purge them, and a
+//! purged message's bytes stay in the store's files: a forgotten customer would stay in
+//! the snapshots taken before the forget.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use async_nats::jetstream::{self, object_store};
+use async_nats::jetstream::{self, consumer::push, object_store};
+use tokio_stream::StreamExt;
 
 use super::{Cluster, ClusterConfig, ClusterError};
 
+/// The link to the newest snapshot (before this version, the snapshot itself).
 const OBJECT: &str = "snapshot";
+
+/// The object of the snapshot `node` took at `position`.
+fn object_name(node: &str, position: u64) -> String {
+    format!("{OBJECT}.{node}.{position:020}")
+}
+
+/// The cluster's published snapshot: the object the link names (or, put by an earlier
+/// version, the object itself); `None` when there is none.
+async fn published(
+    store: &object_store::ObjectStore,
+) -> Result<Option<object_store::ObjectInfo>, String> {
+    let found = |r: Result<object_store::ObjectInfo, object_store::InfoError>| match r {
+        Ok(info) if info.deleted => Ok(None),
+        Ok(info) => Ok(Some(info)),
+        Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    };
+    let Some(info) = found(store.info(OBJECT).await)? else {
+        return Ok(None);
+    };
+    match info.options.as_ref().and_then(|o| o.link.as_ref()) {
+        Some(link) => match &link.name {
+            Some(target) => found(store.info(target).await),
+            None => Ok(None),
+        },
+        None => Ok(Some(info)),
+    }
+}
+
+/// The write-stream position a snapshot object reflects (from its description).
+fn position_of(info: &object_store::ObjectInfo) -> Option<u64> {
+    info.description
+        .as_deref()?
+        .rsplit("position=")
+        .next()?
+        .parse()
+        .ok()
+}
 
 /// How long a node's snapshot position protects the stream's records after it: a node
 /// away for longer is not waited for (it restarts from the published snapshot).
@@ -35,14 +83,10 @@ pub(super) async fn nodes_bucket(
 /// snapshot or the published one, and either needs only the records after it.
 async fn trim(cluster: &Cluster) -> Result<u64, String> {
     use tokio_stream::StreamExt;
-    let published = cluster
-        .snapshot_store
-        .info(OBJECT)
-        .await
-        .map_err(|e| e.to_string())?
-        .description
-        .as_deref()
-        .and_then(|d| d.rsplit("position=").next()?.parse::<u64>().ok())
+    let published = published(&cluster.snapshot_store)
+        .await?
+        .as_ref()
+        .and_then(position_of)
         .ok_or("the published snapshot names no position")?;
     let mut keep = published;
     let mut keys = cluster
@@ -105,7 +149,8 @@ pub(super) async fn store(
     })
 }
 
-/// Uploads a snapshot this node took, in the background (the applier goes on).
+/// Uploads a snapshot this node took, in the background (the applier goes on), links it
+/// as the cluster's newest when it is, and erases the snapshots it makes older.
 pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
     let cluster = Arc::clone(cluster);
     let mark = cluster.mark(position);
@@ -113,21 +158,29 @@ pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
         // This node needs nothing before `position` any more: its restart begins at this
         // snapshot, whatever becomes of the upload.
         cluster.record_snapshot_position(position).await;
+        // A quiet stream: the state at a position uploaded already is that one's (the
+        // decisions remembered since aside, which a new node reads from their stream).
+        if cluster.uploaded.fetch_max(position, Ordering::Relaxed) >= position {
+            return;
+        }
+        let description = describe(&mark.stream, mark.created, mark.position);
         let uploaded = async {
             let mut file = tokio::fs::File::open(&path)
                 .await
                 .map_err(|e| e.to_string())?;
             // What stream it is of, for `bootstrap` to check before downloading.
             let meta = object_store::ObjectMetadata {
-                name: OBJECT.to_string(),
-                description: Some(describe(&mark.stream, mark.created, mark.position)),
+                name: object_name(&cluster.config.node_id, position),
+                description: Some(description.clone()),
                 ..Default::default()
             };
-            cluster
+            let info = cluster
                 .snapshot_store
                 .put(meta, &mut file)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            link(&cluster, &info, &description, position).await?;
+            Ok::<_, String>(info)
         }
         .await;
         match uploaded {
@@ -141,6 +194,9 @@ pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
                     bytes = info.size,
                     "snapshot published to the cluster"
                 );
+                if let Err(error) = erase_older(&cluster).await {
+                    tracing::warn!(%error, "erasing replaced snapshots");
+                }
                 match trim(&cluster).await {
                     Ok(0) => {}
                     Ok(purged) => {
@@ -150,9 +206,137 @@ pub(super) fn publish(cluster: &Arc<Cluster>, path: PathBuf, position: u64) {
                     Err(error) => tracing::warn!(%error, "trimming the write stream"),
                 }
             }
-            Err(error) => tracing::warn!(position, %error, "publishing a snapshot failed"),
+            Err(error) => {
+                // Uploaded again next time.
+                cluster.uploaded.fetch_min(position - 1, Ordering::Relaxed);
+                tracing::warn!(position, %error, "publishing a snapshot failed");
+            }
         }
     });
+}
+
+/// The stream (with its creation time) a snapshot's description names.
+fn stream_of(description: &str) -> &str {
+    description
+        .rsplit_once(" position=")
+        .map_or(description, |(stream, _)| stream)
+}
+
+/// Points the link `snapshot` at `info` (the snapshot at `position`, described by
+/// `description`) unless it names a newer snapshot of the same stream already.
+async fn link(
+    cluster: &Cluster,
+    info: &object_store::ObjectInfo,
+    description: &str,
+    position: u64,
+) -> Result<(), String> {
+    let store = &cluster.snapshot_store;
+    if let Some(current) = published(store).await? {
+        let same_stream = current
+            .description
+            .as_deref()
+            .is_some_and(|d| stream_of(d) == stream_of(description));
+        if same_stream && position_of(&current).is_some_and(|p| p >= position) {
+            return Ok(());
+        }
+        // An earlier version's snapshot, in the link's place.
+        if current.name == OBJECT {
+            erase(cluster, &current).await?;
+        }
+    }
+    store
+        .add_link(OBJECT, info)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("linking the snapshot: {e}"))
+}
+
+/// Erases every snapshot the linked one makes older: of the same stream and an earlier
+/// position, or of another stream. Later ones are kept (another node's, being linked).
+async fn erase_older(cluster: &Cluster) -> Result<(), String> {
+    let store = &cluster.snapshot_store;
+    let Some(linked) = published(store).await? else {
+        return Ok(());
+    };
+    let (Some(stream), Some(position)) = (
+        linked.description.as_deref().map(stream_of),
+        position_of(&linked),
+    ) else {
+        return Ok(());
+    };
+    let mut objects = store.list().await.map_err(|e| e.to_string())?;
+    let mut older = Vec::new();
+    while let Some(object) = objects.next().await {
+        let object = object.map_err(|e| e.to_string())?;
+        let is_snapshot = object.name.starts_with(&format!("{OBJECT}."));
+        let older_one = object
+            .description
+            .as_deref()
+            .is_none_or(|d| stream_of(d) != stream)
+            || position_of(&object).is_none_or(|p| p < position);
+        if is_snapshot && object.name != linked.name && older_one {
+            older.push(object);
+        }
+    }
+    for object in older {
+        erase(cluster, &object).await?;
+        cluster
+            .stats
+            .erased_snapshots
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Deletes a snapshot object, its chunks first with JetStream's erasing delete (their
+/// bytes overwritten on every replica; async-nats sends no `no_erase`).
+async fn erase(cluster: &Cluster, object: &object_store::ObjectInfo) -> Result<(), String> {
+    let bucket = bucket_name(&cluster.config);
+    let fail = |e: &dyn std::fmt::Display| format!("erasing snapshot `{}`: {e}", object.name);
+    let stream = cluster
+        .js
+        .get_stream(format!("OBJ_{bucket}"))
+        .await
+        .map_err(|e| fail(&e))?;
+    // Where its chunks are: their headers say, without their bytes.
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: cluster.js.client().new_inbox(),
+            filter_subject: format!("$O.{bucket}.C.{}", object.nuid),
+            headers_only: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| fail(&e))?;
+    let mut sequences = Vec::new();
+    if consumer.cached_info().num_pending > 0 {
+        let mut chunks = consumer.messages().await.map_err(|e| fail(&e))?;
+        loop {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), chunks.next())
+                .await
+                .map_err(|_| fail(&"its chunks were not delivered in 10 s"))?
+                .ok_or_else(|| fail(&"the consumer ended"))?
+                .map_err(|e| fail(&e))?;
+            let info = chunk.info().map_err(|e| fail(&e))?;
+            sequences.push(info.stream_sequence);
+            if info.pending == 0 {
+                break;
+            }
+        }
+    }
+    for sequence in sequences {
+        match stream.delete_message(sequence).await {
+            Ok(_) => {}
+            // Another node's erasure of the same snapshot.
+            Err(e) if e.to_string().contains("no message found") => {}
+            Err(e) => return Err(fail(&e)),
+        }
+    }
+    match cluster.snapshot_store.delete(&object.name).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+        Err(e) => Err(fail(&e)),
+    }
 }
 
 impl Cluster {
@@ -215,55 +399,83 @@ pub async fn bootstrap(
     };
     // Only a snapshot of the stream the cluster has now (not of one deleted and made
     // again since, which `Cluster::join` would refuse).
-    let (Ok(info), Ok(mut stream)) = (
-        store.info(OBJECT).await,
-        js.get_stream(config.writes_stream()).await,
-    ) else {
+    let Ok(mut stream) = js.get_stream(config.writes_stream()).await else {
         return Ok(None);
     };
     let stream_info = stream
         .info()
         .await
         .map_err(|e| join_error(format!("the write stream: {e}")))?;
-    let of_this_stream = info.description.as_deref().is_some_and(|d| {
-        d.starts_with(&format!(
-            "stream={} created={} ",
-            config.writes_stream(),
-            stream_info.created.unix_timestamp_nanos() as i64
-        ))
-    });
-    if !of_this_stream {
-        tracing::warn!(
-            snapshot = info.description.as_deref().unwrap_or(""),
-            "the cluster's published snapshot is of another write stream; applying the stream from its start"
-        );
-        return Ok(None);
-    }
-    let mut object = match store.get(OBJECT).await {
-        Ok(object) => object,
-        Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(join_error(format!(
-                "downloading the cluster's snapshot: {e}"
-            )));
-        }
-    };
+    let this_stream = format!(
+        "stream={} created={} ",
+        config.writes_stream(),
+        stream_info.created.unix_timestamp_nanos() as i64
+    );
     std::fs::create_dir_all(&state)
         .map_err(|e| join_error(format!("creating `{}`: {e}", state.display())))?;
     let path = state.join(format!("snapshot-{:020}.bin", 0));
     let partial = state.join("snapshot.bin.partial");
-    let written = async {
-        let mut file = tokio::fs::File::create(&partial).await?;
-        tokio::io::copy(&mut object, &mut file).await?;
-        file.sync_all().await?;
-        tokio::fs::rename(&partial, &path).await
+    // A snapshot being downloaded can be erased midway, a newer one linked instead: then
+    // the newer one is downloaded.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let Some(info) = published(&store).await.map_err(join_error)? else {
+            return Ok(None);
+        };
+        let description = info.description.as_deref().unwrap_or("");
+        // Only a snapshot of the stream the cluster has now (not of one deleted and made
+        // again since, which `Cluster::join` would refuse).
+        if !description.starts_with(&this_stream) {
+            tracing::warn!(
+                snapshot = description,
+                "the cluster's published snapshot is of another write stream; applying the stream from its start"
+            );
+            return Ok(None);
+        }
+        let downloaded = async {
+            let mut object = store.get(&info.name).await.map_err(|e| e.to_string())?;
+            let mut file = tokio::fs::File::create(&partial)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut buffer = vec![0; 128 * 1024];
+            loop {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    object.read(&mut buffer),
+                )
+                .await
+                .map_err(|_| "no chunk arrived for 10 s".to_string())?
+                .map_err(|e| e.to_string())?;
+                if read == 0 {
+                    break;
+                }
+                file.write_all(&buffer[..read])
+                    .await
+                    .map_err(|e| format!("writing `{}`: {e}", partial.display()))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(|e| format!("writing `{}`: {e}", partial.display()))?;
+            tokio::fs::rename(&partial, &path)
+                .await
+                .map_err(|e| format!("writing `{}`: {e}", path.display()))
+        }
+        .await;
+        match downloaded {
+            Ok(()) => return Ok(Some(path)),
+            Err(e) if attempts >= 3 => {
+                return Err(join_error(format!(
+                    "downloading the cluster's snapshot `{}`: {e}",
+                    info.name
+                )));
+            }
+            Err(e) => tracing::warn!(
+                snapshot = info.name,
+                error = e,
+                "downloading the cluster's snapshot; trying again"
+            ),
+        }
     }
-    .await;
-    written.map_err(|e| {
-        join_error(format!(
-            "writing the cluster's snapshot to `{}`: {e}",
-            path.display()
-        ))
-    })?;
-    Ok(Some(path))
 }

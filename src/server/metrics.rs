@@ -591,7 +591,7 @@ fn count(v: &std::sync::atomic::AtomicU64) -> f64 {
     v.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
 
-const CLUSTER_FIGURES: [ClusterFigure; 20] = [
+const CLUSTER_FIGURES: [ClusterFigure; 22] = [
     (
         "nextbest_cluster_applied_position",
         "The last write-stream position this node applied.",
@@ -708,6 +708,18 @@ const CLUSTER_FIGURES: [ClusterFigure; 20] = [
         "Write-stream records this node purged below every node's snapshot.",
         MetricType::COUNTER,
         |c| count(&c.stats.trimmed),
+    ),
+    (
+        "nextbest_cluster_erased_decisions_total",
+        "Decisions of customers forgotten through this node that it erased from the decisions stream.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.erased_decisions),
+    ),
+    (
+        "nextbest_cluster_erased_snapshots_total",
+        "Replaced snapshots whose chunks this node erased from the snapshot store.",
+        MetricType::COUNTER,
+        |c| count(&c.stats.erased_snapshots),
     ),
     (
         "nextbest_cluster_catalog_swaps_total",
