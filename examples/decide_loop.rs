@@ -7,17 +7,23 @@
 //!     target/release/examples/decide_loop 1000 200
 //! callgrind_annotate /tmp/cg.out | head
 //! ```
-//! Arguments: offers (default 1000), decisions (default 200). BENCHMARKS.md quotes
+//! Arguments: offers (default 1000), decisions (default 200), and `targeted` for the
+//! catalog whose offers target segments the customer mostly is not in
+//! (`synthetic::targeted`, where the eligibility index skips offers). BENCHMARKS.md quotes
 //! instructions per decision as the difference between runs of 300 and 100 decisions,
 //! divided by 200, so that building the catalog drops out.
 
 use nextbest::decide::{Context, Options, decide, synthetic};
 
 fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
-    let offers = args.next().and_then(Result::ok).unwrap_or(1000);
-    let decisions = args.next().and_then(Result::ok).unwrap_or(200);
-    let catalog = synthetic::catalog(offers);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let offers = number(0, 1000);
+    let decisions = number(1, 200);
+    let catalog = match args.get(2).map(String::as_str) {
+        Some("targeted") => synthetic::targeted(offers),
+        _ => synthetic::catalog(offers),
+    };
     let customer = synthetic::customer(offers);
     let context = Context::for_placement(&catalog, 0, vec![]);
     let mut shown = 0usize;

@@ -69,6 +69,113 @@ pub struct Plan {
     /// The shared clause ids of the offers with [`flags::SHARED_RULE`], one offer after
     /// another.
     pub clauses: Vec<u32>,
+    /// Which offers can match at all, from a few clauses (`None`: visit every offer).
+    pub index: Option<Index>,
+}
+
+/// A placement of at least this many offers gets an [`Index`]: below it, visiting every
+/// offer costs less than evaluating the index.
+pub const INDEX_MIN_OFFERS: usize = 32;
+
+/// At most this many clauses are indexed (those most offers require).
+const INDEX_MAX_CLAUSES: usize = 64;
+
+/// The offers a decision needs to visit: those whose rules require none of the indexed
+/// clauses that do not hold for the customer. The indexed clauses are the shared clauses
+/// (top-level `&&` clauses that read no history: an enum or bool test, a set membership,
+/// the channel in the context, a comparison) that at least two offers of the placement
+/// require; each is evaluated once per decision, and an offer whose rule requires one
+/// that does not definitely hold is ineligible, as visiting it would have found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Index {
+    /// The indexed shared clause ids.
+    pub clauses: Vec<u32>,
+    /// Per indexed clause, a bitset over the plan's offers (`words` words, bit `i` for
+    /// `Plan::offers[i]`): those whose rule requires it.
+    pub requires: Vec<u64>,
+    /// Words per bitset.
+    pub words: usize,
+}
+
+impl Index {
+    /// Builds the index of a placement's plan (`None` for a small placement, or when no
+    /// clause is required by two offers).
+    fn build(plan: &Plan, offers: &[Offer]) -> Option<Index> {
+        let n = plan.offers.len();
+        if n < INDEX_MIN_OFFERS {
+            return None;
+        }
+        let required = |planned: &Planned| -> Vec<u32> {
+            let mut ids: Vec<u32> = match &offers[planned.offer as usize].clauses {
+                Some(clauses) => clauses
+                    .iter()
+                    .filter_map(|c| match c {
+                        Clause::Shared(id) => Some(*id),
+                        Clause::Own(_) => None,
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let required: Vec<Vec<u32>> = plan.offers.iter().map(required).collect();
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for ids in &required {
+            for id in ids {
+                *counts.entry(*id).or_default() += 1;
+            }
+        }
+        let mut clauses: Vec<(u32, usize)> = counts.into_iter().filter(|(_, c)| *c >= 2).collect();
+        if clauses.is_empty() {
+            return None;
+        }
+        // The most required first (ties by id: the same catalog, the same index).
+        clauses.sort_unstable_by_key(|(id, count)| (std::cmp::Reverse(*count), *id));
+        clauses.truncate(INDEX_MAX_CLAUSES);
+        let words = n.div_ceil(64);
+        let mut index = Index {
+            clauses: clauses.iter().map(|(id, _)| *id).collect(),
+            requires: vec![0; clauses.len() * words],
+            words,
+        };
+        for (k, id) in index.clauses.iter().enumerate() {
+            let bits = &mut index.requires[k * words..(k + 1) * words];
+            for (i, ids) in required.iter().enumerate() {
+                if ids.binary_search(id).is_ok() {
+                    bits[i / 64] |= 1 << (i % 64);
+                }
+            }
+        }
+        Some(index)
+    }
+
+    /// Fills `admitted` (`words` words) with the offers to visit, given which indexed
+    /// clauses hold (`holds`, called once for each).
+    #[inline]
+    pub fn admit(&self, n: usize, admitted: &mut [u64], mut holds: impl FnMut(u32) -> bool) {
+        all(n, admitted);
+        for (k, &id) in self.clauses.iter().enumerate() {
+            if !holds(id) {
+                let requires = &self.requires[k * self.words..(k + 1) * self.words];
+                for (word, r) in admitted.iter_mut().zip(requires) {
+                    *word &= !r;
+                }
+            }
+        }
+    }
+}
+
+/// Fills `bits` (`n.div_ceil(64)` words) with the set of `n` offers.
+#[inline]
+pub fn all(n: usize, bits: &mut [u64]) {
+    bits.fill(!0);
+    if !n.is_multiple_of(64)
+        && let Some(last) = bits.last_mut()
+    {
+        *last = (1u64 << (n % 64)) - 1;
+    }
 }
 
 /// Shares the propensities that several offers write the same way and read no history
@@ -105,6 +212,7 @@ pub(super) fn build(
             plan.offers
                 .push(planned(o, idx, policy, propensity[idx], &mut plan.clauses));
         }
+        plan.index = Index::build(&plan, offers);
         p.plan = plan;
     }
 }

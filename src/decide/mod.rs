@@ -332,7 +332,21 @@ pub fn decide(
     let shared_env =
         Env::new(&customer.attributes, &context.values, &[], now).with_history(events, 0, 0, 0);
     let plan = &p.plan;
-    for planned in &plan.offers {
+    // The offers to visit: those the placement's index (`catalog::plan::Index`) admits,
+    // or every one where there is no index or the decision explains itself (it says why
+    // each offer is ineligible, which takes evaluating its rule anyway).
+    let n = plan.offers.len();
+    let mut on_stack = [0u64; 16];
+    let mut on_heap = Vec::new();
+    let visit = scratch(&mut on_stack, &mut on_heap, n.div_ceil(64), 0);
+    match &plan.index {
+        Some(index) if !options.explain => index.admit(n, visit, |id| {
+            catalog.clauses.holds_kept(id, &shared_env, memo, &mut bits)
+        }),
+        _ => crate::catalog::plan::all(n, visit),
+    }
+    for position in SetBits::new(visit) {
+        let planned = &plan.offers[position];
         let idx = planned.offer as usize;
         let offer = &catalog.offers[idx];
         if !options.exclude.is_empty() && options.exclude.contains(&idx) {
@@ -425,6 +439,39 @@ pub fn decide(
     }
     decision.explanation = explanation;
     decision
+}
+
+/// The positions of the set bits of a bitset, in order: the offers a decision visits.
+struct SetBits<'a> {
+    words: &'a [u64],
+    /// The word being read, and its bits not yet returned.
+    word: usize,
+    rest: u64,
+}
+
+impl<'a> SetBits<'a> {
+    fn new(words: &'a [u64]) -> Self {
+        SetBits {
+            words,
+            word: 0,
+            rest: words.first().copied().unwrap_or(0),
+        }
+    }
+}
+
+impl Iterator for SetBits<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.rest == 0 {
+            self.word += 1;
+            self.rest = *self.words.get(self.word)?;
+        }
+        let bit = self.rest.trailing_zeros() as usize;
+        self.rest &= self.rest - 1;
+        Some(self.word * 64 + bit)
+    }
 }
 
 /// A decision's scratch memo of `len` entries set to `init`: on the stack when it fits.

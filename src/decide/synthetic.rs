@@ -45,6 +45,33 @@ pub fn catalog(n: usize) -> Catalog {
         .unwrap_or_else(|e| panic!("the synthetic catalog loads: {}", e.render()))
 }
 
+/// A catalog of `n` targeted offers on the placement of [`catalog`]: offer `i` is for one
+/// segment (`i % 3`), one region (`i / 3 % 4`) and the holders of one product
+/// (`p5`..`p9`, `i / 12 % 5`), as campaigns are, besides an age and a risk test. The
+/// [`customer`] (gold, east, holding `p7`..`p9`) meets the targeting of 1 in 20 (and
+/// their other tests): what the eligibility index is for.
+pub fn targeted(n: usize) -> Catalog {
+    let [schema, placements, experiments, _] = files(0);
+    let mut offers = String::from("offers:\n");
+    for i in 0..n {
+        offers.push_str(&format!(
+            "  - id: o{i}\n    group: g{}\n    eligibility: customer.segment == '{}' && customer.region == '{}' \
+             && 'p{}' in customer.products && customer.age >= {} && customer.churn_risk < 0.{}\n    \
+             propensity: 0.05 + 0.3 * customer.churn_risk\n    value: {}\n    \
+             contact_policy: {{ max_impressions: [{{ count: 3, within: 7d }}] }}\n    content: {{ web: {{ title: o{i} }} }}\n",
+            i % 10,
+            ["mass", "gold", "platinum"][i % 3],
+            ["north", "south", "east", "west"][i / 3 % 4],
+            5 + i / 12 % 5,
+            18 + i % 10,
+            5 + i % 5,
+            10 + i % 90
+        ));
+    }
+    Catalog::from_yaml(&schema, &placements, &experiments, &[&offers])
+        .unwrap_or_else(|e| panic!("the targeted catalog loads: {}", e.render()))
+}
+
 /// The files of [`catalog`]`(n)` written as a rules directory (`offers/synthetic.yaml`).
 pub fn write_rules(n: usize, dir: &std::path::Path) -> std::io::Result<()> {
     let [schema, placements, experiments, offers] = files(n);
@@ -132,6 +159,37 @@ pub fn customer(n_offers: usize) -> CustomerState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_customer_meets_the_targeting_of_one_targeted_offer_in_twenty() {
+        let catalog = super::targeted(1000);
+        let p = catalog.placement("web").expect("web");
+        let context = crate::decide::Context::for_placement(&catalog, p, vec![]);
+        let mut options = crate::decide::Options::new(uuid::Uuid::from_u128(1));
+        options.explain = true;
+        let d = crate::decide::decide(
+            &catalog,
+            &super::customer(1000),
+            &context,
+            p,
+            super::NOW,
+            &options,
+        );
+        // Capped by the history's impressions, or a candidate: past the targeting.
+        let eligible = d
+            .explanation
+            .expect("explained")
+            .iter()
+            .filter(|e| !matches!(e.outcome, crate::decide::Outcome::Ineligible { .. }))
+            .count();
+        // Gold (1), east (2), and p7..p9.
+        let targeted = (0..1000usize)
+            .filter(|i| i % 3 == 1 && i / 3 % 4 == 2 && 5 + i / 12 % 5 >= 7)
+            .count();
+        assert_eq!(eligible, targeted);
+        assert!((40..=60).contains(&targeted), "{targeted}");
+        assert!(catalog.placements[p].plan.index.is_some());
+    }
+
     #[test]
     fn the_written_rules_load_as_the_same_catalog() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -337,6 +337,24 @@ impl SharedClauses {
         mask & bits.truth == mask
     }
 
+    /// Whether shared clause `id` definitely holds, found out once per decision and kept
+    /// where the decision's other tests look for it: in `bits` for ids below 64 (as
+    /// [`all_in`](SharedClauses::all_in)), in `memo` above.
+    #[inline]
+    pub fn holds_kept(
+        &self,
+        id: u32,
+        env: &Env<'_>,
+        memo: &mut [u8],
+        bits: &mut ClauseBits,
+    ) -> bool {
+        if id < 64 {
+            self.all_in(1 << id, env, bits)
+        } else {
+            self.holds(id, env, memo)
+        }
+    }
+
     /// Whether every one of the shared clauses `ids` definitely holds, as [`matches`]
     /// (`ids` from [`Clause::Shared`]).
     ///

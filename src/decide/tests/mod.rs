@@ -10,6 +10,7 @@ use super::*;
 use crate::state::{Event, EventKind, History, HistoryLimits};
 
 mod exploration;
+mod index;
 
 const DAY: i64 = 86_400_000;
 /// 2026-11-23T10:00:00Z.
