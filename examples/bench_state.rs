@@ -6,7 +6,12 @@
 //! cargo run --release --example bench_state -- restart DIR    # reopen, print time and RSS
 //! cargo run --release --example bench_state -- relayout DIR   # swap in a catalog with a new
 //!                                                              # attribute while deciding
+//! cargo run --release --example bench_state -- remember DIR [N [BOUND]]
+//!                               # reopen, decide N times remembering up to BOUND decisions,
+//!                               # print RSS as they accumulate
 //! ```
+//! `remember` appends its decisions to DIR's journal, which the next open replays: run it
+//! on a copy of a filled directory.
 //! Run each phase in its own process so RSS is that of one store, not of two.
 
 use std::path::Path;
@@ -92,7 +97,7 @@ fn customer(catalog: &Catalog, n: u64) -> CustomerState {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(phase), Some(dir)) = (args.first(), args.get(1)) else {
-        anyhow::bail!("usage: bench_state fill|restart|relayout DIR [N]");
+        anyhow::bail!("usage: bench_state fill|restart|relayout|remember DIR [N]");
     };
     let dir = Path::new(dir);
     let catalog = catalog()?;
@@ -137,8 +142,77 @@ fn main() -> anyhow::Result<()> {
             );
         }
         "relayout" => relayout(dir, catalog)?,
-        other => anyhow::bail!("unknown phase `{other}`: fill, restart or relayout"),
+        "remember" => {
+            let n: u64 = args
+                .get(2)
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(999_999);
+            let bound: Option<usize> = args.get(3).map(|s| s.parse()).transpose()?;
+            remember(dir, catalog, n, bound)?
+        }
+        other => anyhow::bail!("unknown phase `{other}`: fill, restart, relayout or remember"),
     }
+    Ok(())
+}
+
+/// Decides `n` times over the stored customers in turn, each decision remembered for the
+/// outcomes that may name it up to `bound` (the default, a million, holds all of 999,999;
+/// a bound of 2 measures the same work remembering nothing), and prints RSS as they
+/// accumulate.
+fn remember(dir: &Path, catalog: Arc<Catalog>, n: u64, bound: Option<usize>) -> anyhow::Result<()> {
+    let defaults = DbOptions::default();
+    let options = DbOptions {
+        remembered_decisions: bound.unwrap_or(defaults.remembered_decisions),
+        ..defaults
+    };
+    let bound = options.remembered_decisions;
+    let (db, _) = Db::open(dir, catalog, options)?;
+    let customers = db.store().len() as u64;
+    anyhow::ensure!(
+        customers > 0,
+        "no customers in {}: run `fill` first",
+        dir.display()
+    );
+    let view = db.view();
+    let placement = view
+        .catalog
+        .placement("web.home_banner")
+        .expect("placement");
+    let context = nextbest::decide::Context::for_placement(&view.catalog, placement, vec![]);
+    let report = |made: u64| {
+        println!(
+            "remember: {customers} customers, {made} decisions made (remembering up to {bound}): RSS {:.0} MB",
+            rss_mb()
+        )
+    };
+    report(0);
+    let started = Instant::now();
+    for i in 0..n {
+        let id = format!("c{}", i % customers);
+        let options = nextbest::decide::Options::new(nextbest::db::decision_id(START));
+        db.decide(
+            &view,
+            Some(&id),
+            &context,
+            placement,
+            START,
+            &options,
+            |_, d| d.offers.len(),
+        )?;
+        // Bound the journal's queue (up to 65,536 decision records of ~2 KB, whose
+        // memory the allocator keeps): what is measured is what stays.
+        if (i + 1) % 1000 == 0 {
+            db.sync()?;
+        }
+        if i + 1 == n / 2 {
+            report(i + 1);
+        }
+    }
+    let elapsed = started.elapsed();
+    db.sync()?;
+    report(n);
+    println!("remember: {n} decisions in {elapsed:.2?}");
     Ok(())
 }
 
