@@ -5,7 +5,7 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use dashmap::DashMap;
+use super::table::Table;
 
 /// What an outcome needs to know about its decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,9 +13,43 @@ pub(crate) struct Recent {
     pub customer: Arc<str>,
     /// [`key`](crate::schema::key) of the placement's channel.
     pub channel: u32,
-    /// Keys of the offers the decision showed; `None` when not known (a decision read
-    /// from a first-wave journal or snapshot): then any offer of the catalog is taken.
-    pub shown: Option<Box<[u32]>>,
+    /// Keys of the offers the decision showed.
+    pub shown: Shown,
+}
+
+/// The keys of the offers a decision showed: up to three in place (most placements show
+/// one to three offers), more on the heap, or not known (a decision read from a
+/// first-wave journal or snapshot: then any offer of the catalog is taken).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Shown {
+    Unknown,
+    Few(u8, [u32; 3]),
+    Many(Box<[u32]>),
+}
+
+impl Shown {
+    /// The keys, or `None` when not known.
+    pub fn keys(&self) -> Option<&[u32]> {
+        match self {
+            Shown::Unknown => None,
+            Shown::Few(n, keys) => Some(&keys[..*n as usize]),
+            Shown::Many(keys) => Some(keys),
+        }
+    }
+}
+
+impl From<Option<&[u32]>> for Shown {
+    fn from(keys: Option<&[u32]>) -> Shown {
+        match keys {
+            None => Shown::Unknown,
+            Some(keys) if keys.len() <= 3 => {
+                let mut few = [0; 3];
+                few[..keys.len()].copy_from_slice(keys);
+                Shown::Few(keys.len() as u8, few)
+            }
+            Some(keys) => Shown::Many(keys.into()),
+        }
+    }
 }
 
 /// A map that forgets its oldest entries: inserts go to the current generation; once it
@@ -24,8 +58,8 @@ pub(crate) struct Recent {
 /// `capacity / 2` entries are always remembered.
 pub(crate) struct Generations<K: Eq + Hash, V> {
     /// `[current, previous]`.
-    maps: RwLock<[DashMap<K, V>; 2]>,
-    /// Entries added to the current generation (`DashMap::len` would lock every shard).
+    maps: RwLock<[Table<K, V>; 2]>,
+    /// Entries added to the current generation.
     current: AtomicUsize,
     half: usize,
 }
@@ -41,14 +75,15 @@ impl<K: Eq + Hash, V> std::fmt::Debug for Generations<K, V> {
 
 impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
     pub fn new(capacity: usize) -> Self {
+        let half = (capacity / 2).max(1);
         Generations {
-            maps: RwLock::new([DashMap::new(), DashMap::new()]),
+            maps: RwLock::new([Table::new(half), Table::new(half)]),
             current: AtomicUsize::new(0),
-            half: (capacity / 2).max(1),
+            half,
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, [DashMap<K, V>; 2]> {
+    fn read(&self) -> RwLockReadGuard<'_, [Table<K, V>; 2]> {
         // Every update leaves the maps consistent: a poisoned lock is still usable.
         self.maps.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -61,13 +96,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
                 return false;
             }
             // An entry already current keeps its value.
-            let new = match g[0].entry(key) {
-                dashmap::Entry::Occupied(_) => false,
-                dashmap::Entry::Vacant(e) => {
-                    e.insert(value);
-                    true
-                }
-            };
+            let new = g[0].insert_new(key, value);
             (new, new && self.added())
         };
         if full {
@@ -82,7 +111,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
     pub fn insert(&self, key: K, value: V) {
         let full = {
             let g = self.read();
-            g[0].insert(key, value).is_none() && self.added()
+            g[0].insert(key, value) && self.added()
         };
         if full {
             self.rotate();
@@ -103,7 +132,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
             }
             self.current.store(0, Ordering::Relaxed);
             g.swap(0, 1);
-            std::mem::take(&mut g[0])
+            std::mem::replace(&mut g[0], Table::new(self.half))
         };
         // Freed outside the lock.
         drop(dropped);
@@ -111,18 +140,14 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
 
     pub fn get(&self, key: &K) -> Option<V> {
         let g = self.read();
-        g[0].get(key)
-            .or_else(|| g[1].get(key))
-            .map(|r| r.value().clone())
+        g[0].get(key).or_else(|| g[1].get(key))
     }
 
     /// Replaces the value of a remembered key, in whichever generation holds it.
     pub fn update(&self, key: &K, value: V) {
         let g = self.read();
-        if let Some(mut e) = g[0].get_mut(key) {
-            *e = value;
-        } else if let Some(mut e) = g[1].get_mut(key) {
-            *e = value;
+        if !g[0].update(key, value.clone()) {
+            g[1].update(key, value);
         }
     }
 
@@ -135,27 +160,23 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
     pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
         let g = self.read();
         for map in g.iter() {
-            map.retain(|k, v| keep(k, v));
+            map.retain(&mut keep);
         }
     }
 
     /// Every entry, oldest generation first.
     pub fn entries(&self) -> Vec<(K, V)> {
         let g = self.read();
-        g.iter()
-            .rev()
-            .flat_map(|m| {
-                m.iter()
-                    .map(|e| (e.key().clone(), e.value().clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        let mut all = Vec::with_capacity(g[0].len() + g[1].len());
+        for map in g.iter().rev() {
+            map.for_each(|k, v| all.push((k.clone(), v.clone())));
+        }
+        all
     }
 
     pub fn clear(&self) {
-        let g = self.read();
-        g[0].clear();
-        g[1].clear();
+        let mut g = self.maps.write().unwrap_or_else(|e| e.into_inner());
+        *g = [Table::new(self.half), Table::new(self.half)];
         self.current.store(0, Ordering::Relaxed);
     }
 }
@@ -170,7 +191,7 @@ mod tests {
         let recent = |i: u128| Recent {
             customer: format!("c{i}").into(),
             channel: 1,
-            shown: None,
+            shown: Shown::Unknown,
         };
         for i in 0..1000u128 {
             recents.insert(i, recent(i));

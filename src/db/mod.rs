@@ -20,6 +20,7 @@ pub mod import;
 mod outcome;
 mod recovery;
 mod replica;
+mod table;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ use crate::schema::{Event, EventKind, Feature, Value, key, time};
 use crate::state::{CustomerState, HistoryLimits, StateError, Store};
 use crate::storage::{self, Damage, Stats, Writer, WriterOptions};
 
-use generations::{Generations, Recent};
+use generations::{Generations, Recent, Shown};
 pub use recovery::{Recovery, SnapshotDefect, StreamMark, snapshot_catalog};
 pub use replica::{DecisionSink, ReplicaOutcome, StateDigest};
 
@@ -653,13 +654,13 @@ impl Db {
         self.journal.failed()
     }
 
-    fn remember(&self, decision: u128, customer: Arc<str>, channel: u32, shown: Box<[u32]>) {
+    fn remember(&self, decision: u128, customer: Arc<str>, channel: u32, shown: Shown) {
         self.decisions.insert(
             decision,
             Recent {
                 customer,
                 channel,
-                shown: Some(shown),
+                shown,
             },
         );
     }
@@ -744,12 +745,18 @@ impl Db {
 
 /// The keys of the offers a decision showed (its fallback included): the offers its
 /// outcomes may name.
-fn shown_keys(catalog: &Catalog, decision: &Decision) -> Box<[u32]> {
-    decision
-        .offers
-        .iter()
-        .map(|s| catalog.offers[s.offer].key)
-        .collect()
+fn shown_keys(catalog: &Catalog, decision: &Decision) -> Shown {
+    let key = |s: &decide::Shown| catalog.offers[s.offer].key;
+    match decision.offers.as_slice() {
+        few if few.len() <= 3 => {
+            let mut keys = [0; 3];
+            for (k, s) in keys.iter_mut().zip(few) {
+                *k = key(s);
+            }
+            Shown::Few(few.len() as u8, keys)
+        }
+        many => Shown::Many(many.iter().map(key).collect()),
+    }
 }
 
 /// Rewrites the segments before `before` without the records of `customers`; returns

@@ -235,7 +235,7 @@ impl Db {
                 });
             }
         }
-        if let Some(shown) = recent.as_ref().and_then(|r| r.shown.as_deref())
+        if let Some(shown) = recent.as_ref().and_then(|r| r.shown.keys())
             && !shown.contains(&offer.key)
         {
             return Err(DbError::NotShown {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::budget::{self, Counter, Counters};
-use super::{Db, DbError, Recent, io};
+use super::{Db, DbError, Recent, Shown, io};
 use crate::decide::BudgetScope;
 use crate::journal::{Reader, Record, Replayed};
 use crate::schema::{AttrType, EntitySchema, EnumDef};
@@ -302,7 +302,7 @@ pub(super) fn write_snapshot(
                     id,
                     r.customer.to_string(),
                     r.channel,
-                    r.shown.as_deref().map(<[u32]>::to_vec),
+                    r.shown.keys().map(<[u32]>::to_vec),
                 )
             })
             .collect();
@@ -389,7 +389,7 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
                     Recent {
                         customer,
                         channel,
-                        shown,
+                        shown: shown.as_deref().into(),
                     },
                 );
             }
@@ -495,7 +495,7 @@ fn load_snapshot(
                         Recent {
                             customer: customer.into(),
                             channel,
-                            shown: None,
+                            shown: Shown::Unknown,
                         },
                     );
                 }
@@ -507,7 +507,7 @@ fn load_snapshot(
                         Recent {
                             customer: customer.into(),
                             channel,
-                            shown: shown.map(Vec::into_boxed_slice),
+                            shown: shown.as_deref().into(),
                         },
                     );
                 }
@@ -640,7 +640,9 @@ pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedu
                     r.decision_id().as_u128(),
                     customer.as_str().into(),
                     key(&r.channel),
-                    r.shown.iter().map(|s| key(&s.offer)).collect(),
+                    Shown::from(Some(
+                        &r.shown.iter().map(|s| key(&s.offer)).collect::<Vec<_>>()[..],
+                    )),
                 );
             }
             true

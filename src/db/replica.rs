@@ -124,7 +124,7 @@ impl Db {
                 Recent {
                     customer,
                     channel,
-                    shown,
+                    shown: shown.as_deref().into(),
                 },
             );
         }
