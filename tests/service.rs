@@ -3056,7 +3056,7 @@ async fn an_undecodable_record_refuses_its_customer_and_no_one_else() {
         .node
         .db()
         .store()
-        .insert_packed("skewed".into(), Box::new([0xff, 0xff]));
+        .insert_packed("skewed", &[0xff, 0xff]);
     let before = counted_series(&server.scrape().await);
 
     let refused = |what: &str, result: Result<(), tonic::Status>| {

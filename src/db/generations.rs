@@ -5,16 +5,53 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use super::table::Table;
+use crate::state::table::Table;
 
-/// What an outcome needs to know about its decision.
+/// What an outcome needs to know about its decision: 40 bytes, so that with its 16-byte
+/// id a remembered decision's slot is 56.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Recent {
     pub customer: Arc<str>,
-    /// [`key`](crate::schema::key) of the placement's channel.
-    pub channel: u32,
-    /// Keys of the offers the decision showed.
-    pub shown: Shown,
+    /// The channel and the shown offers together: apart, the enum's tag and the channel
+    /// would each take a word of padding.
+    seen: Seen,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Unknown { channel: u32 },
+    Few { channel: u32, n: u8, keys: [u32; 3] },
+    Many { channel: u32, keys: Box<[u32]> },
+}
+
+impl Recent {
+    /// `channel` is the [`key`](crate::schema::key) of the placement's channel.
+    pub fn new(customer: Arc<str>, channel: u32, shown: Shown) -> Recent {
+        let seen = match shown {
+            Shown::Unknown => Seen::Unknown { channel },
+            Shown::Few(n, keys) => Seen::Few { channel, n, keys },
+            Shown::Many(keys) => Seen::Many { channel, keys },
+        };
+        Recent { customer, seen }
+    }
+
+    /// The [`key`](crate::schema::key) of the placement's channel.
+    pub fn channel(&self) -> u32 {
+        match self.seen {
+            Seen::Unknown { channel } | Seen::Few { channel, .. } | Seen::Many { channel, .. } => {
+                channel
+            }
+        }
+    }
+
+    /// The keys of the offers the decision showed, or `None` when not known.
+    pub fn shown(&self) -> Option<&[u32]> {
+        match &self.seen {
+            Seen::Unknown { .. } => None,
+            Seen::Few { n, keys, .. } => Some(&keys[..usize::from(*n)]),
+            Seen::Many { keys, .. } => Some(keys),
+        }
+    }
 }
 
 /// The keys of the offers a decision showed: up to three in place (most placements show
@@ -25,17 +62,6 @@ pub(crate) enum Shown {
     Unknown,
     Few(u8, [u32; 3]),
     Many(Box<[u32]>),
-}
-
-impl Shown {
-    /// The keys, or `None` when not known.
-    pub fn keys(&self) -> Option<&[u32]> {
-        match self {
-            Shown::Unknown => None,
-            Shown::Few(n, keys) => Some(&keys[..*n as usize]),
-            Shown::Many(keys) => Some(keys),
-        }
-    }
 }
 
 impl From<Option<&[u32]>> for Shown {
@@ -58,7 +84,7 @@ impl From<Option<&[u32]>> for Shown {
 /// `capacity / 2` entries are always remembered.
 pub(crate) struct Generations<K: Eq + Hash, V> {
     /// `[current, previous]`.
-    maps: RwLock<[Table<K, V>; 2]>,
+    maps: RwLock<[Table<(K, V)>; 2]>,
     /// Entries added to the current generation.
     current: AtomicUsize,
     half: usize,
@@ -83,7 +109,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, [Table<K, V>; 2]> {
+    fn read(&self) -> RwLockReadGuard<'_, [Table<(K, V)>; 2]> {
         // Every update leaves the maps consistent: a poisoned lock is still usable.
         self.maps.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -160,7 +186,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
     pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
         let g = self.read();
         for map in g.iter() {
-            map.retain(&mut keep);
+            map.retain(|(k, v)| keep(k, v));
         }
     }
 
@@ -169,7 +195,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
         let g = self.read();
         let mut all = Vec::with_capacity(g[0].len() + g[1].len());
         for map in g.iter().rev() {
-            map.for_each(|k, v| all.push((k.clone(), v.clone())));
+            map.for_each(|(k, v)| all.push((k.clone(), v.clone())));
         }
         all
     }
@@ -188,11 +214,7 @@ mod tests {
     #[test]
     fn memory_is_bounded_and_the_latest_half_is_always_remembered() {
         let recents = Generations::new(100);
-        let recent = |i: u128| Recent {
-            customer: format!("c{i}").into(),
-            channel: 1,
-            shown: Shown::Unknown,
-        };
+        let recent = |i: u128| Recent::new(format!("c{i}").into(), 1, Shown::Unknown);
         for i in 0..1000u128 {
             recents.insert(i, recent(i));
             assert!(recents.entries().len() <= 100);
@@ -224,5 +246,17 @@ mod tests {
         );
         assert!(seen.insert_new(1, ()));
         assert!(!seen.insert_new(4, ()));
+    }
+
+    #[test]
+    fn a_remembered_decision_takes_a_56_byte_slot() {
+        assert_eq!(size_of::<Recent>(), 40);
+        assert_eq!(size_of::<Option<(uuid::Uuid, Recent)>>(), 56);
+        let few = Recent::new("c".into(), 7, Shown::from(Some(&[1, 2][..])));
+        assert_eq!((few.channel(), few.shown()), (7, Some(&[1, 2][..])));
+        let many = Recent::new("c".into(), 8, Shown::from(Some(&[1, 2, 3, 4][..])));
+        assert_eq!((many.channel(), many.shown()), (8, Some(&[1, 2, 3, 4][..])));
+        let unknown = Recent::new("c".into(), 9, Shown::Unknown);
+        assert_eq!((unknown.channel(), unknown.shown()), (9, None));
     }
 }

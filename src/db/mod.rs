@@ -20,7 +20,6 @@ pub mod import;
 mod outcome;
 mod recovery;
 mod replica;
-mod table;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -218,7 +217,9 @@ pub struct Db {
     /// The outcomes counted, with the sequence number of their record (`PENDING`
     /// while it is being queued; 0 for one restored, which is durable).
     outcomes: Generations<OutcomeKey, u64>,
-    decisions: Generations<u128, Recent>,
+    /// By decision id, a `Uuid` rather than a `u128`: byte-aligned, it makes a
+    /// remembered decision's slot 56 bytes instead of 64.
+    decisions: Generations<Uuid, Recent>,
     /// Customers forgotten, with the time of their forget: a decision of theirs made before
     /// it that arrives later (a cluster's decisions stream is not ordered with its writes)
     /// is not remembered again.
@@ -656,12 +657,8 @@ impl Db {
 
     fn remember(&self, decision: u128, customer: Arc<str>, channel: u32, shown: Shown) {
         self.decisions.insert(
-            decision,
-            Recent {
-                customer,
-                channel,
-                shown,
-            },
+            Uuid::from_u128(decision),
+            Recent::new(customer, channel, shown),
         );
     }
 
@@ -704,8 +701,7 @@ impl Db {
         let cutoff = now - self.options.attribution_window;
         self.outcomes
             .retain(|(d, _, _), _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
-        self.decisions
-            .retain(|d, _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
+        self.decisions.retain(|d, _| uuid_time(*d) >= cutoff);
         // Budget counters exactly as of the rotation: no impression is counted while it
         // happens (see `budget`).
         // The rotation is queued holding the counters (no impression is counted in

@@ -190,7 +190,7 @@ impl Db {
         }
         time::not_ahead("decision_id", uuid_time(input.decision), now)?;
         let offer = &catalog.offers[index];
-        let recent = self.decisions.get(&input.decision.as_u128());
+        let recent = self.decisions.get(&input.decision);
         if let Some(channel) = &input.channel
             && !catalog.placements.iter().any(|p| p.channel == *channel)
         {
@@ -220,13 +220,13 @@ impl Db {
                 });
             }
             if let Some(ch) = &input.channel
-                && key(ch) != r.channel
+                && key(ch) != r.channel()
             {
                 let its = catalog
                     .placements
                     .iter()
-                    .find(|p| p.channel_key == r.channel)
-                    .map_or_else(|| format!("{:08x}", r.channel), |p| p.channel.clone());
+                    .find(|p| p.channel_key == r.channel())
+                    .map_or_else(|| format!("{:08x}", r.channel()), |p| p.channel.clone());
                 return Err(DbError::NotTheDecisions {
                     field: "channel",
                     given: crate::schema::printable(ch).into_owned(),
@@ -235,7 +235,7 @@ impl Db {
                 });
             }
         }
-        if let Some(shown) = recent.as_ref().and_then(|r| r.shown.keys())
+        if let Some(shown) = recent.as_ref().and_then(|r| r.shown())
             && !shown.contains(&offer.key)
         {
             return Err(DbError::NotShown {
@@ -256,7 +256,7 @@ impl Db {
             .clone()
             .or_else(|| recent.as_ref().map(|r| r.customer.to_string()));
         let channel = input.channel.clone().or_else(|| {
-            let key = recent.as_ref()?.channel;
+            let key = recent.as_ref()?.channel();
             catalog
                 .placements
                 .iter()

@@ -299,10 +299,10 @@ pub(super) fn write_snapshot(
             .into_iter()
             .map(|(id, r)| {
                 (
-                    id,
+                    id.as_u128(),
                     r.customer.to_string(),
-                    r.channel,
-                    r.shown.keys().map(<[u32]>::to_vec),
+                    r.channel(),
+                    r.shown().map(<[u32]>::to_vec),
                 )
             })
             .collect();
@@ -385,12 +385,8 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
                 shown,
             } => {
                 db.decisions.insert(
-                    Uuid::from_bytes(id).as_u128(),
-                    Recent {
-                        customer,
-                        channel,
-                        shown: shown.as_deref().into(),
-                    },
+                    Uuid::from_bytes(id),
+                    Recent::new(customer, channel, shown.as_deref().into()),
                 );
             }
             Replayed::Decision { customer: None, .. } => {}
@@ -438,8 +434,8 @@ fn load_snapshot(
                 }
                 let (id, packed) = rest.split_at(len);
                 let id = std::str::from_utf8(id).map_err(|e| bad(e.into()))?;
-                let packed = match &remap {
-                    None => Box::from(packed),
+                match &remap {
+                    None => view.store.insert_packed(id, packed),
                     Some(remapping) => {
                         let (bytes, dropped) = remapping.apply(packed).ok_or_else(|| {
                             bad(SnapshotDefect::Undecodable {
@@ -447,10 +443,9 @@ fn load_snapshot(
                             })
                         })?;
                         recovery.dropped_values += dropped;
-                        bytes.into_boxed_slice()
+                        view.store.insert_packed(id, &bytes);
                     }
-                };
-                view.store.insert_packed(id.into(), packed);
+                }
                 recovery.customers_loaded += 1;
                 continue;
             }
@@ -491,24 +486,16 @@ fn load_snapshot(
             Item::Decisions(recent) => {
                 for (id, customer, channel) in recent {
                     db.decisions.insert(
-                        id,
-                        Recent {
-                            customer: customer.into(),
-                            channel,
-                            shown: Shown::Unknown,
-                        },
+                        Uuid::from_u128(id),
+                        Recent::new(customer.into(), channel, Shown::Unknown),
                     );
                 }
             }
             Item::DecisionsShown(recent) => {
                 for (id, customer, channel, shown) in recent {
                     db.decisions.insert(
-                        id,
-                        Recent {
-                            customer: customer.into(),
-                            channel,
-                            shown: shown.as_deref().into(),
-                        },
+                        Uuid::from_u128(id),
+                        Recent::new(customer.into(), channel, shown.as_deref().into()),
                     );
                 }
             }

@@ -120,19 +120,15 @@ impl Db {
                 return;
             }
             self.decisions.insert(
-                Uuid::from_bytes(id).as_u128(),
-                Recent {
-                    customer,
-                    channel,
-                    shown: shown.as_deref().into(),
-                },
+                Uuid::from_bytes(id),
+                Recent::new(customer, channel, shown.as_deref().into()),
             );
         }
     }
 
     /// Whether the decision is remembered here (its outcomes find its customer).
     pub fn remembers(&self, decision: Uuid) -> bool {
-        self.decisions.get(&decision.as_u128()).is_some()
+        self.decisions.get(&decision).is_some()
     }
 
     /// Sends decisions to `sink` from now on instead of the journal; set once.
@@ -211,8 +207,7 @@ impl Db {
     ) -> Result<PathBuf, DbError> {
         let _one_at_a_time = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
         let cutoff = now - self.options.attribution_window;
-        self.decisions
-            .retain(|d, _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
+        self.decisions.retain(|d, _| uuid_time(*d) >= cutoff);
         let spending = self.spending.lock().counters().clone();
         // Nothing of theirs is in this node's journal (it holds no writes) to erase.
         self.forgotten

@@ -8,15 +8,14 @@
 //! their stable [`key`](crate::schema::key).
 
 pub mod packed;
+pub(crate) mod table;
 
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
-
+use self::table::{Change, Keyed, Table};
 use crate::schema::{AttrType, EntitySchema, Schema, Value};
 pub use crate::schema::{Event, EventKind};
 
@@ -322,8 +321,75 @@ pub(crate) fn shown(text: &str) -> String {
     }
 }
 
+/// One customer as the store holds it, in one allocation: the id's length (LEB128), the
+/// id, then the [packed](packed) state. A slot of the store's table is this one boxed
+/// slice, 16 bytes, where a `DashMap` entry of id and record took 32 and the id had an
+/// allocation of its own.
+#[derive(Clone, PartialEq, Eq)]
+struct Record(Box<[u8]>);
+
+thread_local! {
+    /// The buffer a record is packed into before it is copied into its own allocation.
+    static PACKING: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Record {
+    fn new(id: &[u8], packed: &[u8]) -> Record {
+        let mut bytes = Vec::with_capacity(id.len() + packed.len() + 2);
+        let mut n = id.len();
+        while n >= 0x80 {
+            bytes.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        bytes.push(n as u8);
+        bytes.extend_from_slice(id);
+        bytes.extend_from_slice(packed);
+        Record(bytes.into_boxed_slice())
+    }
+
+    fn packing(id: &[u8], state: &CustomerState) -> Record {
+        let mut buffer = PACKING.take();
+        packed::encode(state, &mut buffer);
+        let record = Record::new(id, &buffer);
+        PACKING.set(buffer);
+        record
+    }
+
+    /// The id and the packed state.
+    fn split(&self) -> (&[u8], &[u8]) {
+        let (mut len, mut shift, mut at) = (0usize, 0, 0);
+        // `new` wrote the length: a varint that ends within the slice.
+        while let Some(&b) = self.0.get(at) {
+            at += 1;
+            len |= usize::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                break;
+            }
+            shift += 7;
+        }
+        let rest = &self.0[at.min(self.0.len())..];
+        rest.split_at(len.min(rest.len()))
+    }
+
+    fn packed(&self) -> &[u8] {
+        self.split().1
+    }
+
+    /// The id as text: it was stored from a `str`.
+    fn id(&self) -> &str {
+        std::str::from_utf8(self.split().0).unwrap_or_default()
+    }
+}
+
+impl Keyed for Record {
+    type Key = [u8];
+    fn key(&self) -> &[u8] {
+        self.split().0
+    }
+}
+
 /// The in-memory customer store: a concurrent map from customer id to the customer's
-/// [packed](packed) state, a few hundred bytes each.
+/// [packed](packed) state, a few hundred bytes each, in a [`Table`] of [`Record`]s.
 ///
 /// Readers get a decoded copy (into a per-thread scratch state, so a read allocates only
 /// for string values) and hold no lock while they use it; writers decode, change and
@@ -333,9 +399,8 @@ pub(crate) fn shown(text: &str) -> String {
 /// the format wrote it, say) refuses its customer with [`StateError::Undecodable`] on
 /// every read and write, counted in [`Store::undecodable_reads`]; everyone else is served,
 /// and [`Store::forget`], which decodes nothing, still removes it.
-#[derive(Default)]
 pub struct Store {
-    customers: DashMap<Box<str>, Box<[u8]>>,
+    customers: Table<Record>,
     limits: HistoryLimits,
     /// The number of customer slots of the schema the records are written in.
     width: usize,
@@ -345,6 +410,12 @@ pub struct Store {
     /// copy made meanwhile must take again.
     tracking: AtomicBool,
     changed: Mutex<HashSet<Box<str>>>,
+}
+
+impl Default for Store {
+    fn default() -> Store {
+        Store::new(HistoryLimits::default(), 0)
+    }
 }
 
 impl fmt::Debug for Store {
@@ -384,7 +455,7 @@ impl Store {
     /// An empty store for records of `width` customer slots.
     pub fn new(limits: HistoryLimits, width: usize) -> Store {
         Store {
-            customers: DashMap::new(),
+            customers: Table::unbounded(),
             limits,
             width,
             undecodable: AtomicU64::new(0),
@@ -398,7 +469,7 @@ impl Store {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.customers.is_empty()
+        self.len() == 0
     }
 
     pub fn limits(&self) -> HistoryLimits {
@@ -450,79 +521,52 @@ impl Store {
     /// that customer: updates to one customer happen in the order of their `update` calls
     /// (the durable layer appends to the journal inside `f` for that reason). When the
     /// stored record does not decode, `f` is not run and the record stays as it is: the
-    /// error is `f`'s own type, so that a caller's `f` and the refusal share one `?`.
+    /// error is `f`'s own type, so that a caller's `f` and the refusal share one `?`. A
+    /// customer created for an `f` that fails is not kept.
     pub fn update<T, E: From<StateError>>(
         &self,
         id: &str,
         f: impl FnOnce(&mut CustomerState) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut state = scratch();
-        // The empty record this call created, if it did: taken back if `f` fails.
-        let mut created = None;
-        let entry = match self.customers.get_mut(id) {
-            Some(entry) => self.unpack(id, &entry, &mut state).map(|()| entry),
-            // Not there when looked up, but another writer may create it before this
-            // one takes the shard's write lock: `f` must then start from that record,
-            // or its write would be lost in memory (the journal would still hold it).
-            None => match self.customers.entry(id.into()) {
-                Entry::Occupied(entry) => {
-                    let entry = entry.into_ref();
-                    self.unpack(id, &entry, &mut state).map(|()| entry)
+        let result = self.customers.modify(id.as_bytes(), |entry| {
+            match entry {
+                Some(record) => {
+                    if let Err(refused) = self.unpack(id, record.packed(), &mut state) {
+                        return (Err(refused.into()), Change::Keep);
+                    }
                 }
-                Entry::Vacant(entry) => {
+                None => {
                     state.id = Some(id.to_string());
                     state.attributes.clear();
                     state.attributes.resize(self.width, Value::Missing);
                     state.history.events_mut().clear();
                     state.seq = 0;
-                    let mut empty = Vec::new();
-                    packed::encode(&state, &mut empty);
-                    let empty = empty.into_boxed_slice();
-                    created = Some(empty.clone());
-                    Ok(entry.insert(empty))
                 }
-            },
-        };
-        let mut entry = match entry {
-            Ok(entry) => entry,
-            Err(refused) => {
-                recycle(state);
-                return Err(refused.into());
             }
-        };
-        let result = f(&mut state);
-        if result.is_ok() {
-            let mut bytes = Vec::with_capacity(entry.len() + 16);
-            packed::encode(&state, &mut bytes);
-            *entry = bytes.into_boxed_slice();
-        }
-        drop(entry);
+            match f(&mut state) {
+                Ok(done) => (
+                    Ok(done),
+                    Change::Put(Record::packing(id.as_bytes(), &state)),
+                ),
+                Err(refused) => (Err(refused), Change::Keep),
+            }
+        });
         self.note(id);
         recycle(state);
-        // A refused first write leaves no customer behind: the empty record goes, unless
-        // another writer has written to it since.
-        if let (Err(_), Some(empty)) = (&result, created) {
-            self.customers.remove_if(id, |_, bytes| *bytes == empty);
-        }
         result
     }
 
     /// Puts a whole state in place (restoring a snapshot).
     pub fn insert(&self, id: &str, state: &CustomerState) {
-        let mut bytes = Vec::new();
-        packed::encode(state, &mut bytes);
-        self.customers.insert(id.into(), bytes.into_boxed_slice());
+        self.customers.put(Record::packing(id.as_bytes(), state));
         self.note(id);
     }
 
     /// Puts a packed record in place as it is (a snapshot of the same schema).
-    pub fn insert_packed(&self, id: Box<str>, bytes: Box<[u8]>) {
-        if self.tracking.load(Ordering::SeqCst) {
-            self.customers.insert(id.clone(), bytes);
-            self.note(&id);
-        } else {
-            self.customers.insert(id, bytes);
-        }
+    pub fn insert_packed(&self, id: &str, bytes: &[u8]) {
+        self.customers.put(Record::new(id.as_bytes(), bytes));
+        self.note(id);
     }
 
     /// Records a change to `id` while changes are tracked. Called after the change: a
@@ -554,17 +598,14 @@ impl Store {
     /// Carries the customer `id` over from `old` (laid out as `remapping` expects) into
     /// this store again, or removes it here when `old` no longer has it.
     pub fn take_again(&self, old: &Store, id: &str, remapping: &packed::Remapping) {
-        let bytes = old.customers.get(id).map(|entry| {
-            remapping
-                .apply(entry.value())
-                .map_or_else(|| entry.value().clone(), |(b, _)| b.into_boxed_slice())
-        });
-        match bytes {
-            Some(bytes) => {
-                self.customers.insert(id.into(), bytes);
+        match old.customers.view(id.as_bytes(), |entry| {
+            entry.map(|r| carried(r, remapping).0)
+        }) {
+            Some(record) => {
+                self.customers.put(record);
             }
             None => {
-                self.customers.remove(id);
+                self.customers.remove(id.as_bytes());
             }
         }
     }
@@ -577,10 +618,10 @@ impl Store {
         f: impl FnOnce(Option<&CustomerState>) -> R,
     ) -> Result<R, StateError> {
         let mut state = scratch();
-        let found = match self.customers.get(id) {
-            Some(bytes) => self.unpack(id, &bytes, &mut state).map(|()| true),
+        let found = self.customers.view(id.as_bytes(), |entry| match entry {
+            Some(record) => self.unpack(id, record.packed(), &mut state).map(|()| true),
             None => Ok(false),
-        };
+        });
         let result = found.map(|found| f(found.then_some(&state)));
         recycle(state);
         result
@@ -595,39 +636,44 @@ impl Store {
     ) -> Result<R, StateError> {
         let mut state = scratch();
         let mut record = RECORD.take();
-        let found = match self.customers.get(id) {
-            Some(bytes) => self.unpack(id, &bytes, &mut state).map(|()| {
-                record.clear();
-                record.extend_from_slice(&bytes);
-                true
-            }),
+        let found = self.customers.view(id.as_bytes(), |entry| match entry {
+            Some(stored) => {
+                let bytes = stored.packed();
+                self.unpack(id, bytes, &mut state).map(|()| {
+                    record.clear();
+                    record.extend_from_slice(bytes);
+                    true
+                })
+            }
             None => Ok(false),
-        };
+        });
         let result = found.map(|found| f(found.then_some((&state, &record[..]))));
         RECORD.set(record);
         recycle(state);
         result
     }
 
-    /// Calls `f` on every customer, each under its shard's read lock in turn: each state
+    /// Calls `f` on every customer, each shard under its read lock in turn: each state
     /// is consistent, the whole is not a point-in-time view. A customer whose record does
     /// not decode is skipped (and counted).
     pub fn for_each(&self, mut f: impl FnMut(&CustomerState)) {
         let mut state = scratch();
-        for entry in self.customers.iter() {
-            if self.unpack(entry.key(), entry.value(), &mut state).is_ok() {
+        self.customers.for_each(|record| {
+            if self
+                .unpack(record.id(), record.packed(), &mut state)
+                .is_ok()
+            {
                 f(&state);
             }
-        }
+        });
         recycle(state);
     }
 
     /// Calls `f` on every customer's id and packed record, as stored: a snapshot carries
     /// a record that does not decode over as it is.
     pub fn for_each_packed(&self, mut f: impl FnMut(&str, &[u8])) {
-        for entry in self.customers.iter() {
-            f(entry.key(), entry.value());
-        }
+        self.customers
+            .for_each(|record| f(record.id(), record.packed()));
     }
 
     /// A new store holding every record carried over by `remapping` while this one goes
@@ -635,26 +681,24 @@ impl Store {
     /// values no longer fit and were dropped. A record that does not decode is kept as it is: its
     /// customer stays refused.
     pub fn remapped(&self, remapping: &packed::Remapping) -> (Store, usize) {
-        let customers = DashMap::with_capacity(self.customers.len());
+        let customers = Table::new(self.len());
         let mut dropped = 0;
         // The ids first, then one record at a time: iterating holds a shard's lock for the
         // whole shard, which would hold that shard's writers back for as long as carrying
         // it over takes (half a second of a million customers here).
-        let ids: Vec<Box<str>> = self.customers.iter().map(|e| e.key().clone()).collect();
+        let mut ids: Vec<Box<[u8]>> = Vec::with_capacity(self.len());
+        self.customers
+            .for_each(|record| ids.push(record.key().into()));
         for id in ids {
             // Gone since: it was changed, and is taken again (or not) at the end.
-            let Some(entry) = self.customers.get(&id) else {
+            let Some((record, n)) = self
+                .customers
+                .view(&id, |entry| entry.map(|r| carried(r, remapping)))
+            else {
                 continue;
             };
-            let bytes = match remapping.apply(entry.value()) {
-                Some((bytes, n)) => {
-                    dropped += n;
-                    bytes.into_boxed_slice()
-                }
-                None => entry.value().clone(),
-            };
-            drop(entry);
-            customers.insert(id, bytes);
+            dropped += n;
+            customers.put(record);
         }
         let store = Store {
             customers,
@@ -668,9 +712,19 @@ impl Store {
     }
 
     pub fn forget(&self, id: &str) -> bool {
-        let known = self.customers.remove(id).is_some();
+        let known = self.customers.remove(id.as_bytes());
         self.note(id);
         known
+    }
+}
+
+/// `record` carried over by `remapping`, and how many of its values were dropped; as it
+/// is when it does not decode.
+fn carried(record: &Record, remapping: &packed::Remapping) -> (Record, usize) {
+    let (id, bytes) = record.split();
+    match remapping.apply(bytes) {
+        Some((bytes, dropped)) => (Record::new(id, &bytes), dropped),
+        None => (record.clone(), 0),
     }
 }
 

@@ -277,7 +277,7 @@ fn an_undecodable_record_is_refused_and_counted_and_others_are_served() {
     store.insert("ok", &ok);
     // An unterminated varint where the sequence number should be.
     let skewed: Box<[u8]> = Box::new([0xff, 0xff]);
-    store.insert_packed("skewed".into(), skewed.clone());
+    store.insert_packed("skewed", &skewed);
     let refused = StateError::Undecodable {
         customer: "skewed".into(),
         reason: "2 bytes that are not a packed record of 2 attributes".into(),

@@ -1,12 +1,15 @@
-//! The concurrent hash map behind [`Generations`](super::generations::Generations): a
-//! generation is filled up to a known bound and then dropped whole, so its map is sized
-//! to that bound instead of to a power of two. A `DashMap` of 500,000 entries in 8 shards
-//! needs 2^17 buckets a shard and sits 48% full; here each shard doubles while it is small
-//! and then grows once to its share of the bound, ending ~76% full.
+//! The concurrent hash map behind the customer [`Store`](super::Store) and the
+//! remembered decisions ([`Generations`](crate::db)): open addressing with linear probing
+//! in shards of `Vec<Option<E>>`, each behind a `RwLock`. A shard is chosen by the hash's
+//! low bits and a slot by its high bits, so the two are independent; removal shifts the
+//! following entries back (no tombstones).
 //!
-//! Open addressing with linear probing in shards of `Vec<Option<(K, V)>>`, each behind a
-//! `RwLock`; a shard is chosen by the hash's low bits and a slot by its high bits, so the
-//! two are independent. Removal shifts the following entries back (no tombstones).
+//! Against a `DashMap` it saves two ways. A table made for a known bound (a generation of
+//! remembered decisions, filled and then dropped whole) grows by doubling while small and
+//! then once to its share of the bound, ending ~76% full: a `DashMap` of 500,000 entries
+//! in 8 shards needs 2^17 buckets a shard and sits 48% full. And an entry may carry its
+//! own key ([`Keyed`]): a customer's slot is one pointer to an allocation holding the id
+//! and the packed record, instead of a key and a value side by side.
 
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -20,8 +23,35 @@ const MAX_LOAD_FIFTHS: usize = 4;
 /// The first table of a shard, in slots.
 const FIRST: usize = 16;
 
-pub(crate) struct Table<K, V> {
-    shards: Box<[RwLock<Shard<K, V>>]>,
+/// How far a table with no bound ([`Table::unbounded`]) grows a shard by doubling; past
+/// this, by a quarter at a time, so that it stays 64–80% full.
+const DOUBLING: usize = 4096;
+
+/// An entry that knows its key.
+pub(crate) trait Keyed {
+    type Key: ?Sized + Eq + Hash;
+    fn key(&self) -> &Self::Key;
+}
+
+impl<K: Eq + Hash, V> Keyed for (K, V) {
+    type Key = K;
+    fn key(&self) -> &K {
+        &self.0
+    }
+}
+
+/// What [`Table::modify`] does with the entry once its closure has run.
+pub(crate) enum Change<E> {
+    /// Leave it as the closure left it (or absent).
+    Keep,
+    /// Put this entry (of the same key) in its place, or add it.
+    Put(E),
+    /// Remove it.
+    Remove,
+}
+
+pub(crate) struct Table<E> {
+    shards: Box<[RwLock<Shard<E>>]>,
     hasher: RandomState,
     /// The slots a shard grows to in one step once it is past half of them: its share of
     /// the bound, at the maximum load, with a margin for shards that get more than their
@@ -29,16 +59,26 @@ pub(crate) struct Table<K, V> {
     share: usize,
 }
 
-struct Shard<K, V> {
-    slots: Vec<Option<(K, V)>>,
+struct Shard<E> {
+    slots: Vec<Option<E>>,
     len: usize,
 }
 
-impl<K: Eq + Hash, V> Table<K, V> {
+impl<E: Keyed> Table<E> {
     /// A table for about `bound` entries; it may hold more, growing by a quarter at a time.
     pub fn new(bound: usize) -> Self {
         let per_shard = bound.div_ceil(SHARDS);
         let share = (per_shard + per_shard / 20) * 5 / MAX_LOAD_FIFTHS + 1;
+        Self::with_share(share.max(FIRST))
+    }
+
+    /// A table with no bound known: each shard doubles up to [`DOUBLING`] slots, then
+    /// grows by a quarter at a time.
+    pub fn unbounded() -> Self {
+        Self::with_share(DOUBLING)
+    }
+
+    fn with_share(share: usize) -> Self {
         Table {
             shards: (0..SHARDS)
                 .map(|_| {
@@ -49,78 +89,86 @@ impl<K: Eq + Hash, V> Table<K, V> {
                 })
                 .collect(),
             hasher: RandomState::new(),
-            share: share.max(FIRST),
+            share,
         }
     }
 
-    fn hash(&self, key: &K) -> u64 {
+    fn hash(&self, key: &E::Key) -> u64 {
         self.hasher.hash_one(key)
     }
 
     // Every change leaves a shard consistent before it can panic: a poisoned lock is
     // still usable.
-    fn read(&self, hash: u64) -> RwLockReadGuard<'_, Shard<K, V>> {
+    fn read(&self, hash: u64) -> RwLockReadGuard<'_, Shard<E>> {
         self.shards[hash as usize % SHARDS]
             .read()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self, hash: u64) -> RwLockWriteGuard<'_, Shard<K, V>> {
+    fn write(&self, hash: u64) -> RwLockWriteGuard<'_, Shard<E>> {
         self.shards[hash as usize % SHARDS]
             .write()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn contains_key(&self, key: &K) -> bool {
-        let hash = self.hash(key);
-        self.read(hash).find(hash, key).is_some()
+    pub fn contains_key(&self, key: &E::Key) -> bool {
+        self.view(key, |entry| entry.is_some())
     }
 
-    /// The value of `key`, cloned.
-    pub fn get(&self, key: &K) -> Option<V>
-    where
-        V: Clone,
-    {
+    /// Runs `f` on the entry of `key`, if any, under its shard's read lock.
+    pub fn view<R>(&self, key: &E::Key, f: impl FnOnce(Option<&E>) -> R) -> R {
         let hash = self.hash(key);
         let shard = self.read(hash);
-        let at = shard.find(hash, key)?;
-        shard.slots[at].as_ref().map(|(_, v)| v.clone())
+        let entry = shard
+            .find(hash, key)
+            .and_then(|at| shard.slots[at].as_ref());
+        f(entry)
     }
 
-    /// Replaces the value of `key` if present; whether it was.
-    pub fn update(&self, key: &K, value: V) -> bool {
+    /// Runs `f` on the entry of `key`, if any, under its shard's write lock, then does
+    /// what `f` asks with it: writers of one key are served one at a time, in turn.
+    ///
+    /// `f` changing an entry's key in place, or putting an entry of another key, leaves
+    /// it where it cannot be found.
+    pub fn modify<R>(&self, key: &E::Key, f: impl FnOnce(Option<&mut E>) -> (R, Change<E>)) -> R {
         let hash = self.hash(key);
         let mut shard = self.write(hash);
-        match shard.find(hash, key) {
-            Some(at) => {
-                if let Some((_, v)) = &mut shard.slots[at] {
-                    *v = value;
-                }
-                true
-            }
-            None => false,
+        let at = shard.find(hash, key);
+        let (result, change) = f(at.and_then(|at| shard.slots[at].as_mut()));
+        match (change, at) {
+            (Change::Keep, _) | (Change::Remove, None) => {}
+            (Change::Put(entry), Some(at)) => shard.slots[at] = Some(entry),
+            (Change::Put(entry), None) => self.place_new(&mut shard, hash, entry),
+            (Change::Remove, Some(at)) => shard.take(at, &self.hasher),
         }
+        result
     }
 
     /// Inserts or replaces; whether the key is new.
-    pub fn insert(&self, key: K, value: V) -> bool {
-        self.put(key, value, true)
+    pub fn put(&self, entry: E) -> bool {
+        self.add(entry, true)
     }
 
-    /// Inserts unless the key is present (which keeps its value); whether it was new.
-    pub fn insert_new(&self, key: K, value: V) -> bool {
-        self.put(key, value, false)
+    /// Inserts unless the key is present (which keeps its entry); whether it was new.
+    pub fn put_new(&self, entry: E) -> bool {
+        self.add(entry, false)
     }
 
-    fn put(&self, key: K, value: V, replace: bool) -> bool {
-        let hash = self.hash(&key);
+    fn add(&self, entry: E, replace: bool) -> bool {
+        let hash = self.hash(entry.key());
         let mut shard = self.write(hash);
-        if let Some(at) = shard.find(hash, &key) {
-            if replace && let Some((_, v)) = &mut shard.slots[at] {
-                *v = value;
+        if let Some(at) = shard.find(hash, entry.key()) {
+            if replace {
+                shard.slots[at] = Some(entry);
             }
             return false;
         }
+        self.place_new(&mut shard, hash, entry);
+        true
+    }
+
+    /// Adds an entry known to be absent, growing the shard first if it would be too full.
+    fn place_new(&self, shard: &mut Shard<E>, hash: u64, entry: E) {
         if (shard.len + 1) * 5 > shard.slots.len() * MAX_LOAD_FIFTHS {
             let slots = shard.slots.len();
             let grown = if slots < FIRST {
@@ -134,25 +182,21 @@ impl<K: Eq + Hash, V> Table<K, V> {
             };
             shard.resize(grown, &self.hasher);
         }
-        shard.place(hash, key, value);
-        true
+        shard.place(hash, entry);
     }
 
-    pub fn remove(&self, key: &K) {
-        let hash = self.hash(key);
-        let mut shard = self.write(hash);
-        if let Some(at) = shard.find(hash, key) {
-            shard.take(at, &self.hasher);
-        }
+    /// Removes the entry of `key`; whether there was one.
+    pub fn remove(&self, key: &E::Key) -> bool {
+        self.modify(key, |entry| (entry.is_some(), Change::Remove))
     }
 
     /// Keeps only the entries `keep` says to.
-    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+    pub fn retain(&self, mut keep: impl FnMut(&E) -> bool) {
         for lock in self.shards.iter() {
             let mut shard = lock.write().unwrap_or_else(|e| e.into_inner());
             let mut at = 0;
             while at < shard.slots.len() {
-                if matches!(&shard.slots[at], Some((k, v)) if !keep(k, v)) {
+                if matches!(&shard.slots[at], Some(e) if !keep(e)) {
                     // The entry shifted back into `at`, if any, is looked at next. Only
                     // entries already looked at can shift past the end to the front.
                     shard.take(at, &self.hasher);
@@ -163,12 +207,12 @@ impl<K: Eq + Hash, V> Table<K, V> {
         }
     }
 
-    /// Calls `f` with every entry, shard by shard.
-    pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+    /// Calls `f` with every entry, each shard under its read lock in turn.
+    pub fn for_each(&self, mut f: impl FnMut(&E)) {
         for lock in self.shards.iter() {
             let shard = lock.read().unwrap_or_else(|e| e.into_inner());
-            for (k, v) in shard.slots.iter().flatten() {
-                f(k, v);
+            for e in shard.slots.iter().flatten() {
+                f(e);
             }
         }
     }
@@ -181,13 +225,45 @@ impl<K: Eq + Hash, V> Table<K, V> {
     }
 }
 
-impl<K: Eq + Hash, V> Shard<K, V> {
+/// A map of keys to values, as the remembered decisions and outcomes use it.
+impl<K: Eq + Hash, V> Table<(K, V)> {
+    /// The value of `key`, cloned.
+    pub fn get(&self, key: &K) -> Option<V>
+    where
+        V: Clone,
+    {
+        self.view(key, |entry| entry.map(|(_, v)| v.clone()))
+    }
+
+    /// Replaces the value of `key` if present; whether it was.
+    pub fn update(&self, key: &K, value: V) -> bool {
+        self.modify(key, |entry| match entry {
+            Some((_, v)) => {
+                *v = value;
+                (true, Change::Keep)
+            }
+            None => (false, Change::Keep),
+        })
+    }
+
+    /// Inserts or replaces; whether the key is new.
+    pub fn insert(&self, key: K, value: V) -> bool {
+        self.put((key, value))
+    }
+
+    /// Inserts unless the key is present (which keeps its value); whether it was new.
+    pub fn insert_new(&self, key: K, value: V) -> bool {
+        self.put_new((key, value))
+    }
+}
+
+impl<E: Keyed> Shard<E> {
     /// The slot a hash starts probing at.
     fn home(&self, hash: u64) -> usize {
         ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
-    fn find(&self, hash: u64, key: &K) -> Option<usize> {
+    fn find(&self, hash: u64, key: &E::Key) -> Option<usize> {
         if self.len == 0 {
             return None;
         }
@@ -196,7 +272,7 @@ impl<K: Eq + Hash, V> Shard<K, V> {
         loop {
             match &self.slots[at] {
                 None => return None,
-                Some((k, _)) if k == key => return Some(at),
+                Some(e) if e.key() == key => return Some(at),
                 Some(_) => at = if at + 1 == n { 0 } else { at + 1 },
             }
         }
@@ -204,13 +280,13 @@ impl<K: Eq + Hash, V> Shard<K, V> {
 
     /// Puts an entry known to be absent in the first free slot from its home (one exists:
     /// the load is kept under its maximum).
-    fn place(&mut self, hash: u64, key: K, value: V) {
+    fn place(&mut self, hash: u64, entry: E) {
         let n = self.slots.len();
         let mut at = self.home(hash);
         while self.slots[at].is_some() {
             at = if at + 1 == n { 0 } else { at + 1 };
         }
-        self.slots[at] = Some((key, value));
+        self.slots[at] = Some(entry);
         self.len += 1;
     }
 
@@ -218,9 +294,9 @@ impl<K: Eq + Hash, V> Shard<K, V> {
         let old = std::mem::take(&mut self.slots);
         self.slots.resize_with(slots, || None);
         self.len = 0;
-        for (k, v) in old.into_iter().flatten() {
-            let hash = hasher.hash_one(&k);
-            self.place(hash, k, v);
+        for e in old.into_iter().flatten() {
+            let hash = hasher.hash_one(e.key());
+            self.place(hash, e);
         }
     }
 
@@ -231,8 +307,8 @@ impl<K: Eq + Hash, V> Shard<K, V> {
         self.slots[at] = None;
         self.len -= 1;
         let mut next = if at + 1 == n { 0 } else { at + 1 };
-        while let Some((k, _)) = &self.slots[next] {
-            let home = self.home(hasher.hash_one(k));
+        while let Some(e) = &self.slots[next] {
+            let home = self.home(hasher.hash_one(e.key()));
             // The entry may move to the gap unless its home lies cyclically in (at, next].
             let stays = if at <= next {
                 at < home && home <= next
@@ -263,6 +339,9 @@ mod tests {
         Update(u16, u32),
         Remove(u16),
         RetainEven,
+        /// Through [`Table::modify`]: adds one to the value, adds the key with 0, or
+        /// removes it when the value is odd.
+        Modify(u16),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -272,8 +351,9 @@ mod tests {
             4 => (key.clone(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
             2 => (key.clone(), any::<u32>()).prop_map(|(k, v)| Op::InsertNew(k, v)),
             1 => (key.clone(), any::<u32>()).prop_map(|(k, v)| Op::Update(k, v)),
-            2 => key.prop_map(Op::Remove),
+            2 => key.clone().prop_map(Op::Remove),
             1 => Just(Op::RetainEven),
+            3 => key.clone().prop_map(Op::Modify),
         ]
     }
 
@@ -304,12 +384,33 @@ mod tests {
                         prop_assert_eq!(table.update(&k, v), present);
                     }
                     Op::Remove(k) => {
-                        table.remove(&k);
-                        model.remove(&k);
+                        prop_assert_eq!(table.remove(&k), model.remove(&k).is_some());
                     }
                     Op::RetainEven => {
-                        table.retain(|_, v| v % 2 == 0);
+                        table.retain(|(_, v)| v % 2 == 0);
                         model.retain(|_, v| *v % 2 == 0);
+                    }
+                    Op::Modify(k) => {
+                        let seen = table.modify(&k, |entry| match entry {
+                            Some((_, v)) if *v % 2 == 1 => (Some(*v), Change::Remove),
+                            Some((_, v)) => {
+                                *v = v.wrapping_add(1);
+                                (Some(*v - 1), Change::Keep)
+                            }
+                            None => (None, Change::Put((k, 0))),
+                        });
+                        prop_assert_eq!(seen, model.get(&k).copied());
+                        match seen {
+                            Some(v) if v % 2 == 1 => {
+                                model.remove(&k);
+                            }
+                            Some(v) => {
+                                model.insert(k, v.wrapping_add(1));
+                            }
+                            None => {
+                                model.insert(k, 0);
+                            }
+                        }
                     }
                 }
                 prop_assert_eq!(table.len(), model.len());
@@ -319,7 +420,7 @@ mod tests {
                 prop_assert_eq!(table.contains_key(&k), model.contains_key(&k));
             }
             let mut all = Vec::new();
-            table.for_each(|k, v| all.push((*k, *v)));
+            table.for_each(|(k, v)| all.push((*k, *v)));
             all.sort_unstable();
             let mut expected: Vec<_> = model.into_iter().collect();
             expected.sort_unstable();
