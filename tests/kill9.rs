@@ -12,7 +12,11 @@ use nextbest::server::proto::customer_service_client::CustomerServiceClient;
 use nextbest::server::proto::decision_service_client::DecisionServiceClient;
 use nextbest::server::proto::{self, value::Kind};
 
-const CUSTOMERS: usize = 24;
+/// A multiple of the 16 callers, so that each customer has one writer and the tenures
+/// acknowledged for it only grow: with 24, callers 2 and 10 both wrote `c18` (tenure 1
+/// and 2), and a later tenure 1 after an acknowledged 2 failed the check without any
+/// write being lost.
+const CUSTOMERS: usize = 32;
 
 fn int(i: i64) -> proto::Value {
     proto::Value {
