@@ -336,13 +336,7 @@ thread_local! {
 impl Record {
     fn new(id: &[u8], packed: &[u8]) -> Record {
         let mut bytes = Vec::with_capacity(id.len() + packed.len() + 2);
-        let mut n = id.len();
-        while n >= 0x80 {
-            bytes.push(n as u8 | 0x80);
-            n >>= 7;
-        }
-        bytes.push(n as u8);
-        bytes.extend_from_slice(id);
+        packed::put_bytes(&mut bytes, id);
         bytes.extend_from_slice(packed);
         Record(bytes.into_boxed_slice())
     }
@@ -357,27 +351,18 @@ impl Record {
 
     /// The id and the packed state.
     fn split(&self) -> (&[u8], &[u8]) {
-        let (mut len, mut shift, mut at) = (0usize, 0, 0);
-        // `new` wrote the length: a varint that ends within the slice.
-        while let Some(&b) = self.0.get(at) {
-            at += 1;
-            len |= usize::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                break;
-            }
-            shift += 7;
-        }
-        let rest = &self.0[at.min(self.0.len())..];
-        rest.split_at(len.min(rest.len()))
+        // `new` wrote both: nothing is missing.
+        packed::split_bytes(&self.0).unwrap_or_default()
     }
 
     fn packed(&self) -> &[u8] {
         self.split().1
     }
 
-    /// The id as text: it was stored from a `str`.
-    fn id(&self) -> &str {
-        std::str::from_utf8(self.split().0).unwrap_or_default()
+    /// The id as text (it was stored from a `str`) and the packed state.
+    fn parts(&self) -> (&str, &[u8]) {
+        let (id, packed) = self.split();
+        (std::str::from_utf8(id).unwrap_or_default(), packed)
     }
 }
 
@@ -659,10 +644,8 @@ impl Store {
     pub fn for_each(&self, mut f: impl FnMut(&CustomerState)) {
         let mut state = scratch();
         self.customers.for_each(|record| {
-            if self
-                .unpack(record.id(), record.packed(), &mut state)
-                .is_ok()
-            {
+            let (id, packed) = record.parts();
+            if self.unpack(id, packed, &mut state).is_ok() {
                 f(&state);
             }
         });
@@ -672,8 +655,10 @@ impl Store {
     /// Calls `f` on every customer's id and packed record, as stored: a snapshot carries
     /// a record that does not decode over as it is.
     pub fn for_each_packed(&self, mut f: impl FnMut(&str, &[u8])) {
-        self.customers
-            .for_each(|record| f(record.id(), record.packed()));
+        self.customers.for_each(|record| {
+            let (id, packed) = record.parts();
+            f(id, packed)
+        });
     }
 
     /// A new store holding every record carried over by `remapping` while this one goes

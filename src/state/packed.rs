@@ -34,8 +34,22 @@ fn put_signed(out: &mut Vec<u8>, v: i64) {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    put(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+    put_bytes(out, s.as_bytes());
+}
+
+/// Appends `bytes` after their length: as a string value is packed, and as the store puts
+/// a customer's id before its record.
+pub(super) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Splits what [`put_bytes`] wrote from what follows it.
+pub(super) fn split_bytes(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut c = Cursor(bytes);
+    let n = c.get_usize()?;
+    let head = c.bytes(n)?;
+    Some((head, c.0))
 }
 
 /// A cursor over packed bytes; every read is checked.
