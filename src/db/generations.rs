@@ -3,54 +3,96 @@
 
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use crate::state::table::Table;
 
-/// What an outcome needs to know about its decision: 40 bytes, so that with its 16-byte
-/// id a remembered decision's slot is 56.
+/// What an outcome needs to know about its decision: whose it was, the placement's
+/// channel and the offers it showed. 40 bytes, so that with its 16-byte id a remembered
+/// decision's slot is 56; what fits in [`INLINE`] bytes (a customer id of up to 21 bytes
+/// with three offers shown, 29 with one) is kept in place, the rest in one allocation of
+/// exactly its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Recent {
-    pub customer: Arc<str>,
-    /// The channel and the shown offers together: apart, the enum's tag and the channel
-    /// would each take a word of padding.
-    seen: Seen,
+pub(crate) struct Recent(Packed);
+
+/// Bytes kept in place: what the enum leaves of 40 once its tag and the length are in.
+const INLINE: usize = 38;
+
+/// The channel (u32, little-endian), the number of offers shown ([`UNKNOWN`] when not
+/// known), their keys (u32 each) and then the customer id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Packed {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seen {
-    Unknown { channel: u32 },
-    Few { channel: u32, n: u8, keys: [u32; 3] },
-    Many { channel: u32, keys: Box<[u32]> },
-}
+/// The count of a decision whose shown offers are not known.
+const UNKNOWN: u8 = u8::MAX;
 
 impl Recent {
     /// `channel` is the [`key`](crate::schema::key) of the placement's channel.
-    pub fn new(customer: Arc<str>, channel: u32, shown: Shown) -> Recent {
-        let seen = match shown {
-            Shown::Unknown => Seen::Unknown { channel },
-            Shown::Few(n, keys) => Seen::Few { channel, n, keys },
-            Shown::Many(keys) => Seen::Many { channel, keys },
+    pub fn new(customer: &str, channel: u32, shown: Shown) -> Recent {
+        let keys = shown.keys();
+        // More offers than a count can say are taken as not known: any offer is then
+        // accepted, never one refused. No placement shows 255.
+        let keys = keys.filter(|k| k.len() < usize::from(UNKNOWN));
+        let count = keys.map_or(UNKNOWN, |k| k.len() as u8);
+        let keys = keys.unwrap_or_default();
+        let len = 5 + 4 * keys.len() + customer.len();
+        let put = |bytes: &mut [u8]| {
+            bytes[..4].copy_from_slice(&channel.to_le_bytes());
+            bytes[4] = count;
+            for (at, k) in bytes[5..].chunks_exact_mut(4).zip(keys) {
+                at.copy_from_slice(&k.to_le_bytes());
+            }
+            bytes[5 + 4 * keys.len()..len].copy_from_slice(customer.as_bytes());
         };
-        Recent { customer, seen }
+        Recent(if len <= INLINE {
+            let mut bytes = [0; INLINE];
+            put(&mut bytes);
+            Packed::Inline {
+                len: len as u8,
+                bytes,
+            }
+        } else {
+            let mut bytes = vec![0; len].into_boxed_slice();
+            put(&mut bytes);
+            Packed::Heap(bytes)
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.0 {
+            Packed::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Packed::Heap(bytes) => bytes,
+        }
+    }
+
+    fn count(&self) -> Option<usize> {
+        let count = self.bytes()[4];
+        (count != UNKNOWN).then_some(usize::from(count))
+    }
+
+    /// The customer whose decision it was.
+    pub fn customer(&self) -> &str {
+        let from = 5 + 4 * self.count().unwrap_or(0);
+        std::str::from_utf8(&self.bytes()[from..]).expect("written from a str")
     }
 
     /// The [`key`](crate::schema::key) of the placement's channel.
     pub fn channel(&self) -> u32 {
-        match self.seen {
-            Seen::Unknown { channel } | Seen::Few { channel, .. } | Seen::Many { channel, .. } => {
-                channel
-            }
-        }
+        let bytes = self.bytes();
+        u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
     }
 
     /// The keys of the offers the decision showed, or `None` when not known.
-    pub fn shown(&self) -> Option<&[u32]> {
-        match &self.seen {
-            Seen::Unknown { .. } => None,
-            Seen::Few { n, keys, .. } => Some(&keys[..usize::from(*n)]),
-            Seen::Many { keys, .. } => Some(keys),
-        }
+    pub fn shown(&self) -> Option<impl Iterator<Item = u32> + Clone + '_> {
+        let count = self.count()?;
+        Some(
+            self.bytes()[5..5 + 4 * count]
+                .chunks_exact(4)
+                .map(|k| u32::from_le_bytes([k[0], k[1], k[2], k[3]])),
+        )
     }
 }
 
@@ -74,6 +116,16 @@ impl From<Option<&[u32]>> for Shown {
                 Shown::Few(keys.len() as u8, few)
             }
             Some(keys) => Shown::Many(keys.into()),
+        }
+    }
+}
+
+impl Shown {
+    fn keys(&self) -> Option<&[u32]> {
+        match self {
+            Shown::Unknown => None,
+            Shown::Few(n, keys) => Some(&keys[..usize::from(*n)]),
+            Shown::Many(keys) => Some(keys),
         }
     }
 }
@@ -214,7 +266,7 @@ mod tests {
     #[test]
     fn memory_is_bounded_and_the_latest_half_is_always_remembered() {
         let recents = Generations::new(100);
-        let recent = |i: u128| Recent::new(format!("c{i}").into(), 1, Shown::Unknown);
+        let recent = |i: u128| Recent::new(&format!("c{i}"), 1, Shown::Unknown);
         for i in 0..1000u128 {
             recents.insert(i, recent(i));
             assert!(recents.entries().len() <= 100);
@@ -223,7 +275,7 @@ mod tests {
             assert_eq!(recents.get(&i), Some(recent(i)), "{i}");
         }
         assert_eq!(recents.get(&10), None);
-        recents.retain(|_, r| &*r.customer != "c999");
+        recents.retain(|_, r| r.customer() != "c999");
         assert_eq!(recents.get(&999), None);
     }
 
@@ -252,11 +304,40 @@ mod tests {
     fn a_remembered_decision_takes_a_56_byte_slot() {
         assert_eq!(size_of::<Recent>(), 40);
         assert_eq!(size_of::<Option<(uuid::Uuid, Recent)>>(), 56);
-        let few = Recent::new("c".into(), 7, Shown::from(Some(&[1, 2][..])));
-        assert_eq!((few.channel(), few.shown()), (7, Some(&[1, 2][..])));
-        let many = Recent::new("c".into(), 8, Shown::from(Some(&[1, 2, 3, 4][..])));
-        assert_eq!((many.channel(), many.shown()), (8, Some(&[1, 2, 3, 4][..])));
-        let unknown = Recent::new("c".into(), 9, Shown::Unknown);
-        assert_eq!((unknown.channel(), unknown.shown()), (9, None));
+        let shown = |r: &Recent| r.shown().map(|k| k.collect::<Vec<_>>());
+        let few = Recent::new("c", 7, Shown::from(Some(&[1, 2][..])));
+        assert_eq!((few.customer(), few.channel()), ("c", 7));
+        assert_eq!(shown(&few), Some(vec![1, 2]));
+        let many = Recent::new("c", 8, Shown::from(Some(&[1, 2, 3, 4][..])));
+        assert_eq!((many.channel(), shown(&many)), (8, Some(vec![1, 2, 3, 4])));
+        let unknown = Recent::new("c", 9, Shown::Unknown);
+        assert_eq!((unknown.channel(), shown(&unknown)), (9, None));
+        let none = Recent::new("c", 9, Shown::from(Some(&[][..])));
+        assert_eq!(shown(&none), Some(vec![]));
+    }
+
+    #[test]
+    fn short_ids_stay_in_place_and_long_ones_keep_every_byte() {
+        let fits = "c".repeat(INLINE - 5 - 12);
+        let r = Recent::new(&fits, 1, Shown::from(Some(&[1, 2, 3][..])));
+        assert!(matches!(r.0, Packed::Inline { .. }));
+        assert_eq!(r.customer(), fits);
+        for id in [format!("{fits}x"), "é".repeat(300)] {
+            let keys: Vec<u32> = (0..300).collect();
+            for shown in [&keys[..3], &keys[..254]] {
+                let r = Recent::new(&id, u32::MAX, Shown::from(Some(shown)));
+                assert!(matches!(r.0, Packed::Heap(_)));
+                assert_eq!((r.customer(), r.channel()), (&id[..], u32::MAX));
+                assert_eq!(
+                    r.shown().map(|k| k.collect::<Vec<_>>()),
+                    Some(shown.to_vec())
+                );
+            }
+            // A list longer than a count can say is taken as not known: every offer
+            // is then accepted, none refused.
+            let r = Recent::new(&id, 1, Shown::from(Some(&keys[..])));
+            assert!(r.shown().is_none());
+            assert_eq!(r.customer(), id);
+        }
     }
 }

@@ -527,7 +527,7 @@ impl Db {
         let seq = permit.append(Entry::Record(record), true)?;
         let known = view.store.forget(id);
         drop(layout);
-        self.decisions.retain(|_, r| &*r.customer != id);
+        self.decisions.retain(|_, r| r.customer() != id);
         self.forgotten
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -557,7 +557,7 @@ impl Db {
         let pending =
             PendingDecision::new(Arc::clone(catalog), customer, &context.values, decision);
         if let (Some(customer), Some(shown)) = (&pending.customer, shown) {
-            self.remember(id, Arc::clone(customer), channel, shown);
+            self.remember(id, customer, channel, shown);
         }
         self.log_pending(Box::new(pending))
     }
@@ -589,7 +589,7 @@ impl Db {
                 let id: Arc<str> = Arc::from(id);
                 self.remember(
                     decision.id.as_u128(),
-                    Arc::clone(&id),
+                    &id,
                     channel,
                     shown_keys(catalog, &decision),
                 );
@@ -655,7 +655,7 @@ impl Db {
         self.journal.failed()
     }
 
-    fn remember(&self, decision: u128, customer: Arc<str>, channel: u32, shown: Shown) {
+    fn remember(&self, decision: u128, customer: &str, channel: u32, shown: Shown) {
         self.decisions.insert(
             Uuid::from_u128(decision),
             Recent::new(customer, channel, shown),

@@ -210,13 +210,13 @@ impl Db {
         // decide whose history and which channel's caps and budgets count the outcome.
         if let Some(r) = &recent {
             if let Some(c) = &input.customer
-                && **c != *r.customer
+                && **c != *r.customer()
             {
                 return Err(DbError::NotTheDecisions {
                     field: "customer_id",
                     given: crate::schema::printable(c).into_owned(),
                     decision: input.decision,
-                    its: r.customer.to_string(),
+                    its: r.customer().to_string(),
                 });
             }
             if let Some(ch) = &input.channel
@@ -236,16 +236,15 @@ impl Db {
             }
         }
         if let Some(shown) = recent.as_ref().and_then(|r| r.shown())
-            && !shown.contains(&offer.key)
+            && !shown.clone().any(|k| k == offer.key)
         {
             return Err(DbError::NotShown {
                 decision: input.decision,
                 offer: offer.id.clone(),
                 shown: shown
-                    .iter()
                     .map(|k| {
                         catalog
-                            .offer_by_key(*k)
+                            .offer_by_key(k)
                             .map_or_else(|| format!("{k:08x}"), |o| catalog.offers[o].id.clone())
                     })
                     .collect(),
@@ -254,7 +253,7 @@ impl Db {
         let customer = input
             .customer
             .clone()
-            .or_else(|| recent.as_ref().map(|r| r.customer.to_string()));
+            .or_else(|| recent.as_ref().map(|r| r.customer().to_string()));
         let channel = input.channel.clone().or_else(|| {
             let key = recent.as_ref()?.channel();
             catalog

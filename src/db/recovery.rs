@@ -81,6 +81,9 @@ enum Item {
     /// was published (its files; written after `Stream`, before the customers), which
     /// the node opens with again.
     Catalog(Vec<u8>),
+    /// About how many customers follow (written right before them), so that a restart
+    /// sizes its store once instead of growing it step by step.
+    Customers(u64),
 }
 
 /// Where a cluster node's state stands in its cluster's write stream: the stream (its
@@ -272,6 +275,7 @@ pub(super) fn write_snapshot(
                 put(w, &Item::Catalog(catalog.to_vec()))?;
             }
         }
+        put(w, &Item::Customers(view.store.len() as u64))?;
         let mut result = Ok(());
         let mut customer = Vec::with_capacity(4096);
         let mut framed = Vec::with_capacity(4096);
@@ -300,9 +304,9 @@ pub(super) fn write_snapshot(
             .map(|(id, r)| {
                 (
                     id.as_u128(),
-                    r.customer.to_string(),
+                    r.customer().to_string(),
                     r.channel(),
-                    r.shown().map(<[u32]>::to_vec),
+                    r.shown().map(Iterator::collect),
                 )
             })
             .collect();
@@ -386,7 +390,7 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
             } => {
                 db.decisions.insert(
                     Uuid::from_bytes(id),
-                    Recent::new(customer, channel, shown.as_deref().into()),
+                    Recent::new(&customer, channel, shown.as_deref().into()),
                 );
             }
             Replayed::Decision { customer: None, .. } => {}
@@ -487,7 +491,7 @@ fn load_snapshot(
                 for (id, customer, channel) in recent {
                     db.decisions.insert(
                         Uuid::from_u128(id),
-                        Recent::new(customer.into(), channel, Shown::Unknown),
+                        Recent::new(&customer, channel, Shown::Unknown),
                     );
                 }
             }
@@ -495,12 +499,19 @@ fn load_snapshot(
                 for (id, customer, channel, shown) in recent {
                     db.decisions.insert(
                         Uuid::from_u128(id),
-                        Recent::new(customer.into(), channel, shown.as_deref().into()),
+                        Recent::new(&customer, channel, shown.as_deref().into()),
                     );
                 }
             }
             Item::Stream(mark) => recovery.stream = Some(mark),
             Item::Catalog(catalog) => recovery.catalog = Some(catalog),
+            Item::Customers(about) => {
+                // A count no file of this size can hold is not believed: each customer
+                // takes more than 8 bytes of it.
+                let most = std::fs::metadata(path).map_or(0, |m| m.len() / 8);
+                view.store
+                    .reserve(usize::try_from(about.min(most)).unwrap_or(0));
+            }
             Item::End { customers } => {
                 if customers as usize != recovery.customers_loaded {
                     return Err(bad(SnapshotDefect::CustomerCount {
@@ -577,7 +588,7 @@ pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedu
             if !newer {
                 store.forget(&r.customer);
             }
-            db.decisions.retain(|_, d| *d.customer != *r.customer);
+            db.decisions.retain(|_, d| *d.customer() != *r.customer);
             db.forgotten_at.insert(r.customer.as_str().into(), r.at);
             db.forgotten
                 .lock()
@@ -625,7 +636,7 @@ pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedu
             if let Some(customer) = &r.customer {
                 db.remember(
                     r.decision_id().as_u128(),
-                    customer.as_str().into(),
+                    customer,
                     key(&r.channel),
                     Shown::from(Some(
                         &r.shown.iter().map(|s| key(&s.offer)).collect::<Vec<_>>()[..],

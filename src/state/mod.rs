@@ -548,6 +548,11 @@ impl Store {
         self.note(id);
     }
 
+    /// Makes room for `customers` more at once (a restart that knows how many it loads).
+    pub fn reserve(&self, customers: usize) {
+        self.customers.reserve(customers);
+    }
+
     /// Puts a packed record in place as it is (a snapshot of the same schema).
     pub fn insert_packed(&self, id: &str, bytes: &[u8]) {
         self.customers.put(Record::new(id.as_bytes(), bytes));

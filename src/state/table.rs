@@ -27,6 +27,14 @@ const FIRST: usize = 16;
 /// this, by a quarter at a time, so that it stays 64–80% full.
 const DOUBLING: usize = 4096;
 
+/// The slots a shard needs for its share of `bound` entries at the maximum load, with a
+/// margin for shards that get more than their share (5%: dozens of standard deviations at
+/// the sizes where this matters).
+fn share_of(bound: usize) -> usize {
+    let per_shard = bound.div_ceil(SHARDS);
+    ((per_shard + per_shard / 20) * 5 / MAX_LOAD_FIFTHS + 1).max(FIRST)
+}
+
 /// An entry that knows its key.
 pub(crate) trait Keyed {
     type Key: ?Sized + Eq + Hash;
@@ -54,8 +62,7 @@ pub(crate) struct Table<E> {
     shards: Box<[RwLock<Shard<E>>]>,
     hasher: RandomState,
     /// The slots a shard grows to in one step once it is past half of them: its share of
-    /// the bound, at the maximum load, with a margin for shards that get more than their
-    /// share (5%: dozens of standard deviations at the sizes where this matters).
+    /// the bound ([`share_of`]).
     share: usize,
 }
 
@@ -67,9 +74,7 @@ struct Shard<E> {
 impl<E: Keyed> Table<E> {
     /// A table for about `bound` entries; it may hold more, growing by a quarter at a time.
     pub fn new(bound: usize) -> Self {
-        let per_shard = bound.div_ceil(SHARDS);
-        let share = (per_shard + per_shard / 20) * 5 / MAX_LOAD_FIFTHS + 1;
-        Self::with_share(share.max(FIRST))
+        Self::with_share(share_of(bound))
     }
 
     /// A table with no bound known: each shard doubles up to [`DOUBLING`] slots, then
@@ -90,6 +95,20 @@ impl<E: Keyed> Table<E> {
                 .collect(),
             hasher: RandomState::new(),
             share,
+        }
+    }
+
+    /// Grows every shard at once to hold its share of `entries` more (a restart that
+    /// knows how many customers it loads): one rehash instead of one per growth step.
+    pub fn reserve(&self, entries: usize) {
+        for lock in self.shards.iter() {
+            let mut shard = lock.write().unwrap_or_else(|e| e.into_inner());
+            let slots = share_of(
+                (shard.len.saturating_add(entries.div_ceil(SHARDS))).saturating_mul(SHARDS),
+            );
+            if slots > shard.slots.len() {
+                shard.resize(slots, &self.hasher);
+            }
         }
     }
 
@@ -444,6 +463,31 @@ mod tests {
         assert!(
             (0.7..=0.8).contains(&load),
             "{slots} slots for {bound} entries: load {load:.2}"
+        );
+    }
+
+    #[test]
+    fn a_reserved_table_takes_its_entries_without_growing_again() {
+        let table = Table::unbounded();
+        table.insert(u64::MAX, ());
+        let entries = 200_000;
+        table.reserve(entries);
+        let slots = |t: &Table<(u64, ())>| -> Vec<usize> {
+            t.shards
+                .iter()
+                .map(|s| s.read().expect("unpoisoned").slots.len())
+                .collect()
+        };
+        let reserved = slots(&table);
+        for k in 0..entries as u64 {
+            table.insert(k, ());
+        }
+        assert_eq!(slots(&table), reserved, "no shard grew");
+        assert_eq!(table.len(), entries + 1);
+        assert!((0..entries as u64).all(|k| table.contains_key(&k)));
+        assert!(
+            table.contains_key(&u64::MAX),
+            "what was there before is kept"
         );
     }
 }
