@@ -265,7 +265,10 @@ pub async fn run(
         .add_service(ProbeServiceServer::new(Probe))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, small replies wait for delayed ACKs: ~40 ms a call.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            tokio_stream::StreamExt::map(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                |accepted| accepted.map(transport::Unvectored),
+            ),
             draining,
         );
     // Streams that never end (a client watching health) would hold the drain forever:
