@@ -8,7 +8,8 @@
 //!                                                              # attribute while deciding
 //! cargo run --release --example bench_state -- remember DIR [N [BOUND]]
 //!                               # reopen, decide N times remembering up to BOUND decisions,
-//!                               # print RSS as they accumulate
+//!                               # print RSS as they accumulate, then the peak a
+//!                               # snapshot of them all adds
 //! ```
 //! `remember` appends its decisions to DIR's journal, which the next open replays: run it
 //! on a copy of a filled directory.
@@ -31,10 +32,19 @@ const START: i64 = 1_795_428_000_000;
 
 /// Resident set size of this process, from /proc (Linux), in MB.
 fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+/// The highest resident set size this process has had, in MB.
+fn peak_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+fn status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -213,6 +223,16 @@ fn remember(dir: &Path, catalog: Arc<Catalog>, n: u64, bound: Option<usize>) -> 
     db.sync()?;
     report(n);
     println!("remember: {n} decisions in {elapsed:.2?}");
+    // A snapshot with every decision remembered: what it adds to the peak.
+    let before = peak_mb();
+    let started = Instant::now();
+    db.compact(START)?;
+    println!(
+        "remember: snapshot in {:.2?}; peak RSS {before:.0} MB before it, {:.0} MB after; RSS {:.0} MB",
+        started.elapsed(),
+        peak_mb(),
+        rss_mb()
+    );
     Ok(())
 }
 

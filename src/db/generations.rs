@@ -139,6 +139,9 @@ pub(crate) struct Generations<K: Eq + Hash, V> {
     maps: RwLock<[Table<(K, V)>; 2]>,
     /// Entries added to the current generation.
     current: AtomicUsize,
+    /// Generations dropped so far (a `clear` drops both): which table a walk through
+    /// them ([`Generations::for_each_shard`]) was in, whatever rotated meanwhile.
+    dropped: AtomicUsize,
     half: usize,
 }
 
@@ -157,6 +160,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
         Generations {
             maps: RwLock::new([Table::new(half), Table::new(half)]),
             current: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
             half,
         }
     }
@@ -209,6 +213,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
                 return;
             }
             self.current.store(0, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             g.swap(0, 1);
             std::mem::replace(&mut g[0], Table::new(self.half))
         };
@@ -242,6 +247,30 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
         }
     }
 
+    /// Calls `f` with every entry, oldest generation first, a copy of one shard at a time
+    /// handed over outside every lock (a snapshot writes them out meanwhile: holding the
+    /// generations' lock that long would hold up a rotation, and every insert behind it).
+    /// An entry whose generation is dropped while the walk goes on is passed over, as it
+    /// would be by a walk a moment later.
+    pub fn for_each_shard(&self, mut f: impl FnMut(Vec<(K, V)>)) {
+        let start = self.dropped.load(Ordering::Relaxed);
+        for generation in [1, 0] {
+            let shards = self.read()[generation].shards();
+            for shard in 0..shards {
+                let copy = {
+                    let g = self.read();
+                    // Where the table walked is now: one place older per rotation since.
+                    let dropped = self.dropped.load(Ordering::Relaxed) - start;
+                    match generation + dropped {
+                        at @ 0..=1 => g[at].copy_shard(shard),
+                        _ => continue,
+                    }
+                };
+                f(copy);
+            }
+        }
+    }
+
     /// Every entry, oldest generation first.
     pub fn entries(&self) -> Vec<(K, V)> {
         let g = self.read();
@@ -256,6 +285,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Generations<K, V> {
         let mut g = self.maps.write().unwrap_or_else(|e| e.into_inner());
         *g = [Table::new(self.half), Table::new(self.half)];
         self.current.store(0, Ordering::Relaxed);
+        self.dropped.fetch_add(2, Ordering::Relaxed);
     }
 }
 
@@ -277,6 +307,52 @@ mod tests {
         assert_eq!(recents.get(&10), None);
         recents.retain(|_, r| r.customer() != "c999");
         assert_eq!(recents.get(&999), None);
+    }
+
+    #[test]
+    fn a_walk_by_shards_sees_every_entry_once_oldest_first_even_across_a_rotation() {
+        let recents = Generations::new(8);
+        for i in 0..6u64 {
+            recents.insert(i, ());
+        }
+        let mut seen = Vec::new();
+        recents.for_each_shard(|shard| seen.extend(shard.into_iter().map(|(k, ())| k)));
+        let (older, newer) = seen.split_at(4);
+        let mut older = older.to_vec();
+        older.sort_unstable();
+        assert_eq!(older, [0, 1, 2, 3], "the previous generation first");
+        let mut newer = newer.to_vec();
+        newer.sort_unstable();
+        assert_eq!(newer, [4, 5]);
+
+        // Filling the current generation halfway through the walk of the previous one
+        // rotates: the rest of the dropped generation is passed over, and the one that
+        // was current is still walked whole, once.
+        let recents = Generations::new(2000);
+        for i in 0..1500u64 {
+            recents.insert(i, ());
+        }
+        let (mut seen, mut calls) = (Vec::new(), 0);
+        recents.for_each_shard(|shard| {
+            calls += 1;
+            if calls == 8 {
+                for i in 1500..2000 {
+                    recents.insert(i, ());
+                }
+            }
+            seen.extend(shard.into_iter().map(|(k, ())| k));
+        });
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "an entry seen twice");
+        let missing: Vec<_> = (1000..2000).filter(|k| !seen.contains(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} missing, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
     }
 
     #[test]

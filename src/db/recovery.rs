@@ -293,25 +293,48 @@ pub(super) fn write_snapshot(
             }
         });
         result?;
-        let keys: Vec<_> = db.outcomes.entries().into_iter().map(|(k, _)| k).collect();
-        for chunk in keys.chunks(CHUNK) {
-            put(w, &Item::Outcomes(chunk.to_vec()))?;
+        // A chunk at a time, as the decisions below.
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut result = Ok(());
+        db.outcomes.for_each_shard(|shard| {
+            if result.is_err() {
+                return;
+            }
+            for (key, _) in shard {
+                chunk.push(key);
+                if chunk.len() == CHUNK {
+                    result = put(w, &Item::Outcomes(std::mem::take(&mut chunk)));
+                    chunk.reserve(CHUNK);
+                }
+            }
+        });
+        result?;
+        if !chunk.is_empty() {
+            put(w, &Item::Outcomes(chunk))?;
         }
-        let recent: Vec<_> = db
-            .decisions
-            .entries()
-            .into_iter()
-            .map(|(id, r)| {
-                (
+        // A chunk at a time: a million remembered decisions copied whole took ~160 MB.
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut result = Ok(());
+        db.decisions.for_each_shard(|shard| {
+            if result.is_err() {
+                return;
+            }
+            for (id, r) in shard {
+                chunk.push((
                     id.as_u128(),
                     r.customer().to_string(),
                     r.channel(),
                     r.shown().map(Iterator::collect),
-                )
-            })
-            .collect();
-        for chunk in recent.chunks(CHUNK) {
-            put(w, &Item::DecisionsShown(chunk.to_vec()))?;
+                ));
+                if chunk.len() == CHUNK {
+                    result = put(w, &Item::DecisionsShown(std::mem::take(&mut chunk)));
+                    chunk.reserve(CHUNK);
+                }
+            }
+        });
+        result?;
+        if !chunk.is_empty() {
+            put(w, &Item::DecisionsShown(chunk))?;
         }
         let counters: Vec<_> = spending
             .iter()

@@ -236,6 +236,22 @@ impl<E: Keyed> Table<E> {
         }
     }
 
+    /// The number of shards, for [`Table::copy_shard`].
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// A copy of the entries of shard `shard`, taken under its read lock: a caller going
+    /// through a large table a shard at a time holds one shard's copy at most, and no
+    /// lock while it uses it.
+    pub fn copy_shard(&self, shard: usize) -> Vec<E>
+    where
+        E: Clone,
+    {
+        let shard = self.shards[shard].read().unwrap_or_else(|e| e.into_inner());
+        shard.slots.iter().flatten().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.shards
             .iter()
