@@ -4,6 +4,7 @@
 //! journal and written back as rules (`model`, `train`); key metrics across channels and
 //! the champion/challenger verdict (`report`). docs/learning.md shows them at work.
 
+pub mod adaptive;
 pub mod estimate;
 pub mod evaluate;
 pub mod model;
