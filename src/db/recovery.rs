@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::budget::{self, Counter, Counters};
+use super::generations::Generations;
 use super::{Db, DbError, Recent, Shown, io};
 use crate::decide::BudgetScope;
 use crate::journal::{Reader, Record, Replayed};
@@ -293,49 +294,22 @@ pub(super) fn write_snapshot(
             }
         });
         result?;
-        // A chunk at a time, as the decisions below.
-        let mut chunk = Vec::with_capacity(CHUNK);
-        let mut result = Ok(());
-        db.outcomes.for_each_shard(|shard| {
-            if result.is_err() {
-                return;
-            }
-            for (key, _) in shard {
-                chunk.push(key);
-                if chunk.len() == CHUNK {
-                    result = put(w, &Item::Outcomes(std::mem::take(&mut chunk)));
-                    chunk.reserve(CHUNK);
-                }
-            }
-        });
-        result?;
-        if !chunk.is_empty() {
-            put(w, &Item::Outcomes(chunk))?;
-        }
         // A chunk at a time: a million remembered decisions copied whole took ~160 MB.
-        let mut chunk = Vec::with_capacity(CHUNK);
-        let mut result = Ok(());
-        db.decisions.for_each_shard(|shard| {
-            if result.is_err() {
-                return;
-            }
-            for (id, r) in shard {
-                chunk.push((
+        let mut put_item = |item: &Item| put(w, item);
+        put_chunked(&db.outcomes, |key, _| key, Item::Outcomes, &mut put_item)?;
+        put_chunked(
+            &db.decisions,
+            |id, r| {
+                (
                     id.as_u128(),
                     r.customer().to_string(),
                     r.channel(),
                     r.shown().map(Iterator::collect),
-                ));
-                if chunk.len() == CHUNK {
-                    result = put(w, &Item::DecisionsShown(std::mem::take(&mut chunk)));
-                    chunk.reserve(CHUNK);
-                }
-            }
-        });
-        result?;
-        if !chunk.is_empty() {
-            put(w, &Item::DecisionsShown(chunk))?;
-        }
+                )
+            },
+            Item::DecisionsShown,
+            &mut put_item,
+        )?;
         let counters: Vec<_> = spending
             .iter()
             .map(|(scope, c)| {
@@ -362,6 +336,36 @@ pub(super) fn write_snapshot(
         }
     }
     Ok((path, customers))
+}
+
+/// Writes the entries of a bounded memory as items of up to [`CHUNK`] each, going through
+/// it a shard's copy at a time ([`Generations::for_each_shard`]).
+fn put_chunked<K: Eq + std::hash::Hash + Clone, V: Clone, T>(
+    memory: &Generations<K, V>,
+    mut entry: impl FnMut(K, V) -> T,
+    item: impl Fn(Vec<T>) -> Item,
+    put: &mut impl FnMut(&Item) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut result = Ok(());
+    memory.for_each_shard(|shard| {
+        for (k, v) in shard {
+            if result.is_err() {
+                return;
+            }
+            chunk.push(entry(k, v));
+            if chunk.len() == CHUNK {
+                result = put(&item(std::mem::take(&mut chunk)));
+                chunk.reserve(CHUNK);
+            }
+        }
+    });
+    result?;
+    if chunk.is_empty() {
+        Ok(())
+    } else {
+        put(&item(chunk))
+    }
 }
 
 /// Loads the newest snapshot and replays the journal after it.
