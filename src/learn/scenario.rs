@@ -37,6 +37,8 @@ struct File {
     responses: HashMap<Spanned<String>, Response>,
 }
 
+const DAY: i64 = 86_400_000;
+
 fn one() -> f64 {
     1.0
 }
@@ -81,13 +83,42 @@ struct Response {
     /// The value of an accept (the outcome's `value`); 1 if not given.
     #[serde(default = "one")]
     value: f64,
+    /// Drift: the truth from a given day on, in day order.
+    #[serde(default)]
+    changes: Vec<Change>,
 }
 
-/// One offer's true response.
+/// A change of an offer's truth (drift), from the start of day `day` (0 is the first
+/// simulated day) to the end of the run or the next change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    day: Spanned<u64>,
+    accept: Spanned<String>,
+    /// The value of an accept from then on; unchanged if not given.
+    value: Option<f64>,
+}
+
+/// One offer's true response: `accept` and `value` until the first of `changes`.
 #[derive(Debug)]
 pub struct Truth {
     pub accept: Formula,
     pub value: f64,
+    /// From this time on (ms), this accept probability and value.
+    pub changes: Vec<(i64, Formula, f64)>,
+}
+
+impl Truth {
+    /// The accept formula and value in force at `now`.
+    pub fn at(&self, now: i64) -> (&Formula, f64) {
+        self.changes
+            .iter()
+            .rev()
+            .find(|(from, _, _)| now >= *from)
+            .map_or((&self.accept, self.value), |(_, accept, value)| {
+                (accept, *value)
+            })
+    }
 }
 
 /// A compiled scenario, against one catalog's schema.
@@ -282,23 +313,41 @@ impl Scenario {
                 ));
             }
         }
+        let formula = |id: &Spanned<String>, accept: &Spanned<String>| {
+            Formula::compile(accept, &catalog.schema, "accept", false).map_err(|errors| {
+                let message = errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                at(path, accept, format!("`accept` of `{}`: {message}", &**id))
+            })
+        };
         let compile = |id: &Spanned<String>, response: &Response| {
-            let accept = Formula::compile(&response.accept, &catalog.schema, "accept", false)
-                .map_err(|errors| {
-                    let message = errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    at(
+            let mut changes = Vec::with_capacity(response.changes.len());
+            let (mut after, mut value) = (0, response.value);
+            for change in &response.changes {
+                let day = *change.day;
+                if day <= after || day >= file.days {
+                    return Err(at(
                         path,
-                        &response.accept,
-                        format!("`accept` of `{}`: {message}", &**id),
-                    )
-                })?;
+                        &change.day,
+                        format!(
+                            "a change of `{}` on day {day}: changes come in day order, after day 0 and before day {} (the scenario's `days`)",
+                            &**id, file.days
+                        ),
+                    ));
+                }
+                after = day;
+                value = change.value.unwrap_or(value);
+                let from = start
+                    .saturating_add(i64::try_from(day).unwrap_or(i64::MAX).saturating_mul(DAY));
+                changes.push((from, formula(id, &change.accept)?, value));
+            }
             Ok::<_, ScenarioError>(Truth {
-                accept,
+                accept: formula(id, &response.accept)?,
                 value: response.value,
+                changes,
             })
         };
         let mut truth = Vec::with_capacity(catalog.offers.len());
@@ -339,8 +388,13 @@ impl Scenario {
         slot: u32,
     ) -> f64 {
         let env = Env::new(customer, context, &[], now);
-        let p = self.truth[offer].accept.eval(&env).unwrap_or(0.0);
+        let p = self.truth[offer].at(now).0.eval(&env).unwrap_or(0.0);
         (p * self.position_decay.powi(slot as i32)).clamp(0.0, 1.0)
+    }
+
+    /// What an accept of `offer` at `now` is worth.
+    pub fn value(&self, offer: usize, now: i64) -> f64 {
+        self.truth[offer].at(now).1
     }
 
     /// The true expected reward of showing `offer` in `slot`: the accept probability, times
@@ -355,11 +409,7 @@ impl Scenario {
         value: bool,
     ) -> f64 {
         let p = self.accept(offer, customer, context, now, slot);
-        if value {
-            p * self.truth[offer].value
-        } else {
-            p
-        }
+        if value { p * self.value(offer, now) } else { p }
     }
 }
 
@@ -419,5 +469,63 @@ pub fn draw(dist: &Dist, ty: &AttrType, seed: u64, what: &str, n: u64, start: i6
         Dist::Days([a, b]) => {
             Value::Timestamp(start + ((a + (b - a) * u("d")) * 86_400_000.0) as i64)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(changes: &str) -> Result<Scenario, ScenarioError> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let catalog = Catalog::load(root.join("rules")).expect("the sample catalog loads");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("drift.yaml");
+        let text = format!(
+            "customers: 10\ndays: 28\nstart: 2026-11-02T00:00:00Z\nvisits_per_day: 1\n\
+             placements:\n  web.home_banner: 1\n\
+             responses:\n  default: {{ accept: \"0.01\" }}\n  plus_upgrade:\n    accept: \"0.3\"\n    value: 60\n{changes}"
+        );
+        std::fs::write(&path, text).expect("write");
+        Scenario::load(&path, &catalog)
+    }
+
+    #[test]
+    fn a_change_takes_over_from_its_day_and_keeps_the_value_unless_it_says_one() {
+        let scenario = load(
+            "    changes:\n      - { day: 14, accept: \"0.05\" }\n      - { day: 21, accept: \"0.1\", value: 30 }\n",
+        )
+        .expect("loads");
+        let offer = scenario
+            .named
+            .iter()
+            .position(|n| *n)
+            .expect("plus_upgrade");
+        let day = |d: i64| scenario.start + d * DAY;
+        let at = |now: i64| scenario.accept(offer, &[], &[], now, 0);
+        assert_eq!((at(day(0)), scenario.value(offer, day(0))), (0.3, 60.0));
+        assert_eq!(at(day(14) - 1), 0.3, "the last moment of day 13");
+        assert_eq!((at(day(14)), scenario.value(offer, day(14))), (0.05, 60.0));
+        assert_eq!((at(day(27)), scenario.value(offer, day(27))), (0.1, 30.0));
+    }
+
+    #[test]
+    fn changes_out_of_order_or_past_the_run_say_where() {
+        for (changes, line) in [
+            (
+                "    changes:\n      - { day: 14, accept: \"0.05\" }\n      - { day: 7, accept: \"0.1\" }\n",
+                14,
+            ),
+            ("    changes:\n      - { day: 28, accept: \"0.05\" }\n", 13),
+            ("    changes:\n      - { day: 0, accept: \"0.05\" }\n", 13),
+        ] {
+            let e = load(changes).expect_err(changes);
+            assert_eq!(e.line, line, "{e}");
+            assert!(e.message.contains("day order"), "{e}");
+        }
+        let e =
+            load("    changes:\n      - { day: 3, accept: \"nope(\" }\n").expect_err("bad formula");
+        assert_eq!(e.line, 13, "{e}");
+        assert!(e.message.contains("`accept` of `plus_upgrade`"), "{e}");
     }
 }

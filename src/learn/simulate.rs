@@ -135,7 +135,7 @@ pub fn run(
                                 s.slot,
                             );
                             // What `Scenario::expected` gives with the value as reward.
-                            let expected = accept * scenario.truth[s.offer].value;
+                            let expected = accept * scenario.value(s.offer, at);
                             (s.offer, s.slot, accept, expected)
                         })
                         .collect::<Vec<_>>()
@@ -158,7 +158,7 @@ pub fn run(
                 summary.impressions += 1;
                 summary.expected_value += expected;
                 if uniform(seed, "accept", n * 64 + u64::from(slot)) < accept {
-                    let value = scenario.truth[index].value;
+                    let value = scenario.value(index, at);
                     outcome.kind = EventKind::Accept;
                     outcome.value = Some(value);
                     outcome.at = at + 60_000;
