@@ -168,6 +168,15 @@ impl Server {
             .expect("running")
             .await
             .expect("stopped cleanly");
+        // A call cut off by its timeout leaves its write's blocking task behind (waiting
+        // for an fsync), holding the node until that returns; `serve` waits for it by
+        // dropping its runtime, which a test's runtime does not do. Waited for here, bounded.
+        let waited = std::time::Instant::now();
+        while Arc::strong_count(&self.node) > 1
+            && waited.elapsed() < std::time::Duration::from_secs(10)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let node = Arc::try_unwrap(self.node).expect("the server let go of the node");
         let closed = node.close();
         (self.rules, self.data, closed)

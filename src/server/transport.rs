@@ -131,7 +131,10 @@ pub(super) fn oversize_is_resource_exhausted<B>(
 /// connection that writes vectored, 1,024 on one that does not. A Decide reply on the
 /// sample catalog is ~450 bytes, so on a vectored connection every reply cost a `writev`
 /// of its own (1.8 a call against 0.8 a Ping, each waking the peer); copied, the replies
-/// ready together leave together. Replies past 1 KiB are still sent by themselves.
+/// ready together leave together. A reply past 1 KiB goes out as two writes, the buffer
+/// and then its payload, where it was one `writev`. Plaintext only: under TLS, rustls
+/// sits between h2 and this connection and reports vectored writes itself; its own
+/// vectored writes are passed through.
 #[derive(Debug)]
 pub(super) struct Unvectored(pub tokio::net::TcpStream);
 
@@ -166,6 +169,16 @@ impl tokio::io::AsyncWrite for Unvectored {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    /// Passed through for a caller that writes vectored anyway (rustls under TLS): the
+    /// flag is a hint to h2, not a promise.
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
