@@ -30,22 +30,46 @@ enum Packed {
 const UNKNOWN: u8 = u8::MAX;
 
 impl Recent {
-    /// `channel` is the [`key`](crate::schema::key) of the placement's channel.
-    pub fn new(customer: &str, channel: u32, shown: Shown) -> Recent {
-        let keys = shown.keys();
+    /// `channel` is the [`key`](crate::schema::key) of the placement's channel; `shown`
+    /// the keys of the offers the decision showed, `None` when not known (a decision read
+    /// from a first-wave journal or snapshot: then any offer of the catalog is taken).
+    pub fn new(customer: &str, channel: u32, shown: Option<&[u32]>) -> Recent {
+        Self::pack(customer, channel, shown.map(|k| k.iter().copied()))
+    }
+
+    /// As [`Recent::new`], the shown keys drawn as they come (a decision's offers).
+    pub fn with_shown(
+        customer: &str,
+        channel: u32,
+        shown: impl ExactSizeIterator<Item = u32>,
+    ) -> Recent {
+        Self::pack(customer, channel, Some(shown))
+    }
+
+    fn pack(
+        customer: &str,
+        channel: u32,
+        shown: Option<impl ExactSizeIterator<Item = u32>>,
+    ) -> Recent {
         // More offers than a count can say are taken as not known: any offer is then
         // accepted, never one refused. No placement shows 255.
-        let keys = keys.filter(|k| k.len() < usize::from(UNKNOWN));
-        let count = keys.map_or(UNKNOWN, |k| k.len() as u8);
-        let keys = keys.unwrap_or_default();
-        let len = 5 + 4 * keys.len() + customer.len();
+        let shown = shown.filter(|k| k.len() < usize::from(UNKNOWN));
+        let count = shown.as_ref().map_or(0, ExactSizeIterator::len);
+        let len = 5 + 4 * count + customer.len();
         let put = |bytes: &mut [u8]| {
             bytes[..4].copy_from_slice(&channel.to_le_bytes());
-            bytes[4] = count;
-            for (at, k) in bytes[5..].chunks_exact_mut(4).zip(keys) {
+            bytes[4] = if shown.is_some() {
+                count as u8
+            } else {
+                UNKNOWN
+            };
+            for (at, k) in bytes[5..]
+                .chunks_exact_mut(4)
+                .zip(shown.into_iter().flatten())
+            {
                 at.copy_from_slice(&k.to_le_bytes());
             }
-            bytes[5 + 4 * keys.len()..len].copy_from_slice(customer.as_bytes());
+            bytes[5 + 4 * count..len].copy_from_slice(customer.as_bytes());
         };
         Recent(if len <= INLINE {
             let mut bytes = [0; INLINE];
@@ -93,40 +117,6 @@ impl Recent {
                 .chunks_exact(4)
                 .map(|k| u32::from_le_bytes([k[0], k[1], k[2], k[3]])),
         )
-    }
-}
-
-/// The keys of the offers a decision showed: up to three in place (most placements show
-/// one to three offers), more on the heap, or not known (a decision read from a
-/// first-wave journal or snapshot: then any offer of the catalog is taken).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Shown {
-    Unknown,
-    Few(u8, [u32; 3]),
-    Many(Box<[u32]>),
-}
-
-impl From<Option<&[u32]>> for Shown {
-    fn from(keys: Option<&[u32]>) -> Shown {
-        match keys {
-            None => Shown::Unknown,
-            Some(keys) if keys.len() <= 3 => {
-                let mut few = [0; 3];
-                few[..keys.len()].copy_from_slice(keys);
-                Shown::Few(keys.len() as u8, few)
-            }
-            Some(keys) => Shown::Many(keys.into()),
-        }
-    }
-}
-
-impl Shown {
-    fn keys(&self) -> Option<&[u32]> {
-        match self {
-            Shown::Unknown => None,
-            Shown::Few(n, keys) => Some(&keys[..usize::from(*n)]),
-            Shown::Many(keys) => Some(keys),
-        }
     }
 }
 
@@ -296,7 +286,7 @@ mod tests {
     #[test]
     fn memory_is_bounded_and_the_latest_half_is_always_remembered() {
         let recents = Generations::new(100);
-        let recent = |i: u128| Recent::new(&format!("c{i}"), 1, Shown::Unknown);
+        let recent = |i: u128| Recent::new(&format!("c{i}"), 1, None);
         for i in 0..1000u128 {
             recents.insert(i, recent(i));
             assert!(recents.entries().len() <= 100);
@@ -381,27 +371,27 @@ mod tests {
         assert_eq!(size_of::<Recent>(), 40);
         assert_eq!(size_of::<Option<(uuid::Uuid, Recent)>>(), 56);
         let shown = |r: &Recent| r.shown().map(|k| k.collect::<Vec<_>>());
-        let few = Recent::new("c", 7, Shown::from(Some(&[1, 2][..])));
+        let few = Recent::new("c", 7, Some(&[1, 2][..]));
         assert_eq!((few.customer(), few.channel()), ("c", 7));
         assert_eq!(shown(&few), Some(vec![1, 2]));
-        let many = Recent::new("c", 8, Shown::from(Some(&[1, 2, 3, 4][..])));
+        let many = Recent::new("c", 8, Some(&[1, 2, 3, 4][..]));
         assert_eq!((many.channel(), shown(&many)), (8, Some(vec![1, 2, 3, 4])));
-        let unknown = Recent::new("c", 9, Shown::Unknown);
+        let unknown = Recent::new("c", 9, None);
         assert_eq!((unknown.channel(), shown(&unknown)), (9, None));
-        let none = Recent::new("c", 9, Shown::from(Some(&[][..])));
+        let none = Recent::new("c", 9, Some(&[][..]));
         assert_eq!(shown(&none), Some(vec![]));
     }
 
     #[test]
     fn short_ids_stay_in_place_and_long_ones_keep_every_byte() {
         let fits = "c".repeat(INLINE - 5 - 12);
-        let r = Recent::new(&fits, 1, Shown::from(Some(&[1, 2, 3][..])));
+        let r = Recent::new(&fits, 1, Some(&[1, 2, 3][..]));
         assert!(matches!(r.0, Packed::Inline { .. }));
         assert_eq!(r.customer(), fits);
         for id in [format!("{fits}x"), "é".repeat(300)] {
             let keys: Vec<u32> = (0..300).collect();
             for shown in [&keys[..3], &keys[..254]] {
-                let r = Recent::new(&id, u32::MAX, Shown::from(Some(shown)));
+                let r = Recent::new(&id, u32::MAX, Some(shown));
                 assert!(matches!(r.0, Packed::Heap(_)));
                 assert_eq!((r.customer(), r.channel()), (&id[..], u32::MAX));
                 assert_eq!(
@@ -411,7 +401,7 @@ mod tests {
             }
             // A list longer than a count can say is taken as not known: every offer
             // is then accepted, none refused.
-            let r = Recent::new(&id, 1, Shown::from(Some(&keys[..])));
+            let r = Recent::new(&id, 1, Some(&keys[..]));
             assert!(r.shown().is_none());
             assert_eq!(r.customer(), id);
         }

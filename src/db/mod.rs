@@ -38,7 +38,7 @@ use crate::schema::{Event, EventKind, Feature, Value, key, time};
 use crate::state::{CustomerState, HistoryLimits, StateError, Store};
 use crate::storage::{self, Damage, Stats, Writer, WriterOptions};
 
-use generations::{Generations, Recent, Shown};
+use generations::{Generations, Recent};
 pub use recovery::{Recovery, SnapshotDefect, StreamMark, snapshot_catalog};
 pub use replica::{DecisionSink, ReplicaOutcome, StateDigest};
 
@@ -549,16 +549,14 @@ impl Db {
         decision: Decision,
     ) -> Result<(), DbError> {
         let channel = catalog.placements[decision.placement].channel_key;
-        let id = decision.id.as_u128();
-        let shown = customer
-            .id
-            .is_some()
-            .then(|| shown_keys(catalog, &decision));
+        if let Some(id) = customer.id.as_deref() {
+            self.remember(
+                decision.id.as_u128(),
+                Recent::with_shown(id, channel, shown_keys(catalog, &decision)),
+            );
+        }
         let pending =
             PendingDecision::new(Arc::clone(catalog), customer, &context.values, decision);
-        if let (Some(customer), Some(shown)) = (&pending.customer, shown) {
-            self.remember(id, customer, channel, shown);
-        }
         self.log_pending(Box::new(pending))
     }
 
@@ -589,9 +587,7 @@ impl Db {
                 let id: Arc<str> = Arc::from(id);
                 self.remember(
                     decision.id.as_u128(),
-                    &id,
-                    channel,
-                    shown_keys(catalog, &decision),
+                    Recent::with_shown(&id, channel, shown_keys(catalog, &decision)),
                 );
                 let pending = PendingDecision::from_record(
                     Arc::clone(catalog),
@@ -655,11 +651,8 @@ impl Db {
         self.journal.failed()
     }
 
-    fn remember(&self, decision: u128, customer: &str, channel: u32, shown: Shown) {
-        self.decisions.insert(
-            Uuid::from_u128(decision),
-            Recent::new(customer, channel, shown),
-        );
+    fn remember(&self, decision: u128, recent: Recent) {
+        self.decisions.insert(Uuid::from_u128(decision), recent);
     }
 
     /// The bytes of journal a restart would replay now: what was written since the newest
@@ -741,18 +734,11 @@ impl Db {
 
 /// The keys of the offers a decision showed (its fallback included): the offers its
 /// outcomes may name.
-fn shown_keys(catalog: &Catalog, decision: &Decision) -> Shown {
-    let key = |s: &decide::Shown| catalog.offers[s.offer].key;
-    match decision.offers.as_slice() {
-        few if few.len() <= 3 => {
-            let mut keys = [0; 3];
-            for (k, s) in keys.iter_mut().zip(few) {
-                *k = key(s);
-            }
-            Shown::Few(few.len() as u8, keys)
-        }
-        many => Shown::Many(many.iter().map(key).collect()),
-    }
+fn shown_keys<'a>(
+    catalog: &'a Catalog,
+    decision: &'a Decision,
+) -> impl ExactSizeIterator<Item = u32> + 'a {
+    decision.offers.iter().map(|s| catalog.offers[s.offer].key)
 }
 
 /// Rewrites the segments before `before` without the records of `customers`; returns

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::budget::{self, Counter, Counters};
 use super::generations::Generations;
-use super::{Db, DbError, Recent, Shown, io};
+use super::{Db, DbError, Recent, io};
 use crate::decide::BudgetScope;
 use crate::journal::{Reader, Record, Replayed};
 use crate::schema::{AttrType, EntitySchema, EnumDef};
@@ -417,7 +417,7 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
             } => {
                 db.decisions.insert(
                     Uuid::from_bytes(id),
-                    Recent::new(&customer, channel, shown.as_deref().into()),
+                    Recent::new(&customer, channel, shown.as_deref()),
                 );
             }
             Replayed::Decision { customer: None, .. } => {}
@@ -516,17 +516,15 @@ fn load_snapshot(
             }
             Item::Decisions(recent) => {
                 for (id, customer, channel) in recent {
-                    db.decisions.insert(
-                        Uuid::from_u128(id),
-                        Recent::new(&customer, channel, Shown::Unknown),
-                    );
+                    db.decisions
+                        .insert(Uuid::from_u128(id), Recent::new(&customer, channel, None));
                 }
             }
             Item::DecisionsShown(recent) => {
                 for (id, customer, channel, shown) in recent {
                     db.decisions.insert(
                         Uuid::from_u128(id),
-                        Recent::new(&customer, channel, shown.as_deref().into()),
+                        Recent::new(&customer, channel, shown.as_deref()),
                     );
                 }
             }
@@ -663,11 +661,11 @@ pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedu
             if let Some(customer) = &r.customer {
                 db.remember(
                     r.decision_id().as_u128(),
-                    customer,
-                    key(&r.channel),
-                    Shown::from(Some(
-                        &r.shown.iter().map(|s| key(&s.offer)).collect::<Vec<_>>()[..],
-                    )),
+                    Recent::with_shown(
+                        customer,
+                        key(&r.channel),
+                        r.shown.iter().map(|s| key(&s.offer)),
+                    ),
                 );
             }
             true

@@ -121,7 +121,7 @@ impl Db {
             }
             self.decisions.insert(
                 Uuid::from_bytes(id),
-                Recent::new(&customer, channel, shown.as_deref().into()),
+                Recent::new(&customer, channel, shown.as_deref()),
             );
         }
     }
