@@ -17,19 +17,30 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 split=2026-11-09T00:00:00Z
 
+# The logging catalog: the sample as written by hand, its two adaptive offers given
+# constants (an adaptive logging policy learns as it goes; docs/learning.md's
+# "Adaptive models" has its own proof).
+rules="$work/hand-written"
+cp -r rules "$rules"
+rm "$rules/models.yaml"
+# (tv_bundle's 0.06 comes first in the file, then streaming_addon's 0.09).
+sed -i -e "0,/adaptive('cross_sell')/s//0.06/" -e "s/adaptive('cross_sell')/0.09/" \
+    "$rules/offers/cross_sell.yaml"
+
 # Two candidates that differ from the logging catalog in different ways.
-cp -r rules "$work/flat"
+cp -r "$rules" "$work/flat"
 sed -i 's/^\( *\)propensity: .*/\1propensity: 0.1/' "$work"/flat/offers/*.yaml
-cp -r rules "$work/explore"
+cp -r "$rules" "$work/explore"
 sed -i 's/^    epsilon: 0.1$/    epsilon: 0.3/' "$work/explore/experiments.yaml"
 
 for seed in $(seq 1 "$seeds"); do
     d="$work/seed$seed"
     mkdir -p "$d"
-    "$nextbest" simulate --scenario scenarios/telco.yaml --data "$d/data" --seed "$seed"
-    "$nextbest" train --data "$d/data" --rules rules --out "$d/trained" --to "$split" --seed "$seed" \
+    "$nextbest" simulate --scenario scenarios/telco.yaml --rules "$rules" --data "$d/data" \
+        --seed "$seed"
+    "$nextbest" train --data "$d/data" --rules "$rules" --out "$d/trained" --to "$split" --seed "$seed" \
         >"$d/train.txt"
-    "$nextbest" evaluate --data "$d/data" --baseline rules \
+    "$nextbest" evaluate --data "$d/data" --baseline "$rules" \
         --rules "$d/trained" --rules "$work/flat" --rules "$work/explore" \
         --reward value --from "$split" --seed "$seed" \
         --scenario scenarios/telco.yaml --json "$d/evaluation.json" >"$d/evaluation.txt"

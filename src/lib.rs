@@ -34,6 +34,7 @@
 //! # Ok::<(), String>(())
 //! ```
 
+pub mod adaptive;
 pub mod catalog;
 pub mod cli;
 pub mod cluster;

@@ -252,3 +252,99 @@ fn json_logs_are_one_object_a_line_and_name_the_call() {
         "no event of the Reload call in {lines:?}"
     );
 }
+
+/// `--retrain-every`: on a simulated journal, the node trains a candidate, evaluates it
+/// against the catalog running, logs the attempt with its figures, counts it and, when
+/// the gate passes, decides with it from then on.
+#[test]
+fn serve_retrains_behind_a_gate_and_logs_and_counts_every_attempt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The hand-written catalog (the sample's adaptive offers with constants), so that
+    // training has something to beat.
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(rules.join("offers")).expect("dirs");
+    for f in ["schema.yaml", "placements.yaml", "experiments.yaml"] {
+        std::fs::copy(root.join("rules").join(f), rules.join(f)).expect("copy");
+    }
+    for entry in std::fs::read_dir(root.join("rules/offers")).expect("offers") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path)
+            .expect("read")
+            .replace("adaptive('cross_sell')", "0.06");
+        std::fs::write(
+            rules.join("offers").join(path.file_name().expect("name")),
+            text,
+        )
+        .expect("write");
+    }
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_nextbest"))
+        .current_dir(root)
+        .args([
+            "simulate",
+            "--scenario",
+            "scenarios/telco.yaml",
+            "--customers",
+            "1000",
+        ])
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .expect("simulate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The simulated days are weeks ago: a window that reaches them.
+    let flags = [
+        "--retrain-every",
+        "1s",
+        "--retrain-window",
+        "400d",
+        "--log-format",
+        "json",
+    ];
+    let mut serve = common::Serve::start_with(&rules, &data, &flags);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let attempt = loop {
+        assert!(std::time::Instant::now() < deadline, "no attempt in 120 s");
+        let line: serde_json::Value =
+            serde_json::from_str(&serve.next_line()).expect("a JSON line");
+        if line["message"] == "retraining attempt" {
+            break line;
+        }
+        assert_ne!(line["level"], "WARN", "{line}");
+    };
+    assert!(
+        attempt["trained"].as_u64().is_some_and(|n| n > 0),
+        "{attempt}"
+    );
+    let (low, running) = (
+        attempt["low"].as_f64().expect("a lower bound"),
+        attempt["running"].as_f64().expect("the running value"),
+    );
+    assert_eq!(attempt["taken"].as_bool(), Some(low > running), "{attempt}");
+    let candidate = attempt["candidate"].as_str().expect("a candidate");
+    assert!(Path::new(candidate).join("offers").is_dir(), "{candidate}");
+    // Counted once logged.
+    let result = if low > running { "taken" } else { "refused" };
+    let series = format!("nextbest_retrain_attempts_total{{result=\"{result}\"}} ");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let scraped = common::scrape(&serve.metrics_addr);
+        if scraped.contains(&series) && !scraped.contains(&format!("{series}0\n")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} not counted: {scraped}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    serve.signal("TERM");
+    assert!(serve.child.wait().expect("wait").success());
+}

@@ -392,6 +392,10 @@ async fn decisions_outcomes_and_customers_round_trip() {
         "nextbest_journal_bytes_total",
         "nextbest_journal_write_seconds_bucket",
         "nextbest_grpc_errors_total{code=\"NOT_FOUND\",method=\"Get\"} 1",
+        // The sample's adaptive model, per offer that reads it, and what it learned.
+        "nextbest_model_base_rate{",
+        "offer=\"tv_bundle\"",
+        "nextbest_model_outcomes_total{result=\"positive\"} 0",
         // The process's own, from /proc.
         "process_resident_memory_bytes ",
         "process_open_fds ",

@@ -45,6 +45,8 @@ pub struct Catalog {
     pub offers: Vec<Offer>,
     pub placements: Vec<Placement>,
     pub experiments: Vec<Experiment>,
+    /// The adaptive models of `models.yaml`, which `adaptive('id')` reads.
+    pub models: Vec<std::sync::Arc<crate::adaptive::Model>>,
     /// Contact policy and budgets beyond single offers: per channel, per group, fatigue.
     pub policy: Policy,
     /// The eligibility clauses the offers share (see [`Offer::clauses`]).
@@ -62,6 +64,20 @@ impl Catalog {
     /// ask).
     pub fn offer(&self, id: &str) -> Option<OfferIdx> {
         self.by_id.get(id).copied()
+    }
+
+    /// The adaptive models an offer's formulas read: the ones its outcomes teach.
+    pub fn models_of(&self, offer: OfferIdx) -> Vec<std::sync::Arc<crate::adaptive::Model>> {
+        let o = &self.offers[offer];
+        let mut out: Vec<std::sync::Arc<crate::adaptive::Model>> = Vec::new();
+        for f in [&o.propensity, &o.value, &o.weight, &o.context_weight] {
+            for m in f.models() {
+                if !out.iter().any(|x| std::sync::Arc::ptr_eq(x, m)) {
+                    out.push(std::sync::Arc::clone(m));
+                }
+            }
+        }
+        out
     }
 
     /// The offer with this [`key`](crate::schema::key).
@@ -369,6 +385,32 @@ pub enum CatalogError {
     /// their history.
     #[error("offer ids `{first}` and `{second}` have the same history key; rename one")]
     KeyCollision { first: String, second: String },
+    /// A predictor of a model that names no attribute of the schema.
+    #[error("unknown attribute `{attribute}` in the predictors of model `{model}`")]
+    UnknownPredictor {
+        model: String,
+        attribute: String,
+        suggestion: Option<String>,
+    },
+    /// A predictor whose encoding does not fit its attribute's type.
+    #[error("predictor `{attribute}` of model `{model}` {problem}")]
+    Predictor {
+        model: String,
+        attribute: String,
+        problem: PredictorProblem,
+    },
+    /// An outcome kind a model counts both as positive and as negative.
+    #[error("outcome kind `{kind}` of model `{model}` is both positive and negative")]
+    KindTwice { model: String, kind: &'static str },
+    /// A model whose predictors may set more features at once than a decision encodes.
+    #[error(
+        "the predictors of model `{model}` may set {active} features at once; at most {max} can be"
+    )]
+    ModelTooWide {
+        model: String,
+        active: u32,
+        max: usize,
+    },
     /// An error in a rule, with the field that holds the rule and the item of the field.
     #[error("{error} in {field} of {owner}")]
     Rule {
@@ -392,9 +434,49 @@ impl CatalogError {
             | CatalogError::UnknownChannel {
                 suggestion: Some(s),
                 ..
+            }
+            | CatalogError::UnknownPredictor {
+                suggestion: Some(s),
+                ..
             } => Some(format!("did you mean `{s}`?")),
             CatalogError::Rule { error, .. } => error.help(),
             _ => None,
+        }
+    }
+}
+
+/// Why a predictor's encoding does not fit its attribute, as a message says it after
+/// the predictor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PredictorProblem {
+    /// A number without `bins`.
+    NeedsBins { ty: &'static str },
+    /// A string or set without the `values` or `members` it is encoded by.
+    NeedsNames { ty: &'static str, key: &'static str },
+    /// A key the attribute's type does not take.
+    KeyNotForType { key: &'static str, ty: &'static str },
+    /// A timestamp, which has no encoding (write a rule for it in the schema's stead).
+    Timestamp,
+    /// A second predictor on one attribute.
+    Duplicate,
+}
+
+impl std::fmt::Display for PredictorProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PredictorProblem::NeedsBins { ty } => {
+                write!(f, "is of type `{ty}` and needs `bins` (the edges between its ranges)")
+            }
+            PredictorProblem::NeedsNames { ty, key } => {
+                write!(f, "is of type `{ty}` and needs `{key}` (the ones that become features)")
+            }
+            PredictorProblem::KeyNotForType { key, ty } => {
+                write!(f, "is of type `{ty}`, which does not take `{key}`")
+            }
+            PredictorProblem::Timestamp => f.write_str(
+                "is a timestamp, which cannot be a predictor (give the schema a number, such as days since it)",
+            ),
+            PredictorProblem::Duplicate => f.write_str("is listed twice"),
         }
     }
 }
@@ -435,11 +517,13 @@ pub enum Kind {
     Placement,
     Experiment,
     Arm,
+    Model,
 }
 
 impl Kind {
     fn name(self) -> &'static str {
         match self {
+            Kind::Model => "model",
             Kind::Offer => "offer",
             Kind::Placement => "placement",
             Kind::Experiment => "experiment",
@@ -465,6 +549,8 @@ pub enum Owner {
     Experiment(String),
     /// ``arm `challenger` of experiment `explore` ``
     Arm { id: String, experiment: String },
+    /// ``model `retention` ``
+    Model(String),
     /// ``attribute `customer.age` ``, qualified by its entity.
     Attribute(String),
     /// ``channel `web` `` in the contact policy of placements.yaml.
@@ -486,6 +572,7 @@ impl std::fmt::Display for Owner {
             Owner::Channel(id) => write!(f, "channel `{id}`"),
             Owner::Group(id) => write!(f, "group `{id}`"),
             Owner::Fatigue => f.write_str("the fatigue policy"),
+            Owner::Model(id) => write!(f, "model `{id}`"),
         }
     }
 }
@@ -509,6 +596,8 @@ pub enum Part {
     Content,
     /// ``the `web.banner` content of``: the fields shown in one placement.
     ContentFor(String),
+    /// `a predictor of`
+    Predictor,
     /// `the fallback of`
     Fallback,
 }
@@ -524,6 +613,7 @@ impl std::fmt::Display for Part {
             Part::ImpressionCap => f.write_str("an impression cap of"),
             Part::Content => f.write_str("the content of"),
             Part::ContentFor(placement) => write!(f, "the `{placement}` content of"),
+            Part::Predictor => f.write_str("a predictor of"),
             Part::Fallback => f.write_str("the fallback of"),
         }
     }
@@ -535,6 +625,7 @@ pub enum FileRole {
     Schema,
     Placements,
     Experiments,
+    Models,
     /// One of `offers/*.yaml`.
     Offers,
 }
@@ -563,11 +654,13 @@ impl std::fmt::Display for Context {
             Context::File(FileRole::Schema) => f.write_str("schema.yaml"),
             Context::File(FileRole::Placements) => f.write_str("placements.yaml"),
             Context::File(FileRole::Experiments) => f.write_str("experiments.yaml"),
+            Context::File(FileRole::Models) => f.write_str("models.yaml"),
             Context::File(FileRole::Offers) => f.write_str("an offers file"),
             Context::Unnamed(Kind::Offer) => f.write_str("an offer"),
             Context::Unnamed(Kind::Placement) => f.write_str("a placement"),
             Context::Unnamed(Kind::Experiment) => f.write_str("an experiment"),
             Context::Unnamed(Kind::Arm) => f.write_str("an arm"),
+            Context::Unnamed(Kind::Model) => f.write_str("a model"),
             Context::Of(owner) => write!(f, "{owner}"),
             Context::Part(part, owner) => write!(f, "{part} {owner}"),
             Context::ContactPolicy => f.write_str("the contact policy"),
@@ -620,6 +713,20 @@ pub enum Expected {
     ValueOf { ty: &'static str },
     /// An offer's content, which must name at least one placement.
     Content,
+    /// A prior response rate: above 0 and below 1.
+    Rate,
+    /// A model's forgetting: from 0 to 0.5.
+    Forget,
+    /// A response window: from 1 minute to 365 days.
+    ResponseWindow,
+    /// A non-empty list of outcome kinds.
+    OutcomeKinds,
+    /// A non-empty list of increasing numbers.
+    Bins,
+    /// A non-empty list of distinct, non-empty strings (a predictor's values or members).
+    Names,
+    /// An attribute name, or a mapping with `attribute` and its encoding.
+    PredictorSpec,
 }
 
 impl std::fmt::Display for Expected {
@@ -652,6 +759,17 @@ impl std::fmt::Display for Expected {
             Expected::OnlyForEnum => f.write_str("given only for `type: enum`"),
             Expected::ValueOf { ty } => write!(f, "a value of type `{ty}`"),
             Expected::Content => f.write_str("content for at least one placement"),
+            Expected::Rate => f.write_str("a number above 0 and below 1"),
+            Expected::Forget => f.write_str("a number from 0 to 0.5"),
+            Expected::ResponseWindow => f.write_str("a duration from `1m` to `365d`"),
+            Expected::OutcomeKinds => f.write_str(
+                "a non-empty list of outcome kinds (impression, click, accept, reject, convert)",
+            ),
+            Expected::Bins => f.write_str("a non-empty list of increasing numbers"),
+            Expected::Names => f.write_str("a non-empty list of distinct, non-empty strings"),
+            Expected::PredictorSpec => f.write_str(
+                "an attribute such as `customer.segment`, or a mapping with `attribute` and its `bins`, `values` or `members`",
+            ),
         }
     }
 }
@@ -755,6 +873,23 @@ pub fn summary(catalog: &Catalog, dir: &str) -> String {
             arms.join(", ")
         );
     }
+    for m in &catalog.models {
+        let offers = m
+            .cells()
+            .map(|((offer, _), _)| offer)
+            .collect::<std::collections::BTreeSet<_>>();
+        let _ = writeln!(
+            out,
+            "  model {}: {} predictor(s), {} feature(s), window {}, prior {:.3}; read by {} offer(s){}",
+            m.id,
+            m.predictors.len(),
+            m.width,
+            duration(m.window),
+            m.prior_rate,
+            offers.len(),
+            if m.per_channel { ", per channel" } else { "" }
+        );
+    }
     let policy = &catalog.policy;
     let _ = writeln!(
         out,
@@ -816,4 +951,19 @@ pub fn summary_json(catalog: &Catalog) -> serde_json::Value {
             "experiment": p.experiment.map(|i| catalog.experiments[i].id.clone()),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// A duration in ms as the catalog writes one, in its largest whole unit (`7d`, `90m`).
+fn duration(ms: i64) -> String {
+    for (unit, len) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms % len == 0 {
+            return format!("{}{unit}", ms / len);
+        }
+    }
+    format!("{ms}ms")
 }

@@ -44,6 +44,35 @@ offers:
       web.banner: { title: Gold }
 ";
 
+const MODELS: &str = "\
+models:
+  - id: response
+    predictors:
+      - customer.segment
+      - { attribute: customer.age, bins: [25, 40, 60] }
+      - { attribute: customer.products, members: [tv, broadband] }
+      - context.channel
+    positive: [accept]
+    negative: [reject]
+    window: 7d
+    prior: 0.1
+";
+
+/// The base catalog's files, with models.yaml.
+fn sources(texts: &[String; 5]) -> Sources {
+    let file = |path: &str, text: &str| SourceFile {
+        path: path.to_string(),
+        text: text.into(),
+    };
+    Sources {
+        schema: Some(file("schema.yaml", &texts[0])),
+        placements: Some(file("placements.yaml", &texts[1])),
+        experiments: Some(file("experiments.yaml", &texts[2])),
+        offers: vec![file("offers/0.yaml", &texts[3])],
+        models: Some(file("models.yaml", &texts[4])),
+    }
+}
+
 /// Loads the base catalog with `edit` applied to one of its files, and returns each
 /// error as `file:line:col: message`.
 fn errors(file: &str, from: &str, to: &str) -> Vec<String> {
@@ -52,14 +81,15 @@ fn errors(file: &str, from: &str, to: &str) -> Vec<String> {
         PLACEMENTS.to_string(),
         EXPERIMENTS.to_string(),
         OFFERS.to_string(),
+        MODELS.to_string(),
     ];
-    let i = ["schema", "placements", "experiments", "offers"]
+    let i = ["schema", "placements", "experiments", "offers", "models"]
         .iter()
         .position(|f| *f == file)
         .expect("a known file");
     assert!(texts[i].contains(from), "`{from}` not in {file}");
     texts[i] = texts[i].replacen(from, to, 1);
-    match Catalog::from_yaml(&texts[0], &texts[1], &texts[2], &[&texts[3]]) {
+    match Catalog::from_sources(sources(&texts)) {
         Ok(_) => Vec::new(),
         Err(e) => e
             .diagnostics
@@ -597,4 +627,158 @@ fn a_file_that_cannot_be_read_keeps_its_io_error() {
         .and_then(|s| s.downcast_ref::<std::sync::Arc<std::io::Error>>())
         .expect("the io::Error as the source");
     assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+}
+
+#[test]
+fn models_load_and_offers_read_them() {
+    let offers = OFFERS.replace("propensity: 0.1", "propensity: adaptive('response') * 1.5");
+    let texts = [
+        SCHEMA.to_string(),
+        PLACEMENTS.to_string(),
+        EXPERIMENTS.to_string(),
+        offers,
+        MODELS.to_string(),
+    ];
+    let c = Catalog::from_sources(sources(&texts)).expect("loads");
+    assert_eq!(c.models.len(), 1);
+    let m = &c.models[0];
+    // 2 segments, 4 age bins, 2 members, 2 channels, each with one for none of them.
+    assert_eq!(m.width, 14);
+    assert_eq!(m.window, 7 * 86_400_000);
+    let gold = c.offer("gold_card").expect("offer");
+    assert_eq!(c.models_of(gold).len(), 1);
+    assert!(c.models_of(c.offer("basic").expect("offer")).is_empty());
+    assert_eq!(
+        m.cells().map(|(k, _)| k).collect::<Vec<_>>(),
+        vec![(c.offers[gold].key, 0)]
+    );
+    // Scored by the model: its prior rate, times 1.5.
+    let p = c.offers[gold]
+        .propensity
+        .eval(&crate::expr::Env::new(&[], &[], &[], 0).with_history(&[], c.offers[gold].key, 0, 0));
+    assert!((p.expect("a score") - 0.15).abs() < 1e-6, "{p:?}");
+}
+
+#[test]
+fn model_errors_point_into_the_file() {
+    check(
+        "models",
+        "customer.segment",
+        "customer.segmnt",
+        &[
+            "models.yaml:4:9: unknown attribute `customer.segmnt` in the predictors of model `response`",
+        ],
+    );
+    check(
+        "models",
+        "{ attribute: customer.age, bins: [25, 40, 60] }",
+        "customer.age",
+        &[
+            "models.yaml:5:9: predictor `customer.age` of model `response` is of type `int` and needs `bins` (the edges between its ranges)",
+        ],
+    );
+    check(
+        "models",
+        "bins: [25, 40, 60]",
+        "bins: [40, 25]",
+        &[
+            "models.yaml:5:42: `bins` in a predictor of model `response` must be a non-empty list of increasing numbers",
+        ],
+    );
+    check(
+        "models",
+        "members: [tv, broadband]",
+        "bins: [1]",
+        &[
+            "models.yaml:6:47: predictor `customer.products` of model `response` is of type `set`, which does not take `bins`",
+        ],
+    );
+    check(
+        "models",
+        "negative: [reject]",
+        "negative: [accept]",
+        &[
+            "models.yaml:9:15: outcome kind `accept` of model `response` is both positive and negative",
+        ],
+    );
+    check(
+        "models",
+        "window: 7d",
+        "window: 10s",
+        &["models.yaml:10:13: `window` in model `response` must be a duration from `1m` to `365d`"],
+    );
+    check(
+        "models",
+        "prior: 0.1",
+        "prior: 1",
+        &["models.yaml:11:12: `prior` in model `response` must be a number above 0 and below 1"],
+    );
+    check(
+        "models",
+        "positive: [accept]",
+        "positive: [accepted]",
+        &[
+            "models.yaml:8:15: `positive` in model `response` must be a non-empty list of outcome kinds (impression, click, accept, reject, convert)",
+        ],
+    );
+    check(
+        "offers",
+        "propensity: 0.1",
+        "propensity: adaptive('respons')",
+        &["offers/0.yaml:8:26: unknown model `respons` in propensity of offer `gold_card`"],
+    );
+    check(
+        "offers",
+        "propensity: 0.1",
+        "propensity: adaptive(customer.age)",
+        &[
+            "offers/0.yaml:8:26: the argument of `adaptive` must be a model id in quotes, e.g. `adaptive('retention')` in propensity of offer `gold_card`",
+        ],
+    );
+    check(
+        "offers",
+        "customer.age >= 18",
+        "adaptive('response') > 0.5",
+        &[
+            "offers/0.yaml:7:18: `adaptive` is only available in an offer's propensity, value, weight and context_weight in eligibility of offer `gold_card`",
+        ],
+    );
+    check(
+        "experiments",
+        "score: offer.value * 2",
+        "score: offer.value * adaptive('response')",
+        &[
+            "experiments.yaml:7:60: `adaptive` is only available in an offer's propensity, value, weight and context_weight in score of arm `challenger` of experiment `explore`",
+        ],
+    );
+}
+
+#[test]
+fn a_changed_model_has_another_fingerprint() {
+    let load = |models: &str| {
+        let texts = [
+            SCHEMA.to_string(),
+            PLACEMENTS.to_string(),
+            EXPERIMENTS.to_string(),
+            OFFERS.to_string(),
+            models.to_string(),
+        ];
+        Catalog::from_sources(sources(&texts))
+            .expect("loads")
+            .models[0]
+            .fingerprint
+    };
+    let same = MODELS.replace(
+        "    prior: 0.1\n",
+        "    prior: 0.1\n    description: the same model\n",
+    );
+    assert_eq!(load(MODELS), load(&same));
+    assert_ne!(
+        load(MODELS),
+        load(&MODELS.replace("prior: 0.1", "prior: 0.2"))
+    );
+    assert_ne!(
+        load(MODELS),
+        load(&MODELS.replace("[25, 40, 60]", "[25, 40, 65]"))
+    );
 }

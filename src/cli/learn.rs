@@ -12,6 +12,8 @@ use crate::learn::scenario::Scenario;
 use crate::learn::{evaluate, report, simulate, train};
 use crate::setup::{load_catalog, open_data};
 
+const DAY: i64 = 86_400_000;
+
 #[derive(Debug, clap::Args)]
 pub(super) struct SimulateArgs {
     /// The scenario: population, traffic and true response model (YAML).
@@ -33,6 +35,14 @@ pub(super) struct SimulateArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Retrain every so many whole days (`7d`): `train` on the journal of that many days
+    /// before, and take the result into the node; off by default.
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
+    retrain_every: Option<std::time::Duration>,
+    /// With --retrain-every, take a candidate only if the lower bound of its 95% interval
+    /// (SNIPS, value per slot) beats the running catalog's measured value on those days.
+    #[arg(long, requires = "retrain_every")]
+    gate: bool,
 }
 
 impl SimulateArgs {
@@ -55,10 +65,35 @@ impl SimulateArgs {
         let mut options = DbOptions::default();
         options.writer.sync = crate::storage::writer::SyncMode::Never;
         let (db, _) = open_data(data, Arc::clone(&catalog), options)?;
+        let retraining = match self.retrain_every {
+            None => None,
+            Some(every) => {
+                let ms = every.as_millis() as i64;
+                if ms < DAY || ms % DAY != 0 {
+                    bail!("--retrain-every: must be a whole number of days, such as 7d");
+                }
+                Some(simulate::Retraining {
+                    every_days: (ms / DAY) as u64,
+                    options: crate::learn::retrain::RetrainOptions {
+                        window: ms,
+                        gate: self.gate,
+                        seed: self.seed,
+                    },
+                    rules: self.rules.path.clone(),
+                    work: data.join("retrained"),
+                })
+            }
+        };
         let bar = progress_bar(scenario.days, "days");
-        let summary = simulate::run(&db, &scenario, self.seed, &mut |day, _| {
-            bar.set_position(day);
-        })?;
+        let summary = simulate::run_with(
+            &db,
+            &scenario,
+            self.seed,
+            retraining.as_ref(),
+            &mut |day, _| {
+                bar.set_position(day);
+            },
+        )?;
         bar.finish_and_clear();
         db.close()?;
         if self.json {

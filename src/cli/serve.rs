@@ -15,8 +15,9 @@ use super::{DataDir, RulesDir, duration};
 use crate::catalog::Sources;
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::db::Recovery;
+use crate::learn::retrain::{RetrainOptions, attempt};
 use crate::server::maintenance::Compaction;
-use crate::server::{self, Listeners, Node, ServeConfig, Transport};
+use crate::server::{self, Listeners, Node, Retrained, ServeConfig, Transport};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct ServeArgs {
@@ -96,6 +97,17 @@ pub(super) struct ServeArgs {
     /// "metrics": "127.0.0.1:9464"}`), for whoever started the server on port 0.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    /// Retrain this often (off by default): `train` on the journal of the last
+    /// --retrain-window, `evaluate` the candidate against the catalog running, and take it
+    /// only if the lower bound of its 95% interval (SNIPS, value per slot) beats the
+    /// running catalog's measured value. Candidates go under `<data>/retrained/`; a
+    /// reload from --rules replaces a taken one. Embedded nodes only.
+    #[arg(long, env = "NEXTBEST_RETRAIN_EVERY", value_name = "DURATION", value_parser = duration)]
+    retrain_every: Option<Duration>,
+    /// The journal a retraining attempt trains and evaluates on: the decisions of this
+    /// long before it.
+    #[arg(long, env = "NEXTBEST_RETRAIN_WINDOW", default_value = "7d", value_parser = duration)]
+    retrain_window: Duration,
 }
 
 /// A zero duration: the flag's "never".
@@ -156,6 +168,15 @@ impl ServeArgs {
         self.logging.init();
         let config = self.config()?;
         let cluster = self.cluster_config();
+        let retrain = self.retrain_every.filter(|d| !d.is_zero());
+        if retrain.is_some() && cluster.is_some() {
+            bail!(
+                "--retrain-every: not in a cluster yet (a taken candidate must become the cluster's catalog); retrain with `train` and reload"
+            );
+        }
+        if self.retrain_window.as_millis() < 60_000 {
+            bail!("--retrain-window: must be at least 1m");
+        }
         let (rules, data, listen, metrics_listen) = (
             &self.rules.path,
             &self.data.path,
@@ -232,7 +253,22 @@ impl ServeArgs {
                 "metrics served"
             );
             let listeners = Listeners { grpc, metrics };
-            server::serve(Arc::clone(&node), config, listeners, shutdown_signal()).await?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let retraining = retrain.map(|every| {
+                let options = RetrainOptions {
+                    window: self.retrain_window.as_millis() as i64,
+                    gate: true,
+                    seed: 0,
+                };
+                tokio::spawn(retrain_every(Arc::clone(&node), every, options, stopped))
+            });
+            let served = server::serve(Arc::clone(&node), config, listeners, shutdown_signal()).await;
+            // An attempt under way finishes first: it holds the node.
+            let _ = stop.send(true);
+            if let Some(task) = retraining {
+                let _ = task.await;
+            }
+            served?;
             tracing::info!("drained: no new calls, the ones in flight finished");
             Ok::<_, anyhow::Error>(())
         })?;
@@ -290,4 +326,72 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutting down: draining the calls in flight");
+}
+
+/// `--retrain-every`: an attempt every `every` until `stop`, each off the request threads;
+/// a candidate taken becomes the node's catalog and the next attempt starts from it.
+async fn retrain_every(
+    node: Arc<Node>,
+    every: Duration,
+    options: RetrainOptions,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut running = node.rules().to_path_buf();
+    let mut version = node.db().catalog().version.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        // A reload from the rules directory since the last attempt: start from it.
+        let catalog = node.db().catalog();
+        if catalog.version != version {
+            running = node.rules().to_path_buf();
+            version = catalog.version.clone();
+        }
+        let now = crate::setup::now_ms();
+        let out = node.db().data_dir().join("retrained").join(now.to_string());
+        let (from, db, options) = (running.clone(), node.db(), options.clone());
+        let tried = tokio::task::spawn_blocking(move || {
+            let a = attempt(db.data_dir(), &from, &out, now, &options)?;
+            let taken = if a.taken {
+                let candidate = crate::catalog::Catalog::load(&out)
+                    .map_err(crate::learn::LearnError::Catalog)?;
+                Some(db.set_catalog(Arc::new(candidate)))
+            } else {
+                None
+            };
+            Ok::<_, crate::learn::LearnError>((a, taken))
+        })
+        .await;
+        match tried {
+            Ok(Ok((a, taken))) => {
+                let (estimate, low, high) = a.estimate.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+                tracing::info!(
+                    candidate = %a.candidate,
+                    trained = a.trained,
+                    estimate, low, high,
+                    running = a.running.unwrap_or(f64::NAN),
+                    taken = a.taken,
+                    reason = a.reason.as_deref().unwrap_or(""),
+                    "retraining attempt"
+                );
+                if taken.is_some() {
+                    running = PathBuf::from(&a.candidate);
+                    version = node.db().catalog().version.clone();
+                    node.count_retrain(Retrained::Taken);
+                } else {
+                    node.count_retrain(Retrained::Refused);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "retraining attempt failed");
+                node.count_retrain(Retrained::Failed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retraining attempt panicked");
+                node.count_retrain(Retrained::Failed);
+            }
+        }
+    }
 }

@@ -36,7 +36,7 @@ struct Published {
     version: String,
     /// The node that published it.
     node: String,
-    /// Role (`schema`, `placements`, `experiments`, `offers`), path and text.
+    /// Role (`schema`, `placements`, `experiments`, `models`, `offers`), path and text.
     files: Vec<(String, String, String)>,
 }
 
@@ -48,6 +48,7 @@ impl Published {
         files.extend(sources.schema.iter().map(|f| file("schema", f)));
         files.extend(sources.placements.iter().map(|f| file("placements", f)));
         files.extend(sources.experiments.iter().map(|f| file("experiments", f)));
+        files.extend(sources.models.iter().map(|f| file("models", f)));
         files.extend(sources.offers.iter().map(|f| file("offers", f)));
         Published {
             version: version.to_string(),
@@ -67,6 +68,7 @@ impl Published {
                 "schema" => sources.schema = Some(file),
                 "placements" => sources.placements = Some(file),
                 "experiments" => sources.experiments = Some(file),
+                "models" => sources.models = Some(file),
                 _ => sources.offers.push(file),
             }
         }

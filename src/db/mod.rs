@@ -17,6 +17,9 @@
 pub mod budget;
 mod generations;
 pub mod import;
+mod learning;
+
+pub use learning::{CellStatus, LearningStatus};
 mod outcome;
 mod recovery;
 mod replica;
@@ -201,6 +204,14 @@ pub struct Relayout {
     pub taken_again: usize,
     /// How long writes were held back.
     pub paused: std::time::Duration,
+    /// Cells of adaptive models whose state was dropped: their model is gone or its
+    /// definition changed (a model defined as before keeps what it learned).
+    pub model_cells_reset: usize,
+    /// The adaptive models are not the old catalog's (one added, removed or changed).
+    /// A replay learns under the catalog it opens with, so a node snapshots after such a
+    /// swap (`server::Node::reload`): a restart must not replay the records before it
+    /// under the new models.
+    pub models_changed: bool,
 }
 
 pub struct Db {
@@ -231,6 +242,12 @@ pub struct Db {
     /// Where a restart would start replaying the journal: just after the newest snapshot.
     replay_from: Mutex<storage::Position>,
     spending: budget::Spending,
+    /// The adaptive models' state, changed in journal order under `spending`'s lock.
+    learning: Mutex<crate::adaptive::Learning>,
+    /// The predictor values of recent decisions that showed an offer with an adaptive
+    /// model, postcard-encoded: what their outcomes' records carry (see `learning`).
+    inputs: Generations<Uuid, Arc<[u8]>>,
+    learned: learning::Counts,
     /// Decisions answered but not logged: the journal had failed.
     unlogged: std::sync::atomic::AtomicU64,
     /// Where decisions go instead of the journal: a cluster node's decisions stream.
@@ -352,6 +369,9 @@ impl Db {
             compaction: Mutex::new(()),
             replay_from: Mutex::new(storage::Position::default()),
             spending: budget::Spending::default(),
+            learning: Mutex::new(crate::adaptive::Learning::default()),
+            inputs: Generations::new(options.remembered_decisions),
+            learned: learning::Counts::default(),
             unlogged: std::sync::atomic::AtomicU64::new(0),
             decision_sink: std::sync::OnceLock::new(),
             options,
@@ -360,7 +380,13 @@ impl Db {
         let mut recovery = recovery::restore(&mut db)?;
         recovery.truncated = end.cut;
         db.spending.publish(&[&db.catalog()]);
+        db.relearn(&db.catalog(), || ());
         Ok((db, recovery))
+    }
+
+    /// The data directory it was opened on.
+    pub fn data_dir(&self) -> &Path {
+        self.journal_dir.parent().unwrap_or(&self.journal_dir)
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -424,7 +450,12 @@ impl Db {
         }
         // Cells for both catalogs' budgets before the swap: decisions on either find theirs.
         self.spending.publish(&[&catalog, &current.catalog]);
-        self.view.store(Arc::new(View { catalog, store }));
+        let fingerprints = |c: &Catalog| c.models.iter().map(|m| m.fingerprint).collect::<Vec<_>>();
+        relayout.models_changed = fingerprints(&catalog) != fingerprints(&current.catalog);
+        let new = Arc::clone(&catalog);
+        relayout.model_cells_reset = self.relearn(&new, || {
+            self.view.store(Arc::new(View { catalog, store }));
+        });
         relayout.paused = held.elapsed();
         relayout
     }
@@ -549,6 +580,7 @@ impl Db {
         decision: Decision,
     ) -> Result<(), DbError> {
         let channel = catalog.placements[decision.placement].channel_key;
+        self.keep_inputs(catalog, &customer.attributes, &context.values, &decision);
         if let Some(id) = customer.id.as_deref() {
             self.remember(
                 decision.id.as_u128(),
@@ -584,6 +616,7 @@ impl Db {
                 let (state, record) = found?;
                 let decision = decide::decide(catalog, state, context, placement, now, options);
                 let reply = respond.take()?(state, &decision);
+                self.keep_inputs(catalog, &state.attributes, &context.values, &decision);
                 let id: Arc<str> = Arc::from(id);
                 self.remember(
                     decision.id.as_u128(),
@@ -700,12 +733,17 @@ impl Db {
         // The rotation is queued holding the counters (no impression is counted in
         // between) and waited for after letting go: the disk is never waited for under
         // a lock appenders take.
-        let (rotation, spending) = {
+        let (rotation, spending, learning) = {
             let counters = self.spending.lock();
-            (self.journal.queue_rotation()?, counters.counters().clone())
+            (
+                self.journal.queue_rotation()?,
+                counters.counters().clone(),
+                self.learning(),
+            )
         };
         let position = self.journal.rotated(rotation)?;
-        let (snapshot, customers) = recovery::write_snapshot(self, position, &spending, now, None)?;
+        let (snapshot, customers) =
+            recovery::write_snapshot(self, position, &spending, &learning, now, None)?;
         *self.replay_from.lock().unwrap_or_else(|e| e.into_inner()) = position;
         let erase: HashSet<&str> = forgotten.iter().map(String::as_str).collect();
         let (segments_rewritten, records_erased) = if erase.is_empty() {
@@ -794,5 +832,7 @@ fn erase_customers(
     Ok((rewritten, erased))
 }
 
+#[cfg(test)]
+mod learning_tests;
 #[cfg(test)]
 mod tests;

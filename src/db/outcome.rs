@@ -17,6 +17,10 @@ pub(super) struct CheckedOutcome {
     pub(super) group_key: u32,
     pub(super) customer: Option<String>,
     pub(super) channel: Option<String>,
+    /// The decision's predictor values, for an offer with adaptive models.
+    pub(super) inputs: Option<Vec<(String, Feature)>>,
+    /// The offer has adaptive models: the outcome is learned from.
+    pub(super) learns: bool,
 }
 
 /// The record an outcome that passed its checks writes; `now` is when it was accepted.
@@ -31,6 +35,7 @@ pub(super) fn outcome_record(input: &OutcomeInput, outcome: &CheckedOutcome, now
         channel: outcome.channel.clone(),
         group: outcome.group.clone(),
         accepted: now,
+        inputs: outcome.inputs.clone(),
     })
 }
 
@@ -267,12 +272,17 @@ impl Db {
         if let (Some(c), Some(_)) = (&customer, &channel) {
             self.store().with(c, |_| ())?;
         }
+        let learns = !catalog.models.is_empty() && !catalog.models_of(index).is_empty();
         Ok(CheckedOutcome {
             key: offer.key,
             group: offer.group.clone(),
             group_key: offer.group_key,
             customer,
             channel,
+            inputs: learns
+                .then(|| self.inputs_for(catalog, input.decision, index))
+                .flatten(),
+            learns,
         })
     }
 
@@ -289,6 +299,11 @@ impl Db {
         last: bool,
     ) -> Result<u64, DbError> {
         let record = outcome_record(input, &outcome, now);
+        // What the models learn from: the record as journaled (see `learning`).
+        let learned = match (&record, outcome.learns) {
+            (Record::Outcome(r), true) => Some(r.clone()),
+            _ => None,
+        };
         // An impression counts against budgets, in journal order (see `budget`).
         let impression = (input.kind == EventKind::Impression).then(|| {
             budget::scopes(
@@ -298,11 +313,15 @@ impl Db {
             )
         });
         let append = |record: Record| -> Result<u64, DbError> {
-            let mut counters = impression.as_ref().map(|_| self.spending.lock());
+            let ordered = impression.is_some() || learned.is_some();
+            let mut counters = ordered.then(|| self.spending.lock());
             // Only a call's last record is waited for (one group commit for them all).
             let seq = permit.append(Entry::Record(record), last)?;
             if let (Some(counters), Some(scopes)) = (counters.as_mut(), &impression) {
                 counters.count(scopes, input.at);
+            }
+            if let Some(r) = &learned {
+                self.learn(r);
             }
             Ok(seq)
         };

@@ -85,6 +85,10 @@ enum Item {
     /// About how many customers follow (written right before them), so that a restart
     /// sizes its store once instead of growing it step by step.
     Customers(u64),
+    /// The adaptive models' weights and the journal's clock as of the position.
+    Learning(crate::adaptive::LearningHead),
+    /// Impressions waiting for their window to close, after `Learning`, in chunks.
+    Pending(Vec<crate::adaptive::Pending>),
 }
 
 /// Where a cluster node's state stands in its cluster's write stream: the stream (its
@@ -242,6 +246,7 @@ pub(super) fn write_snapshot(
     db: &Db,
     position: Position,
     spending: &Counters,
+    learning: &crate::adaptive::Learning,
     now: i64,
     stream: Option<(&StreamMark, Option<&[u8]>)>,
 ) -> Result<(PathBuf, usize), DbError> {
@@ -322,6 +327,13 @@ pub(super) fn write_snapshot(
             })
             .collect();
         put(w, &Item::Spending(counters))?;
+        let (head, pending) = learning.to_snapshot();
+        if !head.cells.is_empty() || !pending.is_empty() {
+            put(w, &Item::Learning(head))?;
+            for chunk in pending.chunks(CHUNK) {
+                put(w, &Item::Pending(chunk.to_vec()))?;
+            }
+        }
         put(
             w,
             &Item::End {
@@ -393,6 +405,7 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
                 db.outcomes.clear();
                 db.decisions.clear();
                 db.spending.lock().clear();
+                *db.learning.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
                 recovery.customers_loaded = 0;
                 recovery.stream = None;
                 recovery.catalog = None;
@@ -400,10 +413,20 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
         }
     }
     let mut reader = Reader::open(&db.journal_dir, from).map_err(io("reading the journal"))?;
-    while let Some((_, seq, record)) = reader
-        .next_for_replay()
-        .map_err(io("reading the journal"))?
-    {
+    // With adaptive models a decision is read whole: its values are kept for the
+    // records of outcomes that come after the restart.
+    let whole = !db.catalog().models.is_empty();
+    loop {
+        let next = if whole {
+            reader
+                .next_record()
+                .map(|r| r.map(|(p, seq, r)| (p, seq, Replayed::Record(r))))
+        } else {
+            reader.next_for_replay()
+        };
+        let Some((_, seq, record)) = next.map_err(io("reading the journal"))? else {
+            break;
+        };
         match record {
             Replayed::Record(record) => {
                 apply(db, seq, record, &mut recovery.dropped_values, false);
@@ -528,6 +551,16 @@ fn load_snapshot(
                     );
                 }
             }
+            Item::Learning(head) => db
+                .learning
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore_head(head),
+            Item::Pending(pending) => db
+                .learning
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore_pending(pending),
             Item::Stream(mark) => recovery.stream = Some(mark),
             Item::Catalog(catalog) => recovery.catalog = Some(catalog),
             Item::Customers(about) => {
@@ -655,9 +688,11 @@ pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedu
                     Ok::<_, crate::state::StateError>(())
                 });
             }
+            db.learn(&r);
             true
         }
         Record::Decision(r) => {
+            db.keep_record_inputs(catalog, &r);
             if let Some(customer) = &r.customer {
                 db.remember(
                     r.decision_id().as_u128(),

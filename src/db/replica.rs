@@ -208,7 +208,10 @@ impl Db {
         let _one_at_a_time = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
         let cutoff = now - self.options.attribution_window;
         self.decisions.retain(|d, _| uuid_time(*d) >= cutoff);
-        let spending = self.spending.lock().counters().clone();
+        let (spending, learning) = {
+            let counters = self.spending.lock();
+            (counters.counters().clone(), self.learning())
+        };
         // Nothing of theirs is in this node's journal (it holds no writes) to erase.
         self.forgotten
             .lock()
@@ -218,6 +221,7 @@ impl Db {
             self,
             storage::Position::default(),
             &spending,
+            &learning,
             now,
             Some((mark, catalog)),
         )?;

@@ -339,7 +339,7 @@ fn a_torn_tail_is_cut_and_reported_and_everything_before_it_kept() {
 fn changed_catalog(dir: &Path) -> Arc<Catalog> {
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     std::fs::create_dir_all(dir.join("offers")).expect("dirs");
-    for entry in ["placements.yaml", "experiments.yaml"] {
+    for entry in ["placements.yaml", "experiments.yaml", "models.yaml"] {
         std::fs::copy(rules.join(entry), dir.join(entry)).expect("copy");
     }
     for entry in std::fs::read_dir(rules.join("offers")).expect("offers") {

@@ -606,9 +606,45 @@ impl Checker<'_> {
         ))
     }
 
+    /// `adaptive('id')`: a model of the catalog's `models.yaml`, by its id.
+    fn adaptive(&mut self, args: &[Expr], span: &Span) -> Option<Typed> {
+        let [arg] = args else {
+            self.errors.push(ExprError::new(
+                span.clone(),
+                ExprErrorKind::Arity {
+                    name: "adaptive".to_string(),
+                    expected: "1".to_string(),
+                    found: args.len(),
+                },
+            ));
+            return None;
+        };
+        let ExprKind::Str(id) = &arg.kind else {
+            self.errors
+                .push(ExprError::new(arg.span.clone(), ExprErrorKind::ModelId));
+            return None;
+        };
+        let models = self.vocabulary.map_or(&[][..], |v| &v.models[..]);
+        let Some(model) = models.iter().find(|m| m.id == *id) else {
+            self.errors.push(ExprError::new(
+                arg.span.clone(),
+                ExprErrorKind::UnknownName {
+                    kind: "model",
+                    name: id.clone(),
+                    suggestion: did_you_mean(id, models.iter().map(|m| m.id.as_str())),
+                },
+            ));
+            return None;
+        };
+        Some((Ir::Adaptive(Arc::clone(model)), Ty::Float))
+    }
+
     fn call(&mut self, name: &str, name_span: &Span, args: &[Expr], span: &Span) -> Option<Typed> {
         if let Some(parsed) = history_function(name) {
             return self.history(name, parsed, args, span);
+        }
+        if name == "adaptive" {
+            return self.adaptive(args, span);
         }
         let (func, (min, max), expected) = match name {
             "has" => (None, (1, 1), "1"),

@@ -289,7 +289,7 @@ pub fn horizon(ir: &Ir) -> i64 {
                 _ => i64::MAX,
             };
         }
-        Ir::Const(_) | Ir::Attr { .. } | Ir::Has { .. } => vec![],
+        Ir::Const(_) | Ir::Attr { .. } | Ir::Has { .. } | Ir::Adaptive(_) => vec![],
         Ir::Not(a)
         | Ir::Neg(_, a)
         | Ir::IntToFloat(a)
@@ -739,6 +739,12 @@ pub fn compile_float(ir: &Ir) -> FloatFn {
 
 fn compile_float_raw(ir: &Ir) -> FloatFn {
     match ir {
+        Ir::Adaptive(model) => {
+            let model = Arc::clone(model);
+            Box::new(move |env| {
+                Some(model.predict(env.offer, env.channel, env.entities[0], env.entities[1]))
+            })
+        }
         Ir::Const(v) => {
             let v = match v {
                 Value::Float(f) => finite(*f),

@@ -65,6 +65,14 @@ pub enum ExprErrorKind {
         function: String,
         kind: &'static str,
     },
+    #[error(
+        "the argument of `adaptive` must be a model id in quotes, e.g. `adaptive('retention')`"
+    )]
+    ModelId,
+    #[error(
+        "`adaptive` is only available in an offer's propensity, value, weight and context_weight"
+    )]
+    AdaptiveOutsideOffer,
     #[error("list elements must be constants")]
     NonConstantList,
     #[error("`has` takes an attribute such as `customer.age`")]

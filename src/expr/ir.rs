@@ -192,6 +192,7 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ("size", "size(set | string) -> int"),
     ("lower", "lower(string) -> string"),
     ("starts_with", "starts_with(string, prefix) -> bool"),
+    ("adaptive", "adaptive('model') -> float"),
     ("impressions", "impressions(duration [, offer]) -> int"),
     ("clicks", "clicks(duration [, offer]) -> int"),
     ("accepts", "accepts(duration [, offer]) -> int"),
@@ -245,14 +246,44 @@ pub enum Ir {
     Cond(Kind, Box<Ir>, Box<Ir>, Box<Ir>),
     /// A built-in function; `kind` is the kind its numeric arguments were unified to.
     Call(Func, Kind, Vec<Ir>),
+    /// `adaptive('id')`: the model's prediction for the offer being decided (float).
+    Adaptive(Arc<crate::adaptive::Model>),
 }
 
 impl Ir {
+    /// The adaptive models it reads, each once, in the order it names them.
+    pub fn models(&self, out: &mut Vec<Arc<crate::adaptive::Model>>) {
+        match self {
+            Ir::Adaptive(m) => {
+                if !out.iter().any(|o| Arc::ptr_eq(o, m)) {
+                    out.push(Arc::clone(m));
+                }
+            }
+            Ir::Const(_) | Ir::Attr { .. } | Ir::Has { .. } => {}
+            Ir::Not(a) | Ir::Neg(_, a) | Ir::IntToFloat(a) | Ir::EnumName(a, _) => a.models(out),
+            Ir::InList(_, a, _) => a.models(out),
+            Ir::And(a, b)
+            | Ir::Or(a, b)
+            | Ir::Cmp(_, _, a, b)
+            | Ir::Arith(_, _, a, b)
+            | Ir::InSet(a, b) => {
+                a.models(out);
+                b.models(out);
+            }
+            Ir::Cond(_, c, t, e) => {
+                c.models(out);
+                t.models(out);
+                e.models(out);
+            }
+            Ir::Call(_, _, args) => args.iter().for_each(|a| a.models(out)),
+        }
+    }
+
     /// Whether the value depends on nothing but the expression itself, so it can be folded.
     pub fn is_constant(&self) -> bool {
         match self {
             Ir::Const(_) => true,
-            Ir::Attr { .. } | Ir::Has { .. } => false,
+            Ir::Attr { .. } | Ir::Has { .. } | Ir::Adaptive(_) => false,
             Ir::Not(a) | Ir::Neg(_, a) | Ir::IntToFloat(a) | Ir::EnumName(a, _) => a.is_constant(),
             Ir::InList(_, a, _) => a.is_constant(),
             Ir::And(a, b)

@@ -27,6 +27,7 @@ pub use ir::{FUNCTIONS, Ty};
 pub use parse::parse;
 
 use crate::schema::{Event, Schema, Value};
+use std::sync::Arc;
 
 static MISSING: Value = Value::Missing;
 
@@ -106,6 +107,8 @@ impl<'a> Env<'a> {
 pub struct Vocabulary {
     pub offers: Vec<String>,
     pub groups: Vec<String>,
+    /// The catalog's adaptive models, for `adaptive('id')`.
+    pub models: Vec<Arc<crate::adaptive::Model>>,
 }
 
 /// A compiled boolean rule (eligibility).
@@ -140,6 +143,11 @@ impl Predicate {
     ) -> Result<Predicate, Vec<ExprError>> {
         let expr = parse(src).map_err(|e| vec![e])?;
         let (ir, ty) = check::check(&expr, schema, false, vocabulary)?;
+        let mut models = Vec::new();
+        ir.models(&mut models);
+        if !models.is_empty() {
+            return Err(vec![adaptive_outside_offer(src)]);
+        }
         if ty != Ty::Bool {
             return Err(vec![ExprError::new(
                 expr.span,
@@ -373,6 +381,15 @@ pub struct ClauseBits {
     truth: u64,
 }
 
+/// The error for `adaptive(...)` where no offer is being scored, at its first mention.
+pub fn adaptive_outside_offer(src: &str) -> ExprError {
+    let start = src.find("adaptive").unwrap_or(0);
+    ExprError::new(
+        start..start + "adaptive".len().min(src.len() - start),
+        ExprErrorKind::AdaptiveOutsideOffer,
+    )
+}
+
 /// Score formulas that several offers share word for word (a default propensity such as
 /// `0.05 + 0.3 * customer.churn_risk`): compiled once, and evaluated at most once per
 /// decision. Only formulas that read no history are shared: those read the same customer
@@ -385,7 +402,8 @@ pub struct SharedFormulas {
 impl SharedFormulas {
     /// Shares `formula`; its id. `None` if it reads history.
     pub fn add(&mut self, formula: &Formula) -> Option<u32> {
-        if formula.horizon() != 0 {
+        // Adaptive models score each offer by its own weights.
+        if formula.horizon() != 0 || !formula.models.is_empty() {
             return None;
         }
         let id = u32::try_from(self.formulas.len()).ok()?;
@@ -446,6 +464,8 @@ pub struct Formula {
     horizon: i64,
     /// The source, trimmed; empty for [`Formula::constant`].
     src: Box<str>,
+    /// The adaptive models it reads.
+    models: Arc<[Arc<crate::adaptive::Model>]>,
 }
 
 impl std::fmt::Debug for Formula {
@@ -495,22 +515,31 @@ impl Formula {
         let root = compile::compile_float(&ir);
         let constant = ir.is_constant().then(|| root(&Env::new(&[], &[], &[], 0)));
         let horizon = compile::horizon(&ir);
+        let mut models = Vec::new();
+        ir.models(&mut models);
         Ok(Formula {
             root: root.into(),
             constant,
             horizon,
             src: src.trim().into(),
+            models: models.into(),
         })
     }
 
     pub fn constant(x: f64) -> Formula {
         let v = x.is_finite().then_some(x);
         Formula {
-            root: std::sync::Arc::new(move |_| v),
+            root: Arc::new(move |_| v),
             constant: Some(v),
             horizon: 0,
             src: "".into(),
+            models: Arc::new([]),
         }
+    }
+
+    /// The adaptive models it reads (`adaptive('id')`).
+    pub fn models(&self) -> &[Arc<crate::adaptive::Model>] {
+        &self.models
     }
 
     /// The source it was compiled from, trimmed (empty for [`Formula::constant`]).

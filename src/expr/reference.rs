@@ -144,6 +144,12 @@ pub fn eval(ir: &Ir, env: &Env<'_>) -> Option<R> {
             _ => None,
         },
         Ir::Call(func, _, args) => call(*func, args, env),
+        Ir::Adaptive(model) => Some(R::Float(model.predict(
+            env.offer,
+            env.channel,
+            env.entities[0],
+            env.entities[1],
+        ))),
     }
 }
 

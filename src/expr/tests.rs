@@ -465,6 +465,7 @@ fn history_functions_check_their_arguments() {
     let vocabulary = Vocabulary {
         offers: vec!["gold_card".into()],
         groups: vec!["cards".into()],
+        ..Vocabulary::default()
     };
     let errors = |src: &str| -> Vec<String> {
         match Predicate::compile_with(src, &schema(), "eligibility", Some(&vocabulary)) {

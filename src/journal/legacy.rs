@@ -1,5 +1,5 @@
-//! Format 1: the records of the first wave's journals, as they were laid out, and
-//! how each reads as today's.
+//! Formats 1 and 2: the records of older journals, as they were laid out, and how each
+//! reads as today's. Format 1 is the first wave's; format 2 had no inputs in an outcome.
 
 use serde::Deserialize;
 
@@ -60,6 +60,7 @@ impl From<Record> for super::Record {
                 channel: o.channel,
                 group: o.group,
                 accepted: o.at,
+                inputs: None,
             }),
             Record::Decision(d) => super::Record::Decision(Box::new(DecisionRecord {
                 id: d.id,
@@ -77,6 +78,50 @@ impl From<Record> for super::Record {
                 candidates: d.candidates,
                 suppressed: d.suppressed,
             })),
+        }
+    }
+}
+
+/// Format 2: as today's but for the outcome, which carried no inputs.
+#[derive(Deserialize)]
+pub(super) enum Record2 {
+    Upsert(UpsertRecord),
+    Forget(ForgetRecord),
+    Outcome(Outcome2),
+    Decision(Box<DecisionRecord>),
+}
+
+#[derive(Deserialize)]
+pub(super) struct Outcome2 {
+    decision: [u8; 16],
+    offer: String,
+    kind: EventKind,
+    value: Option<f64>,
+    at: i64,
+    customer: Option<String>,
+    channel: Option<String>,
+    group: Option<String>,
+    accepted: i64,
+}
+
+impl From<Record2> for super::Record {
+    fn from(r: Record2) -> super::Record {
+        match r {
+            Record2::Upsert(r) => super::Record::Upsert(r),
+            Record2::Forget(r) => super::Record::Forget(r),
+            Record2::Outcome(o) => super::Record::Outcome(super::OutcomeRecord {
+                decision: o.decision,
+                offer: o.offer,
+                kind: o.kind,
+                value: o.value,
+                at: o.at,
+                customer: o.customer,
+                channel: o.channel,
+                group: o.group,
+                accepted: o.accepted,
+                inputs: None,
+            }),
+            Record2::Decision(d) => super::Record::Decision(d),
         }
     }
 }

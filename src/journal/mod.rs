@@ -27,7 +27,9 @@ use crate::schema::{EntitySchema, EventKind, Feature, Value};
 use crate::storage::{Damage, Encode, Position, SegmentReader, segment};
 
 /// The format byte in front of every record written now.
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+/// Format 2: an outcome carried no inputs for adaptive models; still read.
+const FORMAT_2: u8 = 2;
 /// The format of the first wave's journals, still read.
 const FORMAT_1: u8 = 1;
 /// postcard's tag of [`Record::Decision`]: its index among the variants.
@@ -127,7 +129,8 @@ impl Record {
     /// As [`Record::decode_for_replay`], of a payload without the sequence number.
     pub fn decode_payload_for_replay(payload: &[u8]) -> Result<Replayed, DecodeError> {
         match payload {
-            [FORMAT, DECISION_VARIANT, rest @ ..] => {
+            // A decision is laid out alike in formats 2 and 3.
+            [FORMAT | FORMAT_2, DECISION_VARIANT, rest @ ..] => {
                 // postcard encodes a struct as its fields in order: the nested head is
                 // the record's first five fields, then its shown offers.
                 let (d, _) = postcard::take_from_bytes::<DecisionHeadShown<'_>>(rest)?;
@@ -159,6 +162,7 @@ impl Record {
     fn decode_record(payload: &[u8]) -> Result<Record, DecodeError> {
         match payload.split_first() {
             Some((&FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((&FORMAT_2, rest)) => Ok(postcard::from_bytes::<legacy::Record2>(rest)?.into()),
             Some((&FORMAT_1, rest)) => Ok(postcard::from_bytes::<legacy::Record>(rest)?.into()),
             Some((&other, _)) => Err(DecodeError::UnknownFormat(other)),
             None => Err(DecodeError::Empty),
@@ -229,11 +233,31 @@ pub struct OutcomeRecord {
     /// When the node accepted it (its clock, ms): the customer's history is trimmed as of
     /// this time, on the node that took it and on every replay alike.
     pub accepted: i64,
+    /// The decision's values of the predictors of the offer's adaptive models (`customer.x`,
+    /// `context.y`), as the node that took the outcome remembered them: what the models
+    /// learn from, the same on replay and on every node. `None` when the offer has no
+    /// model or the node did not know the decision's values (an attribute unset with no
+    /// default is left out of a list that is there).
+    pub inputs: Option<Vec<(String, Feature)>>,
 }
 
 impl OutcomeRecord {
     pub fn decision_id(&self) -> Uuid {
         Uuid::from_bytes(self.decision)
+    }
+
+    /// The outcome as adaptive models learn it.
+    pub fn response(&self) -> crate::adaptive::Response<'_> {
+        let decision = self.decision_id();
+        crate::adaptive::Response {
+            decision: decision.as_u128(),
+            decided: crate::db::uuid_time(decision),
+            offer: crate::schema::key(&self.offer),
+            channel: self.channel.as_deref().map_or(0, crate::schema::key),
+            kind: self.kind,
+            accepted: self.accepted,
+            inputs: self.inputs.as_deref(),
+        }
     }
 }
 

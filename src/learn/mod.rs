@@ -4,12 +4,12 @@
 //! journal and written back as rules (`model`, `train`); key metrics across channels and
 //! the champion/challenger verdict (`report`). docs/learning.md shows them at work.
 
-pub mod adaptive;
 pub mod estimate;
 pub mod evaluate;
 pub mod model;
 pub mod replay;
 pub mod report;
+pub mod retrain;
 pub mod scenario;
 pub mod simulate;
 pub mod train;
@@ -36,4 +36,7 @@ pub enum LearnError {
     /// Reading the journal or the rules, or writing the trained catalog.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The node a simulation drives refused a write.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
 }

@@ -279,11 +279,27 @@ pub fn read(
             }
         });
     let mut histories: HashMap<String, History> = HashMap::new();
+    // Each target's adaptive models learn from the journal's outcomes in its order, as
+    // the node's did: a decision is scored by what they had learned before it.
+    let mut learnings: Vec<crate::adaptive::Learning> =
+        targets.iter().map(|_| Default::default()).collect();
     let empty = History::default();
     let mut reader = Reader::open(dir, Position::default())?;
     while let Some((_, _, record)) = reader.next_record()? {
         let d = match record {
             Record::Outcome(o) => {
+                for (t, learning) in targets.iter().zip(&mut learnings) {
+                    let catalog = &t.catalog;
+                    if catalog.models.is_empty() {
+                        continue;
+                    }
+                    let models = catalog
+                        .offer(&o.offer)
+                        .map(|i| catalog.models_of(i))
+                        .unwrap_or_default();
+                    let learned = learning.learn(&catalog.models, &models, &o.response());
+                    learning.publish(&catalog.models, &learned.changed);
+                }
                 if let (Some(customer), Some(channel)) = (&o.customer, &o.channel) {
                     let event = Event::new(o.at, &o.offer, o.group.as_deref(), channel, o.kind);
                     histories

@@ -3,12 +3,20 @@
 //! budgets and exploration, the decision journaled, an impression recorded for every
 //! offer shown and an accept drawn from the scenario's true response model.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use serde::Serialize;
 
+use super::LearnError;
+use super::retrain::{Attempt, RetrainOptions, attempt};
 use super::scenario::{Scenario, draw, uniform};
-use crate::db::{Db, DbError, OutcomeInput};
-use crate::decide::{Context, Options};
+use crate::catalog::Catalog;
+use crate::db::{Db, OutcomeInput};
+use crate::decide::{Context, Decision, Options};
 use crate::schema::{EventKind, Value};
+
+const DAY: i64 = 86_400_000;
 
 /// What a simulation did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -26,6 +34,42 @@ pub struct Summary {
     /// The sum over impressions of their true expected value (accept probability times
     /// value): what the realised `value` scatters around.
     pub expected_value: f64,
+    /// The same figures day by day, with what the best policy could have had.
+    pub per_day: Vec<Day>,
+    /// Retraining attempts, when the simulation retrains.
+    pub retrains: Vec<Attempt>,
+}
+
+/// One simulated day.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Day {
+    pub day: u64,
+    pub decisions: u64,
+    pub impressions: u64,
+    pub accepts: u64,
+    pub value: f64,
+    pub expected_value: f64,
+    /// The sum over decisions of the true expected value of the best choice among the
+    /// decision's candidates (every offer that passed eligibility, contact policies and
+    /// budgets), slot by slot: what a policy that knew the truth would have had. The
+    /// ratio `expected_value / best_value` is how close the policy came.
+    pub best_value: f64,
+    /// The catalog version the day was decided with.
+    pub catalog: String,
+    /// Impressions by offer id.
+    pub shown: std::collections::BTreeMap<String, u64>,
+}
+
+/// Retraining during a simulation: every `every_days` days (from the first such day on),
+/// an [`attempt`] on the journal so far, taken into the node when it passes.
+#[derive(Debug, Clone)]
+pub struct Retraining {
+    pub every_days: u64,
+    pub options: RetrainOptions,
+    /// The rules directory the simulation starts with.
+    pub rules: PathBuf,
+    /// Where the candidates are written (one directory each).
+    pub work: PathBuf,
 }
 
 /// Runs `scenario` with `seed` against `db`, deciding with its catalog.
@@ -34,15 +78,27 @@ pub fn run(
     scenario: &Scenario,
     seed: u64,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<Summary, DbError> {
+) -> Result<Summary, LearnError> {
+    run_with(db, scenario, seed, None, progress)
+}
+
+/// As [`run`], retraining as `retraining` says.
+pub fn run_with(
+    db: &Db,
+    scenario: &Scenario,
+    seed: u64,
+    retraining: Option<&Retraining>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Summary, LearnError> {
     let mut summary = Summary {
         seed,
         customers: scenario.customers,
         days: scenario.days,
         ..Summary::default()
     };
-    let view = db.view();
-    let catalog = &view.catalog;
+    let mut rules = retraining.map(|r| r.rules.clone());
+    let first = db.view();
+    let catalog = &first.catalog;
     let schema = &catalog.schema;
     let customer_id = |c: u64| format!("sim-{c:07}");
     for c in 0..scenario.customers {
@@ -63,13 +119,34 @@ pub fn run(
     }
     db.sync()?;
 
-    const DAY: i64 = 86_400_000;
     let whole = scenario.visits_per_day.floor() as u64;
     let part = scenario.visits_per_day - whole as f64;
     let mut n = 0u64;
     for day in 0..scenario.days {
         progress(day, scenario.days);
         let day_start = scenario.start + day as i64 * DAY;
+        if let (Some(r), Some(running)) = (retraining, &rules)
+            && day > 0
+            && day.is_multiple_of(r.every_days)
+        {
+            db.sync()?;
+            let out = r.work.join(format!("day{day:03}"));
+            let a = attempt(db.data_dir(), running, &out, day_start, &r.options)?;
+            if a.taken {
+                let candidate = Catalog::load(&out).map_err(LearnError::Catalog)?;
+                db.set_catalog(Arc::new(candidate));
+                rules = Some(out);
+            }
+            summary.retrains.push(a);
+        }
+        // The catalog in force today (a retrained one from the day it was taken).
+        let view = db.view();
+        let catalog = &view.catalog;
+        let mut today = Day {
+            day,
+            catalog: catalog.version.to_string(),
+            ..Day::default()
+        };
         // Who visits when and where today, in time order.
         let mut visits = Vec::new();
         for c in 0..scenario.customers {
@@ -124,7 +201,10 @@ pub fn run(
                 at,
                 &options,
                 |state, d| {
-                    d.offers
+                    let best =
+                        best_value(scenario, catalog, d, &state.attributes, &context.values, at);
+                    let shown = d
+                        .offers
                         .iter()
                         .map(|s| {
                             let accept = scenario.accept(
@@ -138,11 +218,16 @@ pub fn run(
                             let expected = accept * scenario.value(s.offer, at);
                             (s.offer, s.slot, accept, expected)
                         })
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>();
+                    (shown, best)
                 },
             )?;
+            let (shown, best) = shown;
             summary.decisions += 1;
             summary.empty += u64::from(shown.is_empty());
+            today.decisions += 1;
+            let expected: f64 = shown.iter().map(|s| s.3).sum();
+            today.best_value += best.max(expected);
             for (index, slot, accept, expected) in shown {
                 let offer = &catalog.offers[index];
                 let mut outcome = OutcomeInput {
@@ -157,6 +242,9 @@ pub fn run(
                 db.record_outcome(&outcome, outcome.at)?;
                 summary.impressions += 1;
                 summary.expected_value += expected;
+                today.impressions += 1;
+                today.expected_value += expected;
+                *today.shown.entry(offer.id.clone()).or_default() += 1;
                 if uniform(seed, "accept", n * 64 + u64::from(slot)) < accept {
                     let value = scenario.value(index, at);
                     outcome.kind = EventKind::Accept;
@@ -165,11 +253,55 @@ pub fn run(
                     db.record_outcome(&outcome, outcome.at)?;
                     summary.accepts += 1;
                     summary.value += value;
+                    today.accepts += 1;
+                    today.value += value;
                 }
             }
         }
+        summary.per_day.push(today);
     }
     progress(scenario.days, scenario.days);
     db.sync()?;
     Ok(summary)
+}
+
+/// The true expected value of the best choice a decision could have made: its candidates
+/// ranked by their true expected value, one per slot of the placement (one per group
+/// where the placement says so), each in the slot it would take.
+fn best_value(
+    scenario: &Scenario,
+    catalog: &Catalog,
+    d: &Decision,
+    customer: &[Value],
+    context: &[Value],
+    at: i64,
+) -> f64 {
+    let p = &catalog.placements[d.placement];
+    let mut ranked: Vec<(f64, usize, u32)> = d
+        .candidates
+        .iter()
+        .map(|c| {
+            let ev =
+                scenario.accept(c.offer, customer, context, at, 0) * scenario.value(c.offer, at);
+            (ev, c.offer, c.group)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut groups = Vec::new();
+    let mut total = 0.0;
+    let mut slot = 0u32;
+    for (_, offer, group) in ranked {
+        if slot >= p.slots {
+            break;
+        }
+        if p.one_per_group && group != 0 {
+            if groups.contains(&group) {
+                continue;
+            }
+            groups.push(group);
+        }
+        total += scenario.accept(offer, customer, context, at, slot) * scenario.value(offer, at);
+        slot += 1;
+    }
+    total
 }

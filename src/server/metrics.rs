@@ -392,6 +392,11 @@ pub async fn serve(
     }
     registry
         .register(Box::new(
+            ModelFigures::new(Arc::clone(&node)).map_err(std::io::Error::other)?,
+        ))
+        .map_err(std::io::Error::other)?;
+    registry
+        .register(Box::new(
             NodeFigures::new(node).map_err(std::io::Error::other)?,
         ))
         .map_err(std::io::Error::other)?;
@@ -568,6 +573,148 @@ impl prometheus::core::Collector for NodeFigures {
                 family.set_help(help.to_string());
                 family.set_field_type(kind);
                 family.set_metric(vec![metric]);
+                family
+            })
+            .collect()
+    }
+}
+
+/// The adaptive models' figures, read at each scrape (`Db::learning_status`): per model,
+/// offer and channel (empty for a model that is not per channel), and the node's counts.
+struct ModelFigures {
+    node: Arc<Node>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+/// Name, help, type and labels of each family, in the order `ModelFigures::collect`
+/// builds them.
+const MODEL_FIGURES: [(&str, &str, MetricType, &[&str]); 5] = [
+    (
+        "nextbest_model_responses",
+        "Responses an adaptive model learned for an offer (positive and negative).",
+        MetricType::GAUGE,
+        &["model", "offer", "channel"],
+    ),
+    (
+        "nextbest_model_positives",
+        "Positive responses an adaptive model learned for an offer.",
+        MetricType::GAUGE,
+        &["model", "offer", "channel"],
+    ),
+    (
+        "nextbest_model_base_rate",
+        "An adaptive model's predicted response rate for an offer with no feature weighed: where it stands now.",
+        MetricType::GAUGE,
+        &["model", "offer", "channel"],
+    ),
+    (
+        "nextbest_model_outcomes_total",
+        "Outcomes the node's adaptive models learned as positive or negative, or skipped (the decision's values unknown, after the window, or no room to wait), since it opened (replay included).",
+        MetricType::COUNTER,
+        &["result"],
+    ),
+    (
+        "nextbest_retrain_attempts_total",
+        "Retraining attempts (serve --retrain-every): the candidate taken, refused (the gate, or nothing to train), or failed.",
+        MetricType::COUNTER,
+        &["result"],
+    ),
+];
+
+impl ModelFigures {
+    fn new(node: Arc<Node>) -> prometheus::Result<ModelFigures> {
+        let descs = MODEL_FIGURES
+            .iter()
+            .map(|(name, help, _, labels)| {
+                prometheus::core::Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    labels.iter().map(|l| l.to_string()).collect(),
+                    HashMap::new(),
+                )
+            })
+            .collect::<prometheus::Result<_>>()?;
+        Ok(ModelFigures { node, descs })
+    }
+}
+
+impl prometheus::core::Collector for ModelFigures {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use prometheus::proto::{Counter, Gauge, LabelPair, Metric};
+        let status = self.node.db().learning_status();
+        let labelled = |pairs: &[(&str, &str)], value: f64, gauge: bool| {
+            let mut m = if gauge {
+                let mut g = Gauge::default();
+                g.set_value(value);
+                Metric::from_gauge(g)
+            } else {
+                let mut c = Counter::default();
+                c.set_value(value);
+                let mut m = Metric::default();
+                m.set_counter(c);
+                m
+            };
+            m.set_label(
+                pairs
+                    .iter()
+                    .map(|(k, v)| {
+                        let mut l = LabelPair::default();
+                        l.set_name(k.to_string());
+                        l.set_value(v.to_string());
+                        l
+                    })
+                    .collect(),
+            );
+            m
+        };
+        let per_cell = |value: fn(&crate::db::CellStatus) -> f64| {
+            status
+                .cells
+                .iter()
+                .map(|c| {
+                    let channel = c.channel.as_deref().unwrap_or("");
+                    let labels = [
+                        ("model", c.model.as_str()),
+                        ("offer", c.offer.as_str()),
+                        ("channel", channel),
+                    ];
+                    labelled(&labels, value(c), true)
+                })
+                .collect::<Vec<_>>()
+        };
+        let metrics = [
+            per_cell(|c| c.responses as f64),
+            per_cell(|c| c.positives as f64),
+            per_cell(|c| c.base_rate),
+            [
+                ("positive", status.positives),
+                ("negative", status.negatives),
+                ("skipped", status.skipped),
+            ]
+            .iter()
+            .map(|(r, n)| labelled(&[("result", r)], *n as f64, false))
+            .collect(),
+            super::Retrained::ALL
+                .iter()
+                .map(|&(r, name)| {
+                    labelled(&[("result", name)], self.node.retrains(r) as f64, false)
+                })
+                .collect(),
+        ];
+        MODEL_FIGURES
+            .iter()
+            .zip(metrics)
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(&(name, help, kind, _), metrics)| {
+                let mut family = MetricFamily::default();
+                family.set_name(name.to_string());
+                family.set_help(help.to_string());
+                family.set_field_type(kind);
+                family.set_metric(metrics);
                 family
             })
             .collect()

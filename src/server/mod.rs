@@ -84,6 +84,25 @@ pub struct Node {
     admin_token: Option<[u8; 32]>,
     /// The cluster this node is a member of, if any: writes go through it.
     cluster: std::sync::OnceLock<Arc<Cluster>>,
+    /// Retraining attempts (`serve --retrain-every`): taken, refused by the gate (or with
+    /// nothing to train), failed.
+    retrains: [std::sync::atomic::AtomicU64; 3],
+}
+
+/// How a retraining attempt ended, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retrained {
+    Taken = 0,
+    Refused = 1,
+    Failed = 2,
+}
+
+impl Retrained {
+    pub const ALL: [(Retrained, &'static str); 3] = [
+        (Retrained::Taken, "taken"),
+        (Retrained::Refused, "refused"),
+        (Retrained::Failed, "failed"),
+    ];
 }
 
 impl Node {
@@ -120,9 +139,20 @@ impl Node {
                 reloading: std::sync::Mutex::new(()),
                 admin_token: None,
                 cluster: std::sync::OnceLock::new(),
+                retrains: Default::default(),
             },
             recovery,
         ))
+    }
+
+    /// Counts a retraining attempt.
+    pub fn count_retrain(&self, result: Retrained) {
+        self.retrains[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Retraining attempts so far, by how they ended.
+    pub fn retrains(&self, result: Retrained) -> u64 {
+        self.retrains[result as usize].load(Ordering::Relaxed)
     }
 
     /// The durable state: hold it for one request, not longer (a heal replaces it).
@@ -191,6 +221,18 @@ impl Node {
                 writes_held_ms = relayout.paused.as_millis() as u64,
                 "the catalog changes the customer attributes: stored customers carried over by name"
             );
+        }
+        if relayout.models_changed {
+            tracing::info!(
+                version = %catalog.version,
+                cells_reset = relayout.model_cells_reset,
+                "the catalog changes its adaptive models: what a model defined alike learned is kept, the rest starts from its prior"
+            );
+            // A restart replays under the catalog it opens with: from a snapshot taken
+            // now, it replays no record learned under the old models.
+            if let Err(e) = self.db().compact(now_ms()) {
+                tracing::warn!(error = %e, "no snapshot after the models changed: a restart before the next one replays the records since the last under the new models");
+            }
         }
         self.loaded_at.store(now_ms(), Ordering::Relaxed);
         Ok(catalog)

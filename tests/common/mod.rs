@@ -186,3 +186,16 @@ pub fn add_loyalty(rules: &Path) {
     )
     .expect("write");
 }
+
+/// `GET /metrics` of a server at `addr`, over a plain socket.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut reply = String::new();
+    socket.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply
+}

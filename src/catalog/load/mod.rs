@@ -12,6 +12,7 @@
 //! the order their references need.
 
 mod experiments;
+mod models;
 mod offers;
 mod placements;
 mod policy;
@@ -40,6 +41,7 @@ pub struct Sources {
     pub schema: Option<SourceFile>,
     pub placements: Option<SourceFile>,
     pub experiments: Option<SourceFile>,
+    pub models: Option<SourceFile>,
     pub offers: Vec<SourceFile>,
 }
 
@@ -69,6 +71,7 @@ impl Sources {
             schema: read(Path::new("schema.yaml"), true),
             placements: read(Path::new("placements.yaml"), true),
             experiments: read(Path::new("experiments.yaml"), false),
+            models: read(Path::new("models.yaml"), false),
             offers: Vec::new(),
         };
         let offers_dir = dir.join("offers");
@@ -95,10 +98,15 @@ impl Sources {
 
     /// Every file, in the order the version hashes them.
     pub fn files(&self) -> impl Iterator<Item = &SourceFile> {
-        [&self.schema, &self.placements, &self.experiments]
-            .into_iter()
-            .flatten()
-            .chain(&self.offers)
+        [
+            &self.schema,
+            &self.placements,
+            &self.experiments,
+            &self.models,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(&self.offers)
     }
 }
 
@@ -140,6 +148,7 @@ impl Catalog {
         let schema_file = sources.schema.map(|f| d.add(f));
         let placements_file = sources.placements.map(|f| d.add(f));
         let experiments_file = sources.experiments.map(|f| d.add(f));
+        let models_file = sources.models.map(|f| d.add(f));
         let offer_files: Vec<usize> = sources.offers.into_iter().map(|f| d.add(f)).collect();
 
         let schema = schema_file
@@ -154,10 +163,21 @@ impl Catalog {
         // Each offers file is parsed here, once: its names are needed by rules of every
         // file before its offers are decoded.
         let offer_tops: Vec<_> = offer_files.iter().map(|&f| (f, d.parse(f))).collect();
+        // Models before any rule: `adaptive('id')` names them.
+        let models: Vec<Arc<crate::adaptive::Model>> = models_file
+            .filter(|_| schema_ok)
+            .and_then(|f| d.parse(f).ok())
+            .map(|top| models::decode(&mut d, &top, &schema))
+            .unwrap_or_default()
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let mut vocabulary = offers::vocabulary(&d, &offer_tops);
+        vocabulary.models = models.clone();
         let rules = Rules {
             schema: &schema,
             check: schema_ok,
-            vocabulary: offers::vocabulary(&d, &offer_tops),
+            vocabulary,
         };
 
         let experiments = experiments_file
@@ -197,6 +217,7 @@ impl Catalog {
         let mut formulas = expr::SharedFormulas::default();
         plan::build(&mut placements, &offers, &policy, &mut formulas);
         let (by_id, by_key) = Catalog::index_offers(&offers);
+        set_cells(&models, &offers, &placements);
         Ok(Catalog {
             by_id,
             by_key,
@@ -205,6 +226,7 @@ impl Catalog {
             offers,
             placements,
             experiments,
+            models,
             policy,
             clauses,
             formulas,
@@ -226,6 +248,7 @@ impl Catalog {
             schema: Some(file("schema.yaml".into(), schema)),
             placements: Some(file("placements.yaml".into(), placements)),
             experiments: Some(file("experiments.yaml".into(), experiments)),
+            models: None,
             offers: offers
                 .iter()
                 .enumerate()
@@ -235,13 +258,44 @@ impl Catalog {
     }
 }
 
+/// Gives every model a cell per offer whose formulas read it (per channel the offer is
+/// placed in, for a model that learns per channel).
+fn set_cells(models: &[Arc<crate::adaptive::Model>], offers: &[Offer], placements: &[Placement]) {
+    for model in models {
+        let mut keys = Vec::new();
+        for o in offers {
+            let reads = [&o.propensity, &o.value, &o.weight, &o.context_weight]
+                .iter()
+                .any(|f| f.models().iter().any(|m| Arc::ptr_eq(m, model)));
+            if !reads {
+                continue;
+            }
+            if model.per_channel {
+                for &p in o.content.keys() {
+                    keys.push((o.key, placements[p].channel_key));
+                }
+            } else {
+                keys.push((o.key, 0));
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        model.set_cells(keys);
+    }
+}
+
 /// A short content hash over every file, names included, in a fixed order.
 fn version(sources: &Sources) -> String {
     let mut h = Sha256::new();
-    let files = [&sources.schema, &sources.placements, &sources.experiments]
-        .into_iter()
-        .flatten()
-        .chain(&sources.offers);
+    let files = [
+        &sources.schema,
+        &sources.placements,
+        &sources.experiments,
+        &sources.models,
+    ]
+    .into_iter()
+    .flatten()
+    .chain(&sources.offers);
     for f in files {
         let name = Path::new(&f.path)
             .file_name()

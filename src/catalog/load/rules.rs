@@ -53,6 +53,13 @@ impl Rules<'_> {
         }
         let vocabulary = Some(&self.vocabulary);
         match Formula::compile_with(s, self.schema, field.as_str(), allow_offer, vocabulary) {
+            // A model learns from the outcomes of the offers it scores: in a placement's or
+            // an arm's score it would have none of its own.
+            Ok(formula) if !formula.models().is_empty() && !matches!(owner, Owner::Offer(_)) => {
+                let error = crate::expr::adaptive_outside_offer(s);
+                report(d, s, vec![error], field, owner);
+                None
+            }
             Ok(formula) => Some(formula),
             Err(errors) => {
                 report(d, s, errors, field, owner);

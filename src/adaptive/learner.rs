@@ -12,8 +12,8 @@
 //! same responses in the same order give the same weights bit for bit: on replay, after
 //! a restart and on every node of a cluster that applies them in stream order.
 //!
-//! Not wired into decisions yet: the catalog's model declarations, `adaptive(...)` in
-//! propensities and the updates from outcomes in journal order come next (issue 20).
+//! [`super`] puts it to work: the catalog's models, `adaptive('id')` in propensities and
+//! the updates from outcomes in journal order.
 
 /// How a model learns: its prior and how fast it forgets.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +48,26 @@ impl Probit {
         }
     }
 
+    /// A model whose prediction before any response is `rate` when `active` features are
+    /// set (a model's number of predictors): the weights' prior variance is split among
+    /// them (1 in all), so that the prior says `rate` however many predictors there are,
+    /// instead of drifting toward one half as more are set.
+    pub fn with_prior_rate_for(rate: f64, active: usize) -> Probit {
+        let (beta, bias_variance) = (1.0, 1.0);
+        let rate = rate.clamp(1e-9, 1.0 - 1e-9);
+        let (prior_variance, spread) = match active {
+            0 => (1.0, 0.0),
+            n => (1.0 / n as f64, 1.0),
+        };
+        Probit {
+            beta,
+            prior_variance,
+            forget: 0.0,
+            bias_mean: inverse_normal_cdf(rate) * (beta * beta + bias_variance + spread).sqrt(),
+            bias_variance,
+        }
+    }
+
     /// The prediction of a model that has seen nothing, for features none of which is
     /// set; the prior uncertainty of set features widens it toward one half.
     pub fn prior_rate(&self) -> f64 {
@@ -69,6 +89,7 @@ impl Probit {
                 width
             ],
             responses: 0,
+            positives: 0,
         }
     }
 
@@ -131,23 +152,25 @@ impl Probit {
             step(&mut w.features[i as usize], value, prior);
         }
         w.responses += 1;
+        w.positives += u64::from(positive);
     }
 }
 
 /// A weight's posterior.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gaussian {
     pub mean: f64,
     pub variance: f64,
 }
 
-/// One offer's model state: 16 bytes a feature, plus 48 (the bias, the vector, a count).
-#[derive(Debug, Clone, PartialEq)]
+/// One offer's model state: 16 bytes a feature, plus 56 (the bias, the vector, two counts).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Weights {
     pub bias: Gaussian,
     pub features: Vec<Gaussian>,
-    /// Responses learned.
+    /// Responses learned, and how many of them were positive.
     pub responses: u64,
+    pub positives: u64,
 }
 
 /// v(z) = φ(z) / Φ(z), the mean of a standard normal truncated below at −z, computed
