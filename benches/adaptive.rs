@@ -41,12 +41,13 @@ models:
     prior: 0.05
 ";
 
-/// A catalog of `n` offers in one placement, every propensity `propensity`.
-fn catalog(n: usize, propensity: &str) -> Catalog {
+/// A catalog of `n` offers in one placement, offer `i`'s propensity `propensity(i)`.
+fn catalog(n: usize, propensity: impl Fn(usize) -> String) -> Catalog {
     let mut offers = String::from("offers:\n");
     for i in 0..n {
         offers.push_str(&format!(
-            "  - id: o{i}\n    propensity: \"{propensity}\"\n    value: {}\n    content: {{ banner: {{ title: T }} }}\n",
+            "  - id: o{i}\n    propensity: \"{}\"\n    value: {}\n    content: {{ banner: {{ title: T }} }}\n",
+            propensity(i),
             10 + i
         ));
     }
@@ -71,11 +72,17 @@ fn catalog(n: usize, propensity: &str) -> Catalog {
 }
 
 fn decisions(c: &mut Criterion) {
-    // The fixed formula reads the same attributes as the model: segment, plan, tenure,
-    // spend, products and device.
-    let fixed = "0.02 + (customer.segment == 'gold' ? 0.03 : 0.0) + (customer.plan == 'plus' ? 0.01 : 0.0) \
-        + 0.001 * min(customer.tenure, 48) + 0.0002 * min(customer.spend, 80) \
-        + ('tv' in customer.products ? 0.02 : 0.0) + (context.device == 'mobile' ? 0.01 : 0.0)";
+    // The fixed formulas read the same attributes as the model (segment, plan, tenure,
+    // spend, products and device), each offer's its own, as trained ones are (a formula
+    // several offers share word for word is evaluated once a decision).
+    let fixed = |i: usize| {
+        format!(
+            "0.02 + (customer.segment == 'gold' ? 0.03 : 0.0) + (customer.plan == 'plus' ? 0.01 : 0.0) \
+             + 0.001 * min(customer.tenure, 48) + 0.0002 * min(customer.spend, 80) \
+             + ('tv' in customer.products ? 0.02 : 0.0) + (context.device == 'mobile' ? 0.01 : 0.0) + 0.000{i}"
+        )
+    };
+    let adaptive = |_: usize| "adaptive('response')".to_string();
     let customer = CustomerState {
         id: Some("c1".into()),
         attributes: vec![
@@ -89,7 +96,9 @@ fn decisions(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("decide_adaptive");
     for n in [10usize, 50] {
-        for (name, propensity) in [("fixed", fixed), ("adaptive", "adaptive('response')")] {
+        let kinds: [(&str, &dyn Fn(usize) -> String); 2] =
+            [("fixed", &fixed), ("adaptive", &adaptive)];
+        for (name, propensity) in kinds {
             let catalog = catalog(n, propensity);
             let p = catalog.placement("banner").expect("placement");
             let context = Context::for_placement(&catalog, p, vec![Value::Missing, Value::Enum(1)]);

@@ -219,8 +219,31 @@ pub struct Model {
     prior: Arc<Weights>,
     /// (offer key, channel key or 0) -> the weights decide reads; set once the catalog's
     /// offers are known.
-    cells: OnceLock<HashMap<(u32, u32), ArcSwap<Weights>>>,
+    cells: OnceLock<HashMap<(u32, u32), ArcSwap<Weights>, BuildKeys>>,
 }
+
+/// Hashes a cell's (offer key, channel key): both are hashes already (`schema::key`),
+/// so mixing them is enough, and a decision looks up one per adaptive offer.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(32) ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type BuildKeys = std::hash::BuildHasherDefault<KeyHasher>;
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -783,6 +783,66 @@ mod tests {
         );
     }
 
+    /// A format 2 journal reads as it was: its outcomes carried no inputs for adaptive
+    /// models (they read as unknown, so nothing is learned from them), and a format 3
+    /// outcome keeps the ones it carries.
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn format_2_outcomes_read_without_inputs() {
+        #[derive(Serialize)]
+        enum Old {
+            #[allow(dead_code)]
+            Upsert(()),
+            #[allow(dead_code)]
+            Forget(()),
+            Outcome(
+                (
+                    [u8; 16],
+                    String,
+                    EventKind,
+                    Option<f64>,
+                    i64,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                    i64,
+                ),
+            ),
+        }
+        let mut payload = 9u64.to_le_bytes().to_vec();
+        payload.push(FORMAT_2);
+        payload.extend(
+            postcard::to_allocvec(&Old::Outcome((
+                [1; 16],
+                "gold_card".into(),
+                EventKind::Impression,
+                None,
+                1_795_428_000_000,
+                Some("ada".into()),
+                Some("web".into()),
+                None,
+                1_795_428_001_000,
+            )))
+            .expect("serializes"),
+        );
+        let Ok((9, Record::Outcome(o))) = Record::decode(&payload) else {
+            panic!("a format 2 outcome decodes")
+        };
+        assert_eq!((o.accepted, o.inputs), (1_795_428_001_000, None));
+        let now = OutcomeRecord {
+            inputs: Some(vec![("customer.age".into(), Feature::Int(38))]),
+            ..o
+        };
+        let mut encoded = Vec::new();
+        Entry::Record(Record::Outcome(now.clone())).encode(&mut encoded);
+        let mut framed = 9u64.to_le_bytes().to_vec();
+        framed.extend(encoded);
+        assert_eq!(
+            Record::decode(&framed).expect("format 3"),
+            (9, Record::Outcome(now))
+        );
+    }
+
     /// The borrowed encoding of a pending decision is byte for byte the encoding of the
     /// owned record it stands for, for every placement of the sample catalog.
     #[test]
