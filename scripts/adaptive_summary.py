@@ -101,6 +101,8 @@ def main(work):
     print("\n== chi-square of the adaptive policy's logged propensities (seed 1, every event)")
     stat, dof, cells = chi_square(os.path.join(work, "1-adaptive.dsjson"))
     # The 0.1% critical values of chi-square for 1..10 degrees of freedom.
+    if not 1 <= dof <= 10:
+        sys.exit(f"the chi-square check needs 2 to 11 cells with 5 or more expected, found {dof + 1}")
     critical = [10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88, 29.59][dof - 1]
     print(f"  {stat:.2f} over {dof} degrees of freedom (0.1% critical value {critical}); observed vs expected: "
           + ", ".join(f"{o}/{x:.0f}" for o, x in cells))

@@ -1,4 +1,4 @@
-//! The online learner behind adaptive propensity models (issue 20, in progress): Bayesian
+//! The online learner behind adaptive propensity models (issue 20): Bayesian
 //! probit regression with a diagonal Gaussian posterior over the weights, updated one
 //! response at a time (AdPredictor: Graepel, Candela, Borchert and Herbrich, ICML 2010).
 //!

@@ -17,7 +17,8 @@
 //! per listed value; and each has one more, set when none of those is (unset with no
 //! default, another string, a set holding no listed member), as Pega's adaptive models
 //! bin missing values. So every predictor sets at least one feature, and a model with no
-//! responses predicts its prior rate whatever the customer.
+//! responses predicts its prior rate for every customer whose predictors set one feature
+//! each (a set holding several listed members sets more, which widens it toward 1/2).
 
 mod learner;
 
@@ -282,11 +283,19 @@ impl Model {
             p.offset = offset;
             offset += p.encoding.width();
         }
+        // What defines what it learns, by name (a slot moves when the schema gains an
+        // attribute; the model does not change for that).
+        let predictors: Vec<_> = def
+            .predictors
+            .iter()
+            .map(|p| (&p.name, &p.encoding, &p.default))
+            .collect();
         let fingerprint = xxhash_rust::xxh3::xxh3_64(
             format!(
                 "{:?}",
                 (
-                    &def.predictors,
+                    &def.id,
+                    predictors,
                     def.positive,
                     def.negative,
                     def.window,
@@ -528,7 +537,16 @@ impl Learning {
                 continue;
             }
             let closes = r.decided.saturating_add(model.window);
-            if r.accepted > closes {
+            // Closed by the journal's clock (which the outcome's own time may lag behind,
+            // when requests raced to the journal): learned already if it was waiting, and
+            // never opened again.
+            if closes < self.clock {
+                learned.skipped += 1;
+                continue;
+            }
+            // A model per channel needs the channel: an outcome of a decision the node did
+            // not remember, without one, would teach a cell no decision reads.
+            if model.per_channel && r.channel == 0 {
                 learned.skipped += 1;
                 continue;
             }
@@ -552,14 +570,17 @@ impl Learning {
                 learned.skipped += 1;
                 continue;
             };
-            if self.pending.len() >= MAX_PENDING {
-                learned.skipped += 1;
-                continue;
-            }
             let features = model.features_of_record(inputs);
             let resolved = positive || negative;
             if resolved {
                 self.update(model, cell, &features, positive, &mut learned);
+            }
+            // Past the bound an impression is not waited for (a response already learned
+            // is only not remembered: a second one of the same impression would teach
+            // again, which only a full table allows).
+            if self.pending.len() >= MAX_PENDING {
+                learned.skipped += u32::from(!resolved);
+                continue;
             }
             self.closing
                 .insert((closes, r.decision, r.offer, model.fingerprint));
@@ -618,6 +639,8 @@ impl Learning {
         let mut buf = [(0, 0.0); MAX_ACTIVE];
         let n = features.len().min(MAX_ACTIVE);
         for (b, &i) in buf.iter_mut().zip(&features[..n]) {
+            // Encoded by this model's predictors: below its width.
+            debug_assert!(i < model.width, "feature {i} of {}", model.width);
             *b = (i.min(model.width.saturating_sub(1)), 1.0);
         }
         model.probit.update(w, &buf[..n], positive);
@@ -665,10 +688,10 @@ impl Learning {
     /// Publishes these cells' weights to the models of the catalog in force.
     pub fn publish(&self, models: &[Arc<Model>], cells: &[CellKey]) {
         for cell in cells {
-            if let (Some(model), Some(w)) = (
-                models.iter().find(|m| m.fingerprint == cell.model),
-                self.cells.get(cell),
-            ) {
+            let Some(w) = self.cells.get(cell) else {
+                continue;
+            };
+            for model in models.iter().filter(|m| m.fingerprint == cell.model) {
                 model.publish((cell.offer, cell.channel), w.clone());
             }
         }

@@ -231,11 +231,11 @@ fn a_response_resolves_its_impression_once() {
     assert_eq!(got.negatives, 0);
     assert_eq!(l.pending(), 0);
     // A response with no impression before it is learned too.
-    let got = l.learn(
-        &all,
-        &all,
-        &response(4, EventKind::Reject, 1_000_040, &inputs),
-    );
+    let reject = Response {
+        decided: 1_990_000,
+        ..response(4, EventKind::Reject, 2_000_010, &inputs)
+    };
+    let got = l.learn(&all, &all, &reject);
     assert_eq!(got.negatives, 1);
 }
 
@@ -330,4 +330,27 @@ fn published_weights_are_what_decisions_predict_from() {
     assert!(m.predict(7, 3, &[], &[]) > 0.5);
     // An offer without a cell predicts from the prior.
     assert_eq!(m.predict(8, 3, &[], &[]), prior);
+}
+
+#[test]
+fn a_window_the_clock_closed_never_opens_again() {
+    let m = Arc::new(model(60_000));
+    let all = [Arc::clone(&m)];
+    let mut l = Learning::default();
+    l.learn(
+        &all,
+        &all,
+        &response(1, EventKind::Impression, 1_000_010, &[]),
+    );
+    // Another decision's outcome, journaled with a later time, closes the window.
+    let later = Response {
+        decided: 1_050_000,
+        ..response(2, EventKind::Click, 1_070_000, &[])
+    };
+    assert_eq!(l.learn(&all, &all, &later).negatives, 1);
+    // An accept whose own time is within the window but which reached the journal after
+    // it: the negative stands, and no second impression is opened.
+    let got = l.learn(&all, &all, &response(1, EventKind::Accept, 1_059_000, &[]));
+    assert_eq!((got.positives, got.skipped), (0, 1));
+    assert_eq!(l.pending(), 0);
 }

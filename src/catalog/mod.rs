@@ -763,7 +763,7 @@ impl std::fmt::Display for Expected {
             Expected::Forget => f.write_str("a number from 0 to 0.5"),
             Expected::ResponseWindow => f.write_str("a duration from `1m` to `365d`"),
             Expected::OutcomeKinds => f.write_str(
-                "a non-empty list of outcome kinds (impression, click, accept, reject, convert)",
+                "a non-empty list of distinct response kinds (click, accept, reject, convert; an impression opens the wait for one)",
             ),
             Expected::Bins => f.write_str("a non-empty list of increasing numbers"),
             Expected::Names => f.write_str("a non-empty list of distinct, non-empty strings"),

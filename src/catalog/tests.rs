@@ -718,7 +718,7 @@ fn model_errors_point_into_the_file() {
         "positive: [accept]",
         "positive: [accepted]",
         &[
-            "models.yaml:8:15: `positive` in model `response` must be a non-empty list of outcome kinds (impression, click, accept, reject, convert)",
+            "models.yaml:8:15: `positive` in model `response` must be a non-empty list of distinct response kinds (click, accept, reject, convert; an impression opens the wait for one)",
         ],
     );
     check(

@@ -44,9 +44,6 @@ pub struct LearningStatus {
     /// Per model and offer (and channel): responses, positives, and the prediction of the
     /// model with no feature set (its base rate now).
     pub cells: Vec<CellStatus>,
-    /// A digest of the learning state: equal on two nodes (or before and after a
-    /// restart) that learned the same.
-    pub digest: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,25 +79,20 @@ impl Db {
             return;
         }
         let mut inputs: Vec<(String, Feature)> = Vec::new();
-        {
-            for model in &models {
-                for p in &model.predictors {
-                    if inputs.iter().any(|(n, _)| *n == p.name) {
-                        continue;
-                    }
-                    let (values, schema) = match p.entity {
-                        Entity::Customer => (customer, &catalog.schema.customer),
-                        _ => (context, &catalog.schema.context),
-                    };
-                    let value = match values.get(p.slot as usize) {
-                        None | Some(Value::Missing) => &p.default,
-                        Some(v) => v,
-                    };
-                    let feature = schema.get(p.slot).and_then(|a| Feature::of(value, &a.ty));
-                    if let Some(f) = feature {
-                        inputs.push((p.name.clone(), f));
-                    }
-                }
+        for p in models.iter().flat_map(|m| &m.predictors) {
+            if inputs.iter().any(|(n, _)| *n == p.name) {
+                continue;
+            }
+            let (values, schema) = match p.entity {
+                Entity::Customer => (customer, &catalog.schema.customer),
+                _ => (context, &catalog.schema.context),
+            };
+            let value = match values.get(p.slot as usize) {
+                None | Some(Value::Missing) => &p.default,
+                Some(v) => v,
+            };
+            if let Some(f) = schema.get(p.slot).and_then(|a| Feature::of(value, &a.ty)) {
+                inputs.push((p.name.clone(), f));
             }
         }
         if let Ok(bytes) = postcard::to_allocvec(&inputs) {
@@ -134,6 +126,16 @@ impl Db {
         }
     }
 
+    /// Drops the predictor values kept for a forgotten customer's decisions (while the
+    /// recent decisions still say whose they are): no later outcome record carries them.
+    pub(super) fn forget_inputs(&self, customer: &str) {
+        self.inputs.retain(|id, _| {
+            self.decisions
+                .get(id)
+                .is_none_or(|r| r.customer() != customer)
+        });
+    }
+
     /// The values a decision's outcome record carries for the models of `offer`.
     pub(super) fn inputs_for(
         &self,
@@ -151,10 +153,12 @@ impl Db {
     /// Learns an outcome as journaled, in journal order: the caller holds the budget
     /// counters' lock (or replays).
     pub(super) fn learn(&self, r: &OutcomeRecord) {
+        // The lock first: a catalog swap holds it (`relearn`), so the view loaded under it
+        // is the one the swap left, never one it is replacing.
+        let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
         let view = self.view.load();
         let catalog = &view.catalog;
-        let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
-        if catalog.models.is_empty() && learning.pending() == 0 {
+        if catalog.models.is_empty() {
             return;
         }
         let models = catalog
@@ -219,8 +223,17 @@ impl Db {
             skipped: self.learned.skipped.load(Ordering::Relaxed),
             pending: learning.pending(),
             cells,
-            digest: learning.digest(),
         }
+    }
+
+    /// A digest of the learning state: equal on two nodes (or before and after a restart)
+    /// that learned the same. It serialises the whole state: for tests and tools, not
+    /// for every scrape.
+    pub fn learning_digest(&self) -> u64 {
+        self.learning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .digest()
     }
 
     /// Swaps the learning to a catalog's models, holding the lock learning takes: the

@@ -558,6 +558,7 @@ impl Db {
         let seq = permit.append(Entry::Record(record), true)?;
         let known = view.store.forget(id);
         drop(layout);
+        self.forget_inputs(id);
         self.decisions.retain(|_, r| r.customer() != id);
         self.forgotten
             .lock()
@@ -728,6 +729,7 @@ impl Db {
         self.outcomes
             .retain(|(d, _, _), _| uuid_time(Uuid::from_u128(*d)) >= cutoff);
         self.decisions.retain(|d, _| uuid_time(*d) >= cutoff);
+        self.inputs.retain(|d, _| uuid_time(*d) >= cutoff);
         // Budget counters exactly as of the rotation: no impression is counted while it
         // happens (see `budget`).
         // The rotation is queued holding the counters (no impression is counted in

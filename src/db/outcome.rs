@@ -19,7 +19,8 @@ pub(super) struct CheckedOutcome {
     pub(super) channel: Option<String>,
     /// The decision's predictor values, for an offer with adaptive models.
     pub(super) inputs: Option<Vec<(String, Feature)>>,
-    /// The offer has adaptive models: the outcome is learned from.
+    /// The catalog has adaptive models: the outcome goes through learning (every one does,
+    /// as on replay: any outcome moves the journal's clock that closes windows).
     pub(super) learns: bool,
 }
 
@@ -272,7 +273,7 @@ impl Db {
         if let (Some(c), Some(_)) = (&customer, &channel) {
             self.store().with(c, |_| ())?;
         }
-        let learns = !catalog.models.is_empty() && !catalog.models_of(index).is_empty();
+        let learns = !catalog.models.is_empty();
         Ok(CheckedOutcome {
             key: offer.key,
             group: offer.group.clone(),

@@ -328,7 +328,7 @@ pub(super) fn write_snapshot(
             .collect();
         put(w, &Item::Spending(counters))?;
         let (head, pending) = learning.to_snapshot();
-        if !head.cells.is_empty() || !pending.is_empty() {
+        if head.clock != 0 || !head.cells.is_empty() || !pending.is_empty() {
             put(w, &Item::Learning(head))?;
             for chunk in pending.chunks(CHUNK) {
                 put(w, &Item::Pending(chunk.to_vec()))?;
@@ -404,6 +404,7 @@ pub(super) fn restore(db: &mut Db) -> Result<Recovery, DbError> {
                 }));
                 db.outcomes.clear();
                 db.decisions.clear();
+                db.inputs.clear();
                 db.spending.lock().clear();
                 *db.learning.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
                 recovery.customers_loaded = 0;
@@ -646,6 +647,7 @@ pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedu
             if !newer {
                 store.forget(&r.customer);
             }
+            db.forget_inputs(&r.customer);
             db.decisions.retain(|_, d| *d.customer() != *r.customer);
             db.forgotten_at.insert(r.customer.as_str().into(), r.at);
             db.forgotten

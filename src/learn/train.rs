@@ -113,6 +113,12 @@ pub fn train(
             baseline_loss: None,
             skipped: None,
         };
+        if !offer.propensity.models().is_empty() {
+            // Learned online already: a batch formula would replace the model.
+            report.skipped = Some("its propensity is an adaptive model's".into());
+            offers.push(report);
+            continue;
+        }
         let Some(o) = log.offers.get(&offer.id) else {
             report.skipped = Some("never shown".into());
             offers.push(report);

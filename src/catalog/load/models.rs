@@ -289,8 +289,10 @@ impl<'n> Decode<'n> for KindList {
             let mut kinds = Kinds::default();
             for item in seq.iter() {
                 let s = item.as_scalar()?;
+                // An impression opens the wait for a response: it is neither.
                 let kind = EventKind::ALL
                     .into_iter()
+                    .filter(|k| *k != EventKind::Impression)
                     .find(|k| k.as_str() == s.as_str())?;
                 if kinds.contains(kind) {
                     return None;
