@@ -22,6 +22,7 @@
 
 mod learner;
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
@@ -410,6 +411,32 @@ impl Model {
     pub fn predict(&self, offer: u32, channel: u32, customer: &[Value], context: &[Value]) -> f64 {
         let mut buf = [(0, 0.0); MAX_ACTIVE];
         let x = self.features_of_values(customer, context, &mut buf);
+        self.predict_features(offer, channel, x)
+    }
+
+    /// The same, with the features encoded once per decision: the first offer that reads
+    /// this model fills `memo`, the others read it (a decision's customer and context do
+    /// not change between its offers).
+    #[inline]
+    pub fn predict_memo(
+        &self,
+        offer: u32,
+        channel: u32,
+        customer: &[Value],
+        context: &[Value],
+        memo: &FeatureMemo,
+    ) -> f64 {
+        let me = self as *const Model as usize;
+        let mut buf = memo.buf.borrow_mut();
+        if memo.model.get() != me {
+            let n = self.features_of_values(customer, context, &mut buf).len();
+            memo.n.set(n);
+            memo.model.set(me);
+        }
+        self.predict_features(offer, channel, &buf[..memo.n.get()])
+    }
+
+    fn predict_features(&self, offer: u32, channel: u32, x: &[(u32, f64)]) -> f64 {
         let cell = self
             .cells
             .get()
@@ -423,6 +450,32 @@ impl Model {
     /// The names of the attributes it reads.
     pub fn reads(&self) -> impl Iterator<Item = &str> {
         self.predictors.iter().map(|p| p.name.as_str())
+    }
+}
+
+/// One decision's features of the model it last encoded them for (by address: the
+/// memo lives no longer than the decision, and the catalog and its models outlive it).
+pub struct FeatureMemo {
+    model: Cell<usize>,
+    n: Cell<usize>,
+    buf: RefCell<[(u32, f64); MAX_ACTIVE]>,
+}
+
+impl std::fmt::Debug for FeatureMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeatureMemo")
+            .field("n", &self.n.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FeatureMemo {
+    fn default() -> FeatureMemo {
+        FeatureMemo {
+            model: Cell::new(0),
+            n: Cell::new(0),
+            buf: RefCell::new([(0, 0.0); MAX_ACTIVE]),
+        }
     }
 }
 

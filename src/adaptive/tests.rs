@@ -2,7 +2,11 @@ use super::*;
 use crate::schema::AttrType;
 
 fn model(window: i64) -> Model {
-    Model::new(Definition {
+    Model::new(definition(window))
+}
+
+fn definition(window: i64) -> Definition {
+    Definition {
         id: "m".into(),
         description: None,
         predictors: vec![
@@ -45,7 +49,7 @@ fn model(window: i64) -> Model {
         per_channel: false,
         prior_rate: 0.1,
         probit: Probit::with_prior_rate_for(0.1, 4),
-    })
+    }
 }
 
 #[test]
@@ -353,4 +357,49 @@ fn a_window_the_clock_closed_never_opens_again() {
     let got = l.learn(&all, &all, &response(1, EventKind::Accept, 1_059_000, &[]));
     assert_eq!((got.positives, got.skipped), (0, 1));
     assert_eq!(l.pending(), 0);
+}
+
+#[test]
+fn a_decisions_memo_predicts_as_encoding_afresh_for_each_model() {
+    // Two models with different features, read in turn by the offers of one decision:
+    // each read through the memo is the prediction of the model's own features.
+    let a = Arc::new(model(60_000));
+    let mut def = definition(60_000);
+    def.id = "b".into();
+    def.predictors.remove(0);
+    def.probit = Probit::with_prior_rate_for(0.3, 3);
+    def.prior_rate = 0.3;
+    let b = Arc::new(Model::new(def));
+    a.set_cells([(7, 0), (8, 0)]);
+    b.set_cells([(7, 0)]);
+    let all = [Arc::clone(&a)];
+    let mut l = Learning::default();
+    let inputs = [(
+        "customer.segment".to_string(),
+        Feature::Enum("premium".into()),
+    )];
+    for d in 0..5u128 {
+        let got = l.learn(
+            &all,
+            &all,
+            &response(d, EventKind::Accept, 1_000_010, &inputs),
+        );
+        l.publish(&all, &got.changed);
+    }
+    let customer = [Value::Enum(1), Value::Int(30), Value::set(["tv"])];
+    let context = [Value::Str("billing".into())];
+    let memo = FeatureMemo::default();
+    for (m, offer) in [(&a, 7), (&b, 7), (&a, 8), (&a, 7), (&b, 9)] {
+        let fresh = m.predict(offer, 0, &customer, &context);
+        assert_eq!(
+            m.predict_memo(offer, 0, &customer, &context, &memo),
+            fresh,
+            "{} {offer}",
+            m.id
+        );
+    }
+    assert_ne!(
+        a.predict(7, 0, &customer, &context),
+        b.predict(7, 0, &customer, &context)
+    );
 }

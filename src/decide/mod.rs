@@ -329,8 +329,10 @@ pub fn decide(
     };
     let events = customer.history.events();
     // Shared clauses and formulas read no history: one environment serves every offer.
-    let shared_env =
-        Env::new(&customer.attributes, &context.values, &[], now).with_history(events, 0, 0, 0);
+    let features = crate::adaptive::FeatureMemo::default();
+    let shared_env = Env::new(&customer.attributes, &context.values, &[], now)
+        .with_history(events, 0, 0, 0)
+        .with_memo(&features);
     let plan = &p.plan;
     // The offers to visit: those the placement's index (`catalog::plan::Index`) admits,
     // or every one where there is no index or the decision explains itself (it says why

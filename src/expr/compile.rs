@@ -742,7 +742,13 @@ fn compile_float_raw(ir: &Ir) -> FloatFn {
         Ir::Adaptive(model) => {
             let model = Arc::clone(model);
             Box::new(move |env| {
-                Some(model.predict(env.offer, env.channel, env.entities[0], env.entities[1]))
+                let (customer, context) = (env.entities[0], env.entities[1]);
+                Some(match env.memo {
+                    Some(memo) => {
+                        model.predict_memo(env.offer, env.channel, customer, context, memo)
+                    }
+                    None => model.predict(env.offer, env.channel, customer, context),
+                })
             })
         }
         Ir::Const(v) => {

@@ -26,6 +26,7 @@ pub use error::{ExprError, ExprErrorKind, did_you_mean};
 pub use ir::{FUNCTIONS, Ty};
 pub use parse::parse;
 
+use crate::adaptive::FeatureMemo;
 use crate::schema::{Event, Schema, Value};
 use std::sync::Arc;
 
@@ -44,6 +45,8 @@ pub struct Env<'a> {
     offer: u32,
     group: u32,
     channel: u32,
+    /// Where a decision keeps the features its adaptive models encoded, for its offers.
+    memo: Option<&'a FeatureMemo>,
 }
 
 impl<'a> Env<'a> {
@@ -60,6 +63,15 @@ impl<'a> Env<'a> {
             offer: 0,
             group: 0,
             channel: 0,
+            memo: None,
+        }
+    }
+
+    /// The same, with a decision's memo of the features its models encode.
+    pub fn with_memo(self, memo: &'a FeatureMemo) -> Env<'a> {
+        Env {
+            memo: Some(memo),
+            ..self
         }
     }
 
