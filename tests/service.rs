@@ -396,6 +396,7 @@ async fn decisions_outcomes_and_customers_round_trip() {
         "nextbest_model_base_rate{",
         "offer=\"tv_bundle\"",
         "nextbest_model_outcomes_total{result=\"positive\"} 0",
+        "nextbest_model_maturity{",
         // The process's own, from /proc.
         "process_resident_memory_bytes ",
         "process_open_fds ",
@@ -519,6 +520,26 @@ async fn reload_swaps_a_good_catalog_and_keeps_the_running_one_on_errors() {
         .expect("catalog")
         .into_inner();
     assert_eq!(before.offers, 23);
+    // The sample's adaptive model, as declared, with a cell for each offer reading it.
+    let [model] = &before.models[..] else {
+        panic!("one model: {:?}", before.models);
+    };
+    assert_eq!(model.id, "cross_sell");
+    assert_eq!(model.predictors[0], "customer.segment");
+    assert_eq!(
+        (model.positive.clone(), model.negative.clone()),
+        (
+            vec!["accept".to_string(), "convert".into()],
+            vec!["reject".to_string()]
+        )
+    );
+    assert_eq!((model.window_seconds, model.prior), (7 * 86_400, 0.07));
+    let offers: Vec<&str> = model.cells.iter().map(|c| c.offer_id.as_str()).collect();
+    assert_eq!(offers, ["streaming_addon", "tv_bundle"]);
+    let cell = &model.cells[0];
+    assert_eq!((cell.responses, cell.maturity, cell.auc), (0, 0.0, None));
+    // With no feature weighed, below the prior a customer's predictors add up to.
+    assert!(cell.base_rate > 0.0 && cell.base_rate < 0.07, "{cell:?}");
 
     let offers = server.rules.path().join("offers/service.yaml");
     let text = std::fs::read_to_string(&offers).expect("read");

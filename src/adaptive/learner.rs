@@ -96,8 +96,13 @@ impl Probit {
     /// The probability of a positive response for these features (index into the
     /// weights, value), under the posterior's uncertainty.
     pub fn predict(&self, w: &Weights, x: &[(u32, f64)]) -> f64 {
+        normal_cdf(self.z(w, x))
+    }
+
+    /// The probit score the prediction is Φ of.
+    pub fn z(&self, w: &Weights, x: &[(u32, f64)]) -> f64 {
         let (mean, variance) = self.score(w, x);
-        normal_cdf(mean / variance.sqrt())
+        mean / variance.sqrt()
     }
 
     /// The latent score's mean and variance (the noise β² included).

@@ -21,6 +21,7 @@
 //! each (a set holding several listed members sets more, which widens it toward 1/2).
 
 mod learner;
+pub mod monitor;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -30,6 +31,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 pub use self::learner::{Gaussian, Probit, Weights, inverse_normal_cdf, normal_cdf};
+pub use self::monitor::Monitor;
 use crate::schema::{Entity, EventKind, Feature, Value};
 
 /// At most this many features are set for one decision (what `models.yaml` checks): the
@@ -538,6 +540,8 @@ pub const MAX_PENDING: usize = 4_000_000;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Learning {
     cells: BTreeMap<CellKey, Weights>,
+    /// How well each cell predicted the responses it learned from.
+    monitors: BTreeMap<CellKey, Monitor>,
     pending: HashMap<(u128, u32, u64), Pending>,
     closing: BTreeSet<(i64, u128, u32, u64)>,
     /// The latest acceptance time learned from: windows close by it, not by a timer.
@@ -696,6 +700,11 @@ impl Learning {
             debug_assert!(i < model.width, "feature {i} of {}", model.width);
             *b = (i.min(model.width.saturating_sub(1)), 1.0);
         }
+        let z = model.probit.z(w, &buf[..n]);
+        self.monitors
+            .entry(cell)
+            .or_default()
+            .record(z, normal_cdf(z), positive);
         model.probit.update(w, &buf[..n], positive);
         if positive {
             learned.positives += 1;
@@ -713,6 +722,7 @@ impl Learning {
         let keep = |f: u64| models.iter().any(|m| m.fingerprint == f);
         let before = self.cells.len();
         self.cells.retain(|k, _| keep(k.model));
+        self.monitors.retain(|k, _| keep(k.model));
         self.pending.retain(|k, _| keep(k.2));
         self.closing.retain(|k| keep(k.3));
         before - self.cells.len()
@@ -763,6 +773,21 @@ impl Learning {
         )
     }
 
+    /// How well a cell predicted what it learned from, if it learned anything.
+    pub fn monitor(&self, cell: &CellKey) -> Option<&Monitor> {
+        self.monitors.get(cell)
+    }
+
+    /// The snapshot's copy of the monitors, in key order.
+    pub fn monitors_snapshot(&self) -> Vec<(CellKey, Monitor)> {
+        self.monitors.iter().map(|(k, m)| (*k, m.clone())).collect()
+    }
+
+    /// Restores monitors a snapshot held.
+    pub fn restore_monitors(&mut self, monitors: Vec<(CellKey, Monitor)>) {
+        self.monitors.extend(monitors);
+    }
+
     /// Restores a snapshot's head.
     pub fn restore_head(&mut self, head: LearningHead) {
         self.clock = head.clock;
@@ -785,6 +810,7 @@ impl Learning {
         let (head, pending) = self.to_snapshot();
         bytes.extend(postcard::to_allocvec(&head).unwrap_or_default());
         bytes.extend(postcard::to_allocvec(&pending).unwrap_or_default());
+        bytes.extend(postcard::to_allocvec(&self.monitors_snapshot()).unwrap_or_default());
         xxhash_rust::xxh3::xxh3_64(&bytes)
     }
 }

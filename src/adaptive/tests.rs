@@ -287,6 +287,7 @@ fn a_snapshot_restores_the_state_exactly() {
     let mut back = Learning::default();
     back.restore_head(head);
     back.restore_pending(pending);
+    back.restore_monitors(l.monitors_snapshot());
     assert_eq!(back, l);
     assert_eq!(back.digest(), l.digest());
     // And both go on alike.

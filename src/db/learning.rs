@@ -17,7 +17,7 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::adaptive::{Learned, Learning};
+use crate::adaptive::{CellKey, Learned, Learning, Monitor};
 use crate::catalog::OfferIdx;
 use crate::journal::DecisionRecord;
 use crate::schema::{Entity, Feature};
@@ -55,6 +55,15 @@ pub struct CellStatus {
     pub responses: u64,
     pub positives: u64,
     pub base_rate: f64,
+    /// Rolling (a half-life of `adaptive::monitor::HALF_LIFE` responses), each response
+    /// scored before it was learned from: the AUC (`None` without both positives and
+    /// negatives), the calibration (positive rate over mean prediction; 1 is calibrated)
+    /// and the decayed count of responses they weigh.
+    pub auc: Option<f64>,
+    pub calibration: Option<f64>,
+    pub recent: f64,
+    /// Positives over 200, at most 1 (`adaptive::monitor::maturity`).
+    pub maturity: f64,
 }
 
 impl Db {
@@ -193,16 +202,21 @@ impl Db {
         let learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
         let mut cells = Vec::new();
         for model in &catalog.models {
-            for ((offer, channel), w) in model.cells() {
+            for ((offer, channel_key), w) in model.cells() {
                 let Some(o) = catalog.offer_by_key(offer) else {
                     continue;
                 };
-                let channel = (channel != 0).then(|| {
+                let channel = (channel_key != 0).then(|| {
                     catalog
                         .placements
                         .iter()
-                        .find(|p| p.channel_key == channel)
-                        .map_or_else(|| format!("{channel:08x}"), |p| p.channel.clone())
+                        .find(|p| p.channel_key == channel_key)
+                        .map_or_else(|| format!("{channel_key:08x}"), |p| p.channel.clone())
+                });
+                let monitor = learning.monitor(&CellKey {
+                    model: model.fingerprint,
+                    offer,
+                    channel: channel_key,
                 });
                 cells.push(CellStatus {
                     model: model.id.clone(),
@@ -211,6 +225,10 @@ impl Db {
                     responses: w.responses,
                     positives: w.positives,
                     base_rate: model.probit.predict(&w, &[]),
+                    auc: monitor.and_then(Monitor::auc),
+                    calibration: monitor.and_then(Monitor::calibration),
+                    recent: monitor.map_or(0.0, Monitor::weight),
+                    maturity: crate::adaptive::monitor::maturity(w.positives),
                 });
             }
         }

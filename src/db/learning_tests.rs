@@ -200,6 +200,16 @@ fn models_learn_from_outcomes_and_restarts_and_replays_learn_the_same() {
             .find(|c| c.offer == "card")
             .expect("card learned");
         assert!(card.responses > 50, "{card:?}");
+        // Scored before it learned each response, it ranked takers above the rest, and
+        // its predictions were about as high as the rates it met.
+        let auc = card.auc.expect("positives and negatives");
+        assert!(auc > 0.6, "{card:?}");
+        let calibration = card.calibration.expect("responses");
+        assert!((0.6..1.6).contains(&calibration), "{card:?}");
+        // Decayed, with a half-life of 1000 responses.
+        let n = card.responses as f64;
+        assert!(card.recent <= n && card.recent > 0.9 * n, "{card:?}");
+        assert_eq!(card.maturity, (card.positives as f64 / 200.0).min(1.0));
         // It learned who takes the card (its features add up: it cannot say 60% for gold
         // on mobile and 5% for either alone, but it ranks them).
         let (hot, cold) = (card_rate(&db, true, true), card_rate(&db, false, false));

@@ -89,6 +89,8 @@ enum Item {
     Learning(crate::adaptive::LearningHead),
     /// Impressions waiting for their window to close, after `Learning`, in chunks.
     Pending(Vec<crate::adaptive::Pending>),
+    /// How well each cell of the adaptive models predicted, after `Pending`, in chunks.
+    Monitors(Vec<(crate::adaptive::CellKey, crate::adaptive::Monitor)>),
 }
 
 /// Where a cluster node's state stands in its cluster's write stream: the stream (its
@@ -333,6 +335,9 @@ pub(super) fn write_snapshot(
             for chunk in pending.chunks(CHUNK) {
                 put(w, &Item::Pending(chunk.to_vec()))?;
             }
+            for chunk in learning.monitors_snapshot().chunks(CHUNK / 64) {
+                put(w, &Item::Monitors(chunk.to_vec()))?;
+            }
         }
         put(
             w,
@@ -562,6 +567,11 @@ fn load_snapshot(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .restore_pending(pending),
+            Item::Monitors(monitors) => db
+                .learning
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore_monitors(monitors),
             Item::Stream(mark) => recovery.stream = Some(mark),
             Item::Catalog(catalog) => recovery.catalog = Some(catalog),
             Item::Customers(about) => {

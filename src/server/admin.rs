@@ -99,7 +99,44 @@ impl AdminService for Service {
             let db = self.node.db();
             let catalog = db.catalog();
             let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            let status = if catalog.models.is_empty() {
+                crate::db::LearningStatus::default()
+            } else {
+                db.learning_status()
+            };
+            let kinds = |k: crate::adaptive::Kinds| k.iter().map(|k| k.as_str().into()).collect();
+            let models = catalog
+                .models
+                .iter()
+                .map(|m| proto::ModelInfo {
+                    id: m.id.clone(),
+                    description: m.description.clone().unwrap_or_default(),
+                    predictors: m.reads().map(Into::into).collect(),
+                    positive: kinds(m.positive),
+                    negative: kinds(m.negative),
+                    window_seconds: u64::try_from(m.window / 1000).unwrap_or(0),
+                    prior: m.prior_rate,
+                    per_channel: m.per_channel,
+                    cells: status
+                        .cells
+                        .iter()
+                        .filter(|c| c.model == m.id)
+                        .map(|c| proto::ModelCell {
+                            offer_id: c.offer.clone(),
+                            channel: c.channel.clone().unwrap_or_default(),
+                            responses: c.responses,
+                            positives: c.positives,
+                            base_rate: c.base_rate,
+                            auc: c.auc,
+                            calibration: c.calibration,
+                            recent_responses: c.recent,
+                            maturity: c.maturity,
+                        })
+                        .collect(),
+                })
+                .collect();
             Ok(Response::new(proto::CatalogInfo {
+                models,
                 version: catalog.version.to_string(),
                 loaded_at: Some(timestamp(self.node.loaded_at.load(Ordering::Relaxed))),
                 offers: count(catalog.offers.len()),

@@ -588,7 +588,7 @@ struct ModelFigures {
 
 /// Name, help, type and labels of each family, in the order `ModelFigures::collect`
 /// builds them.
-const MODEL_FIGURES: [(&str, &str, MetricType, &[&str]); 5] = [
+const MODEL_FIGURES: [(&str, &str, MetricType, &[&str]); 8] = [
     (
         "nextbest_model_responses",
         "Responses an adaptive model learned for an offer (positive and negative).",
@@ -604,6 +604,24 @@ const MODEL_FIGURES: [(&str, &str, MetricType, &[&str]); 5] = [
     (
         "nextbest_model_base_rate",
         "An adaptive model's predicted response rate for an offer with no feature weighed: where it stands now.",
+        MetricType::GAUGE,
+        &["model", "offer", "channel"],
+    ),
+    (
+        "nextbest_model_auc",
+        "An adaptive model's rolling AUC for an offer: each response scored before it was learned from, recent ones weighed most (half-life 1000 responses); absent until it has positives and negatives.",
+        MetricType::GAUGE,
+        &["model", "offer", "channel"],
+    ),
+    (
+        "nextbest_model_calibration",
+        "An adaptive model's rolling calibration for an offer: the positive rate of its recent responses over their mean prediction (1 is calibrated, above 1 predicts too low).",
+        MetricType::GAUGE,
+        &["model", "offer", "channel"],
+    ),
+    (
+        "nextbest_model_maturity",
+        "An adaptive model's maturity for an offer: its positives over 200, at most 1.",
         MetricType::GAUGE,
         &["model", "offer", "channel"],
     ),
@@ -671,25 +689,28 @@ impl prometheus::core::Collector for ModelFigures {
             );
             m
         };
-        let per_cell = |value: fn(&crate::db::CellStatus) -> f64| {
+        let per_cell = |value: fn(&crate::db::CellStatus) -> Option<f64>| {
             status
                 .cells
                 .iter()
-                .map(|c| {
+                .filter_map(|c| {
                     let channel = c.channel.as_deref().unwrap_or("");
                     let labels = [
                         ("model", c.model.as_str()),
                         ("offer", c.offer.as_str()),
                         ("channel", channel),
                     ];
-                    labelled(&labels, value(c), true)
+                    Some(labelled(&labels, value(c)?, true))
                 })
                 .collect::<Vec<_>>()
         };
         let metrics = [
-            per_cell(|c| c.responses as f64),
-            per_cell(|c| c.positives as f64),
-            per_cell(|c| c.base_rate),
+            per_cell(|c| Some(c.responses as f64)),
+            per_cell(|c| Some(c.positives as f64)),
+            per_cell(|c| Some(c.base_rate)),
+            per_cell(|c| c.auc),
+            per_cell(|c| c.calibration),
+            per_cell(|c| Some(c.maturity)),
             [
                 ("positive", status.positives),
                 ("negative", status.negatives),
