@@ -1723,3 +1723,115 @@ fn a_forgotten_customer_leaves_no_trace_in_any_nodes_or_servers_files() {
     // Every round decided once per node, and one more beside the forgotten customer's.
     assert_eq!(summary["decisions"], 3 * round + 1, "{summary}");
 }
+
+#[test]
+fn adaptive_models_learn_alike_on_every_node_from_outcomes_taken_by_any() {
+    let Some(_turn) = have_nats() else {
+        return;
+    };
+    let nats = NatsCluster::start(3);
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| Node::start(&nats, &format!("node-{i}"), dirs[i].path(), &[]))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    bounded(&runtime, &nodes, async {
+        let mut customers = nodes[0].customers().await;
+        let mut deciders = nodes[0].decisions().await;
+        let mut takers = nodes[1].decisions().await;
+        let mut last = 0;
+        let mut taught = 0;
+        for c in 0..40usize {
+            // TV customers: the sample's `streaming_addon` (adaptive) is theirs.
+            let id = format!("tv{c}");
+            let written = customers
+                .upsert(proto::UpsertRequest {
+                    customer_id: id.clone(),
+                    attributes: [
+                        ("tenure_months".to_string(), int(c as i64)),
+                        (
+                            "products".to_string(),
+                            proto::Value {
+                                kind: Some(Kind::StringList(proto::StringList {
+                                    values: vec!["tv".into()],
+                                })),
+                            },
+                        ),
+                    ]
+                    .into(),
+                })
+                .await
+                .expect("upsert")
+                .into_inner()
+                .position;
+            // Decided on one node, its outcome taken by the other, which knows the
+            // decision (and the values its model read) from the decisions stream only.
+            let decision = deciders
+                .decide(proto::DecideRequest {
+                    customer_id: id.clone(),
+                    placement: "web.home_banner".into(),
+                    min_position: written,
+                    ..Default::default()
+                })
+                .await
+                .expect("decide")
+                .into_inner();
+            let Some(shown) = decision
+                .offers
+                .iter()
+                .find(|o| o.offer_id == "streaming_addon")
+            else {
+                continue;
+            };
+            let kind = if c % 3 == 0 {
+                proto::OutcomeKind::Accept
+            } else {
+                proto::OutcomeKind::Reject
+            };
+            let outcome = proto::Outcome {
+                decision_id: decision.decision_id.clone(),
+                offer_id: shown.offer_id.clone(),
+                kind: kind as i32,
+                ..Default::default()
+            };
+            // The taking node waits for the decision to reach it through the decisions
+            // stream (`await_decisions`).
+            let ack = takers
+                .record_outcome(outcome)
+                .await
+                .expect("outcome")
+                .into_inner();
+            last = last.max(ack.position);
+            taught += 1;
+        }
+        assert!(taught >= 10, "streaming_addon shown {taught} times of 40");
+        // The digests, which include the learning state, agree.
+        converged(&nodes.iter().collect::<Vec<_>>(), last).await;
+        let mut figures = Vec::new();
+        for n in &nodes {
+            let catalog = n
+                .admin()
+                .await
+                .get_catalog(proto::GetCatalogRequest {})
+                .await
+                .expect("catalog")
+                .into_inner();
+            let cell = catalog.models[0]
+                .cells
+                .iter()
+                .find(|c| c.offer_id == "streaming_addon")
+                .cloned()
+                .expect("a cell");
+            figures.push((
+                cell.responses,
+                cell.positives,
+                cell.base_rate.to_bits(),
+                metric(n, "nextbest_model_outcomes_total{result=\"skipped\"}"),
+            ));
+        }
+        // Every outcome taught, on both nodes, the same to the bit.
+        assert_eq!(figures[0], figures[1]);
+        assert_eq!(figures[0].0, taught as u64, "{figures:?}");
+        assert_eq!(figures[0].3, 0.0, "{figures:?}");
+    });
+}

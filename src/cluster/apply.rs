@@ -297,14 +297,25 @@ pub(super) async fn decisions(cluster: Arc<Cluster>, from: u64) {
                 continue;
             }
             next = position + 1;
-            // A batch of decisions, as journal frames.
+            // A batch of decisions, as journal frames. With adaptive models a decision is
+            // read whole: its predictors' values are kept for its outcomes' records.
+            let whole = !cluster.db.catalog().models.is_empty();
             for frame in crate::storage::segment::frames(&message.payload) {
-                let Some(decision) = frame.and_then(|f| Record::decode_payload_for_replay(f).ok())
-                else {
+                let remembered = frame.and_then(|f| {
+                    if whole {
+                        if let Record::Decision(d) = Record::decode_payload(f).ok()? {
+                            cluster.db.remember_replicated_record(&d);
+                        }
+                    } else {
+                        let decision = Record::decode_payload_for_replay(f).ok()?;
+                        cluster.db.remember_replicated(decision);
+                    }
+                    Some(())
+                });
+                if remembered.is_none() {
                     cluster.stats.undecodable.fetch_add(1, Ordering::Relaxed);
                     break;
-                };
-                cluster.db.remember_replicated(decision);
+                }
                 cluster
                     .stats
                     .decisions_remembered

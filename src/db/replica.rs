@@ -11,7 +11,7 @@
 
 use super::*;
 use crate::decide::BudgetScope;
-use crate::journal::Replayed;
+use crate::journal::{DecisionRecord, Replayed};
 
 /// Where a cluster node's decisions go instead of its journal. `send` never waits: a
 /// full queue refuses (the decision is answered and counted unlogged, as a full journal
@@ -51,8 +51,8 @@ pub struct StateDigest {
     pub customers: u64,
     pub outcomes: u64,
     /// Hex of a hash over every part: customers (ids and packed records, histories
-    /// and sequence numbers included), outcome identities, budget counters and the
-    /// catalog version.
+    /// and sequence numbers included), outcome identities, budget counters, the
+    /// catalog version and the adaptive models' learning state.
     pub digest: String,
 }
 
@@ -126,6 +126,33 @@ impl Db {
         }
     }
 
+    /// As [`Db::remember_replicated`], of a whole decision record: with adaptive models
+    /// in force, the values of their predictors are kept as well, so that an outcome
+    /// accepted here of a decision another node made carries them in its record (and
+    /// teaches every node alike).
+    pub fn remember_replicated_record(&self, record: &DecisionRecord) {
+        let Some(customer) = &record.customer else {
+            return;
+        };
+        let id = record.decision_id();
+        if self
+            .forgotten_at
+            .get(&Box::from(customer.as_str()))
+            .is_some_and(|at| uuid_time(id) <= at)
+        {
+            return;
+        }
+        self.keep_record_inputs(&self.catalog(), record);
+        self.decisions.insert(
+            id,
+            Recent::with_shown(
+                customer,
+                key(&record.channel),
+                record.shown.iter().map(|s| key(&s.offer)),
+            ),
+        );
+    }
+
     /// Whether the decision is remembered here (its outcomes find its customer).
     pub fn remembers(&self, decision: Uuid) -> bool {
         self.decisions.get(&decision).is_some()
@@ -188,6 +215,7 @@ impl Db {
             h.update(&part.to_le_bytes());
         }
         h.update(view.catalog.version.as_bytes());
+        h.update(&self.learning_digest().to_le_bytes());
         StateDigest {
             customers,
             outcomes: identities.len() as u64,
