@@ -333,8 +333,10 @@ fn report_counts_what_the_simulation_did() {
         "2",
         "--customers",
         "400",
+        // Past the sample model's 7-day window, so impressions without a response are
+        // learned as negatives.
         "--days",
-        "7",
+        "10",
         "--json",
     ]))
     .expect("json");
@@ -397,13 +399,34 @@ fn report_counts_what_the_simulation_did() {
             .expect("verdict")
             .contains("p = ")
     );
+    // The sample's adaptive model, learned again from the journal: a cell per offer
+    // reading it, with what the simulated node learned.
+    let models = r["models"].as_array().expect("models");
+    let cells: Vec<&str> = models
+        .iter()
+        .map(|c| c["offer"].as_str().expect("offer"))
+        .collect();
+    assert_eq!(cells, ["streaming_addon", "tv_bundle"]);
+    for c in models {
+        let (n, k) = (
+            c["responses"].as_u64().expect("n"),
+            c["positives"].as_u64().expect("k"),
+        );
+        assert!(n > 20 && k > 0 && k < n, "{c}");
+        let auc = c["auc"].as_f64().expect("auc");
+        assert!(auc > 0.5 && auc < 1.0, "{c}");
+        let calibration = c["calibration"].as_f64().expect("calibration");
+        assert!((0.5..2.0).contains(&calibration), "{c}");
+        assert_eq!(c["maturity"].as_f64(), Some((k as f64 / 200.0).min(1.0)));
+    }
     let page = std::fs::read_to_string(&html).expect("html");
     assert_eq!(
         page.matches("<svg").count(),
-        4,
-        "arms, channels, days, offers"
+        5,
+        "arms, channels, days, offers, the model's reliability"
     );
     assert!(page.contains("Challenger vs champion") && page.contains("roaming_pass"));
+    assert!(page.contains("Reliability of `cross_sell`"));
 }
 
 /// A candidate that shows an offer the logging catalog never had cannot be judged on

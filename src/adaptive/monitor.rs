@@ -47,7 +47,7 @@ impl Default for Monitor {
 }
 
 /// One bin of a reliability curve: responses whose prediction fell in it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Reliability {
     /// The mean prediction, and the share of them that were positive.
     pub predicted: f64,

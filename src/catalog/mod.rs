@@ -66,6 +66,25 @@ impl Catalog {
         self.by_id.get(id).copied()
     }
 
+    /// Learns one outcome into `learning` by the models of its offer, closing on the way
+    /// the windows of every model of the catalog its time passes (see
+    /// `adaptive::Learning::learn`): the one way the node, replay, `evaluate` and
+    /// `report` learn. Nothing for a catalog without models.
+    pub fn learn(
+        &self,
+        learning: &mut crate::adaptive::Learning,
+        r: &crate::adaptive::Response<'_>,
+    ) -> crate::adaptive::Learned {
+        if self.models.is_empty() {
+            return Default::default();
+        }
+        let models = self
+            .offer_by_key(r.offer)
+            .map(|i| self.models_of(i))
+            .unwrap_or_default();
+        learning.learn(&self.models, &models, r)
+    }
+
     /// The adaptive models an offer's formulas read: the ones its outcomes teach.
     pub fn models_of(&self, offer: OfferIdx) -> Vec<std::sync::Arc<crate::adaptive::Model>> {
         let o = &self.offers[offer];

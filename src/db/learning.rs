@@ -46,7 +46,7 @@ pub struct LearningStatus {
     pub cells: Vec<CellStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CellStatus {
     pub model: String,
     pub offer: String,
@@ -64,6 +64,51 @@ pub struct CellStatus {
     pub recent: f64,
     /// Positives over 200, at most 1 (`adaptive::monitor::maturity`).
     pub maturity: f64,
+    /// The rolling reliability curve, lowest prediction first.
+    pub reliability: Vec<crate::adaptive::monitor::Reliability>,
+}
+
+/// The figures of every cell of the catalog's models (an offer that reads one, and its
+/// channel for a model per channel), from what `learning` learned (the prior where it
+/// learned nothing yet), in (model, offer, channel) order.
+pub fn cell_statuses(catalog: &Catalog, learning: &Learning) -> Vec<CellStatus> {
+    let mut cells = Vec::new();
+    for model in &catalog.models {
+        for ((offer, channel_key), _) in model.cells() {
+            let Some(o) = catalog.offer_by_key(offer) else {
+                continue;
+            };
+            let channel = (channel_key != 0).then(|| {
+                catalog
+                    .placements
+                    .iter()
+                    .find(|p| p.channel_key == channel_key)
+                    .map_or_else(|| format!("{channel_key:08x}"), |p| p.channel.clone())
+            });
+            let cell = CellKey {
+                model: model.fingerprint,
+                offer,
+                channel: channel_key,
+            };
+            let w = learning.weights(&cell).unwrap_or(model.prior());
+            let monitor = learning.monitor(&cell);
+            cells.push(CellStatus {
+                model: model.id.clone(),
+                offer: catalog.offers[o].id.clone(),
+                channel,
+                responses: w.responses,
+                positives: w.positives,
+                base_rate: model.probit.predict(w, &[]),
+                auc: monitor.and_then(Monitor::auc),
+                calibration: monitor.and_then(Monitor::calibration),
+                recent: monitor.map_or(0.0, Monitor::weight),
+                maturity: crate::adaptive::monitor::maturity(w.positives),
+                reliability: monitor.map_or_else(Vec::new, Monitor::reliability),
+            });
+        }
+    }
+    cells.sort_by(|a, b| (&a.model, &a.offer, &a.channel).cmp(&(&b.model, &b.offer, &b.channel)));
+    cells
 }
 
 impl Db {
@@ -170,11 +215,7 @@ impl Db {
         if catalog.models.is_empty() {
             return;
         }
-        let models = catalog
-            .offer(&r.offer)
-            .map(|o| catalog.models_of(o))
-            .unwrap_or_default();
-        let learned = learning.learn(&catalog.models, &models, &r.response());
+        let learned = catalog.learn(&mut learning, &r.response());
         learning.publish(&catalog.models, &learned.changed);
         self.count_learned(&learned);
     }
@@ -200,41 +241,7 @@ impl Db {
     pub fn learning_status(&self) -> LearningStatus {
         let catalog = self.catalog();
         let learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cells = Vec::new();
-        for model in &catalog.models {
-            for ((offer, channel_key), w) in model.cells() {
-                let Some(o) = catalog.offer_by_key(offer) else {
-                    continue;
-                };
-                let channel = (channel_key != 0).then(|| {
-                    catalog
-                        .placements
-                        .iter()
-                        .find(|p| p.channel_key == channel_key)
-                        .map_or_else(|| format!("{channel_key:08x}"), |p| p.channel.clone())
-                });
-                let monitor = learning.monitor(&CellKey {
-                    model: model.fingerprint,
-                    offer,
-                    channel: channel_key,
-                });
-                cells.push(CellStatus {
-                    model: model.id.clone(),
-                    offer: catalog.offers[o].id.clone(),
-                    channel,
-                    responses: w.responses,
-                    positives: w.positives,
-                    base_rate: model.probit.predict(&w, &[]),
-                    auc: monitor.and_then(Monitor::auc),
-                    calibration: monitor.and_then(Monitor::calibration),
-                    recent: monitor.map_or(0.0, Monitor::weight),
-                    maturity: crate::adaptive::monitor::maturity(w.positives),
-                });
-            }
-        }
-        cells.sort_by(|a, b| {
-            (&a.model, &a.offer, &a.channel).cmp(&(&b.model, &b.offer, &b.channel))
-        });
+        let cells = cell_statuses(&catalog, &learning);
         LearningStatus {
             positives: self.learned.positives.load(Ordering::Relaxed),
             negatives: self.learned.negatives.load(Ordering::Relaxed),

@@ -19,7 +19,7 @@ mod generations;
 pub mod import;
 mod learning;
 
-pub use learning::{CellStatus, LearningStatus};
+pub use learning::{CellStatus, LearningStatus, cell_statuses};
 mod outcome;
 mod recovery;
 mod replica;

@@ -289,16 +289,8 @@ pub fn read(
         let d = match record {
             Record::Outcome(o) => {
                 for (t, learning) in targets.iter().zip(&mut learnings) {
-                    let catalog = &t.catalog;
-                    if catalog.models.is_empty() {
-                        continue;
-                    }
-                    let models = catalog
-                        .offer(&o.offer)
-                        .map(|i| catalog.models_of(i))
-                        .unwrap_or_default();
-                    let learned = learning.learn(&catalog.models, &models, &o.response());
-                    learning.publish(&catalog.models, &learned.changed);
+                    let learned = t.catalog.learn(learning, &o.response());
+                    learning.publish(&t.catalog.models, &learned.changed);
                 }
                 if let (Some(customer), Some(channel)) = (&o.customer, &o.channel) {
                     let event = Event::new(o.at, &o.offer, o.group.as_deref(), channel, o.kind);

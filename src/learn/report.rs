@@ -69,6 +69,10 @@ pub struct Report {
     pub comparisons: Vec<Comparison>,
     /// Per UTC day (ms of its start) and channel: decisions and value.
     pub daily: Vec<(i64, String, u64, f64)>,
+    /// The catalog's adaptive models learned from the whole journal in its order (as the
+    /// node learned them): per model and offer (and channel), responses, positives, the
+    /// rolling AUC and calibration, maturity and the reliability curve.
+    pub models: Vec<crate::db::CellStatus>,
     pub damage: Vec<String>,
 }
 
@@ -190,6 +194,7 @@ pub fn report(
     // Decision -> (channel, arm, customer, day).
     let mut decisions: HashMap<u128, (usize, Option<usize>, Option<u32>, i64)> = HashMap::new();
     let mut daily: HashMap<(i64, usize), (u64, f64)> = HashMap::new();
+    let mut learning = crate::adaptive::Learning::default();
     let mut reader = Reader::open(&journal, Position::default())?;
     while let Some((_, _, record)) = reader.next_record()? {
         match record {
@@ -229,6 +234,7 @@ pub fn report(
                 }
             }
             Record::Outcome(o) => {
+                catalog.learn(&mut learning, &o.response());
                 let Some(&(channel, arm, customer, day)) =
                     decisions.get(&uuid::Uuid::from_bytes(o.decision).as_u128())
                 else {
@@ -369,6 +375,7 @@ pub fn report(
         by_arm,
         comparisons,
         daily,
+        models: crate::db::cell_statuses(catalog, &learning),
         damage: reader.damage.iter().map(ToString::to_string).collect(),
     })
 }
@@ -456,10 +463,126 @@ pub fn render(r: &Report) -> String {
             c.verdict
         );
     }
+    if !r.models.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nadaptive models (rolling: recent responses weigh most, each scored before it was learned)"
+        );
+        let _ = writeln!(
+            out,
+            "{:<16} {:<24} {:<12} {:>9} {:>9} {:>9} {:>7} {:>11} {:>8}",
+            "model",
+            "offer",
+            "channel",
+            "responses",
+            "positives",
+            "base rate",
+            "AUC",
+            "calibration",
+            "maturity"
+        );
+    }
+    for c in &r.models {
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        let _ = writeln!(
+            out,
+            "{:<16} {:<24} {:<12} {:>9} {:>9} {:>9.4} {:>7} {:>11} {:>8.2}",
+            c.model,
+            c.offer,
+            c.channel.as_deref().unwrap_or("-"),
+            c.responses,
+            c.positives,
+            c.base_rate,
+            opt(c.auc),
+            opt(c.calibration),
+            c.maturity
+        );
+    }
     for d in &r.damage {
         let _ = writeln!(out, "damage: {d}");
     }
     out
+}
+
+/// Each adaptive model's reliability curves (one line per offer, the most answered
+/// first, at most eight), against the diagonal a calibrated model follows, as an SVG.
+fn reliability_plot(model: &str, cells: &[&crate::db::CellStatus]) -> String {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    let mut cells: Vec<&&crate::db::CellStatus> =
+        cells.iter().filter(|c| !c.reliability.is_empty()).collect();
+    if cells.is_empty() {
+        return String::new();
+    }
+    cells.sort_by_key(|c| std::cmp::Reverse(c.responses));
+    cells.truncate(8);
+    let top = cells
+        .iter()
+        .flat_map(|c| &c.reliability)
+        .map(|b| b.predicted.max(b.observed))
+        .fold(0.0f64, f64::max)
+        .clamp(0.05, 1.0)
+        * 1.05;
+    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+        let root = SVGBackend::with_string(&mut svg, (760, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("Reliability of `{model}`: observed against predicted"),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..top, 0.0..top)?;
+        chart
+            .configure_mesh()
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 13))
+            .x_desc("predicted response rate")
+            .y_desc("observed response rate")
+            .draw()?;
+        chart.draw_series(LineSeries::new(
+            vec![(0.0, 0.0), (top, top)],
+            BLACK.mix(0.4).stroke_width(1),
+        ))?;
+        for (i, c) in cells.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points: Vec<(f64, f64)> = c
+                .reliability
+                .iter()
+                .filter(|b| b.weight >= 5.0)
+                .map(|b| (b.predicted, b.observed))
+                .collect();
+            let label = match &c.channel {
+                Some(ch) => format!("{} ({ch})", c.offer),
+                None => c.offer.clone(),
+            };
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    })();
+    if let Err(e) = drawn {
+        return format!("<p>plot not drawn: {}</p>", html_escape(&e.to_string()));
+    }
+    svg
 }
 
 /// Horizontal bars with 95% error bars, as an SVG.
@@ -695,6 +818,32 @@ pub fn html(r: &Report) -> String {
         true,
     ));
     table(&mut out, "offer", &offers);
+    if !r.models.is_empty() {
+        out.push_str("<h2>Adaptive models</h2><p>Learned from the whole journal in its order, as the node learned them. AUC and calibration are rolling (recent responses weigh most, half-life 1,000 responses), each response scored by the weights before it was learned from; calibration is the positive rate over the mean prediction (1 is calibrated); maturity is positives over 200.</p>\n<table><tr><th>model</th><th>offer</th><th>channel</th><th>responses</th><th>positives</th><th>base rate</th><th>AUC</th><th>calibration</th><th>maturity</th></tr>\n");
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        for c in &r.models {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{:.2}</td></tr>",
+                html_escape(&c.model),
+                html_escape(&c.offer),
+                html_escape(c.channel.as_deref().unwrap_or("-")),
+                c.responses,
+                c.positives,
+                c.base_rate,
+                opt(c.auc),
+                opt(c.calibration),
+                c.maturity
+            );
+        }
+        out.push_str("</table>\n");
+        let mut models: Vec<&str> = r.models.iter().map(|c| c.model.as_str()).collect();
+        models.dedup();
+        for m in models {
+            let cells: Vec<_> = r.models.iter().filter(|c| c.model == m).collect();
+            out.push_str(&reliability_plot(m, &cells));
+        }
+    }
     out.push_str("</body></html>\n");
     out
 }
