@@ -9,17 +9,20 @@
 #   adaptive      every propensity `adaptive('response')` from a cold start
 #                 (scenarios/drift/models.yaml)
 # Then scripts/adaptive_summary.py: true value, the ratio to the best possible policy day
-# by day, recovery after the drift, the launch, and a chi-square check of the adaptive
-# policy's logged propensities; and Vowpal Wabbit's online learner on the adaptive run's
-# stream (dsjson, in time order) beside it.
+# by day, recovery after the drift, the launch, a chi-square check of the adaptive
+# policy's logged propensities, the adaptive learner against binned naive Bayes on each
+# adaptive stream (examples/learners.rs), and the plots (docs/adaptive_proof.html); and
+# Vowpal Wabbit's online learner on the adaptive run's stream (dsjson, in time order)
+# beside it.
 #
 #     bash scripts/adaptive_proof.sh [SEEDS] [CUSTOMERS]    # default 20 and 2000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-20}
 customers=${2:-2000}
-cargo build --release --quiet --bin nextbest
+cargo build --release --quiet --bin nextbest --example learners
 nextbest=${CARGO_TARGET_DIR:-target}/release/nextbest
+learners=${CARGO_TARGET_DIR:-target}/release/examples/learners
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 scenario=scenarios/drift/scenario.yaml
@@ -57,12 +60,13 @@ for seed in $(seq 1 "$seeds"); do
     wait
     "$nextbest" export --data "$work/$seed-adaptive" --format dsjson --reward value \
         --out "$work/$seed-adaptive.dsjson" >/dev/null
+    "$learners" "$work/$seed-adaptive" "$adaptive" >"$work/$seed-learners.json"
     rm -rf "$work/$seed-hand-written" "$work/$seed-weekly" "$work/$seed-gated"
     [ "$seed" = 1 ] || rm -rf "$work/$seed-adaptive"
     echo "seed $seed done" >&2
 done
 
-python3 scripts/adaptive_summary.py "$work"
+python3 scripts/adaptive_summary.py "$work" docs/adaptive_proof.html
 
 echo "== Vowpal Wabbit (--cb_explore_adf --epsilon 0.1, online, in time order) on seed 1's adaptive stream"
 python3 scripts/vw_train.py "$work/1-adaptive.dsjson"

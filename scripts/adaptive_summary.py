@@ -1,9 +1,11 @@
 """Summarises scripts/adaptive_proof.sh's runs: per policy the true value over the 28
 days, the ratio to the best possible policy day by day, the recovery after the day-14
 drift and the launch on day 7, and a chi-square check of the adaptive policy's logged
-propensities. Exits 1 if a goal of docs/learning.md fails.
+propensities; the adaptive learner against binned naive Bayes on the same streams
+(examples/learners.rs); and a page of plots (value and ratio per day of the four
+policies) written to HTML. Exits 1 if a goal of docs/learning.md fails.
 
-    python3 scripts/adaptive_summary.py WORKDIR
+    python3 scripts/adaptive_summary.py WORKDIR [HTML]
 """
 import glob
 import json
@@ -40,7 +42,7 @@ def chi_square(path):
     return stat, len(cells) - 1, cells
 
 
-def main(work):
+def main(work, html=None):
     runs = {p: [] for p in POLICIES}
     for p in POLICIES:
         for path in sorted(glob.glob(os.path.join(work, f"*-{p}.json"))):
@@ -109,10 +111,77 @@ def main(work):
     if stat > critical:
         failed.append("the adaptive policy's logged propensities fail the chi-square check")
 
+    learners = [json.load(open(path, encoding="utf-8"))
+                for path in sorted(glob.glob(os.path.join(work, "*-learners.json")))]
+    if learners:
+        print(f"\n== the adaptive learner against binned naive Bayes, each response scored before "
+              f"either learns it (mean over {len(learners)} seeds' adaptive streams)")
+        print(f"{'learner':<12} {'responses':>10} {'log loss':>9} {'AUC':>7} {'calibration':>12}")
+        for name in ["probit", "naive_bayes"]:
+            rows = [l[name] for l in learners]
+            mean = lambda k: sum(r[k] for r in rows) / len(rows)
+            print(f"{name:<12} {mean('responses'):>10.0f} {mean('log_loss'):>9.4f} {mean('auc'):>7.4f} "
+                  f"{mean('calibration'):>12.3f}")
+        better = sum(1 for l in learners if l["probit"]["log_loss"] < l["naive_bayes"]["log_loss"])
+        auc = sum(1 for l in learners if l["probit"]["auc"] > l["naive_bayes"]["auc"])
+        print(f"  probit's log loss is lower in {better} of {len(learners)} seeds, its AUC higher in {auc}")
+
+    if html:
+        write_html(html, mean_ratio, {p: [sum(r["per_day"][d]["expected_value"] for r in runs[p]) / seeds
+                                          for d in range(days)] for p in POLICIES}, seeds)
+        print(f"\nplots: {html}")
+
     for f in failed:
         print(f"FAILED: {f}")
     sys.exit(1 if failed else 0)
 
 
+COLOURS = {"hand-written": "#888888", "weekly": "#1f77b4", "gated": "#2ca02c", "adaptive": "#d62728"}
+
+
+def line_chart(title, ylabel, series, lo=None):
+    """An SVG line chart of day -> value, one line per policy, with a legend."""
+    w, h, left, right, top, bottom = 760, 360, 70, 150, 40, 45
+    days = len(next(iter(series.values())))
+    values = [v for s in series.values() for v in s]
+    y0 = min(values) * 0.95 if lo is None else lo
+    y1 = max(values) * 1.05
+    x = lambda d: left + (w - left - right) * d / max(days - 1, 1)
+    y = lambda v: top + (h - top - bottom) * (1 - (v - y0) / (y1 - y0))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{w / 2}" y="22" text-anchor="middle" font-size="16">{title}</text>']
+    for i in range(6):
+        v = y0 + (y1 - y0) * i / 5
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
+    for d in range(0, days, 7):
+        out.append(f'<line x1="{x(d):.1f}" x2="{x(d):.1f}" y1="{top}" y2="{h - bottom}" stroke="#eee"/>')
+        out.append(f'<text x="{x(d):.1f}" y="{h - bottom + 16}" text-anchor="middle">{d}</text>')
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 8}" text-anchor="middle">day</text>')
+    out.append(f'<text transform="translate(16,{(top + h - bottom) / 2}) rotate(-90)" text-anchor="middle">{ylabel}</text>')
+    for k, (name, s) in enumerate(series.items()):
+        points = " ".join(f"{x(d):.1f},{y(v):.1f}" for d, v in enumerate(s))
+        out.append(f'<polyline fill="none" stroke="{COLOURS[name]}" stroke-width="2" points="{points}"/>')
+        ly = top + 10 + 18 * k
+        out.append(f'<line x1="{w - right + 10}" x2="{w - right + 30}" y1="{ly}" y2="{ly}" stroke="{COLOURS[name]}" stroke-width="2"/>')
+        out.append(f'<text x="{w - right + 35}" y="{ly + 4}">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def write_html(path, mean_ratio, mean_value, seeds):
+    page = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8"><title>nextbest: adaptive models on a drifting world</title></head>',
+            '<body style="font-family:sans-serif;margin:2em;max-width:900px">',
+            "<h1>Four policies on a drifting world</h1>",
+            f"<p>scripts/adaptive_proof.sh: mean over {seeds} seeds of scenarios/drift/scenario.yaml "
+            "(a product launched on day 7, the world changes on day 14). See docs/learning.md.</p>",
+            line_chart("True value per day", "true expected value", mean_value, lo=0),
+            line_chart("Ratio to the best possible policy, per day", "ratio", mean_ratio),
+            "</body></html>"]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(page) + "\n")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)

@@ -519,6 +519,17 @@ pub struct Response<'a> {
     pub inputs: Option<&'a [(String, Feature)]>,
 }
 
+/// A response about to be learned (see [`Learning::learn_observed`]).
+#[derive(Debug)]
+pub struct Observed<'a> {
+    pub model: &'a Model,
+    pub cell: CellKey,
+    /// The cell's weights before it is learned.
+    pub weights: &'a Weights,
+    pub features: &'a [u32],
+    pub positive: bool,
+}
+
 /// What one outcome did to the models.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Learned {
@@ -585,8 +596,20 @@ impl Learning {
         models: &[Arc<Model>],
         r: &Response<'_>,
     ) -> Learned {
+        self.learn_observed(all, models, r, &mut |_| {})
+    }
+
+    /// The same, showing `observe` each response as it is about to be learned, with the
+    /// weights it is learned into (to measure another learner on the same stream).
+    pub fn learn_observed(
+        &mut self,
+        all: &[Arc<Model>],
+        models: &[Arc<Model>],
+        r: &Response<'_>,
+        observe: &mut dyn FnMut(&Observed<'_>),
+    ) -> Learned {
         let mut learned = Learned::default();
-        self.advance(all, r.accepted, &mut learned);
+        self.advance(all, r.accepted, &mut learned, observe);
         for model in models {
             let positive = model.positive.contains(r.kind);
             let negative = model.negative.contains(r.kind);
@@ -620,7 +643,7 @@ impl Learning {
                 }
                 p.resolved = true;
                 let features = std::mem::take(&mut p.features);
-                self.update(model, cell, &features, positive, &mut learned);
+                self.update(model, cell, &features, positive, &mut learned, observe);
                 continue;
             }
             let Some(inputs) = r.inputs else {
@@ -630,7 +653,7 @@ impl Learning {
             let features = model.features_of_record(inputs);
             let resolved = positive || negative;
             if resolved {
-                self.update(model, cell, &features, positive, &mut learned);
+                self.update(model, cell, &features, positive, &mut learned, observe);
             }
             // Past the bound an impression is not waited for (a response already learned
             // is only not remembered: a second one of the same impression would teach
@@ -661,7 +684,13 @@ impl Learning {
 
     /// Moves the clock to `now` and closes the windows that end before it: an impression
     /// with no response is learned as a negative.
-    fn advance(&mut self, all: &[Arc<Model>], now: i64, learned: &mut Learned) {
+    fn advance(
+        &mut self,
+        all: &[Arc<Model>],
+        now: i64,
+        learned: &mut Learned,
+        observe: &mut dyn FnMut(&Observed<'_>),
+    ) {
         self.clock = self.clock.max(now);
         while let Some(&first) = self.closing.first() {
             let (closes, decision, offer, fingerprint) = first;
@@ -676,7 +705,7 @@ impl Learning {
                 continue;
             }
             if let Some(model) = all.iter().find(|m| m.fingerprint == fingerprint) {
-                self.update(model, p.cell, &p.features, false, learned);
+                self.update(model, p.cell, &p.features, false, learned, observe);
             }
         }
     }
@@ -688,6 +717,7 @@ impl Learning {
         features: &[u32],
         positive: bool,
         learned: &mut Learned,
+        observe: &mut dyn FnMut(&Observed<'_>),
     ) {
         let w = self
             .cells
@@ -700,6 +730,13 @@ impl Learning {
             debug_assert!(i < model.width, "feature {i} of {}", model.width);
             *b = (i.min(model.width.saturating_sub(1)), 1.0);
         }
+        observe(&Observed {
+            model,
+            cell,
+            weights: w,
+            features: &features[..n],
+            positive,
+        });
         let z = model.probit.z(w, &buf[..n]);
         self.monitors
             .entry(cell)

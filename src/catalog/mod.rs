@@ -75,6 +75,16 @@ impl Catalog {
         learning: &mut crate::adaptive::Learning,
         r: &crate::adaptive::Response<'_>,
     ) -> crate::adaptive::Learned {
+        self.learn_observed(learning, r, &mut |_| {})
+    }
+
+    /// The same, showing `observe` each response learned (`Learning::learn_observed`).
+    pub fn learn_observed(
+        &self,
+        learning: &mut crate::adaptive::Learning,
+        r: &crate::adaptive::Response<'_>,
+        observe: &mut dyn FnMut(&crate::adaptive::Observed<'_>),
+    ) -> crate::adaptive::Learned {
         if self.models.is_empty() {
             return Default::default();
         }
@@ -82,7 +92,7 @@ impl Catalog {
             .offer_by_key(r.offer)
             .map(|i| self.models_of(i))
             .unwrap_or_default();
-        learning.learn(&self.models, &models, r)
+        learning.learn_observed(&self.models, &models, r, observe)
     }
 
     /// The adaptive models an offer's formulas read: the ones its outcomes teach.
