@@ -3,7 +3,7 @@
 //! listeners' addresses, Ctrl-C and SIGTERM, and closing the node at the end.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,8 +100,9 @@ pub(super) struct ServeArgs {
     /// Retrain this often (off by default): `train` on the journal of the last
     /// --retrain-window, `evaluate` the candidate against the catalog running, and take it
     /// only if the lower bound of its 95% interval (SNIPS, value per slot) beats the
-    /// running catalog's measured value. Candidates go under `<data>/retrained/`; a
-    /// reload from --rules replaces a taken one. Embedded nodes only.
+    /// running catalog's measured value. Candidates go under `<data>/retrained/` (the five
+    /// newest and the one running are kept); a reload from --rules replaces a taken one.
+    /// Embedded nodes only.
     #[arg(long, env = "NEXTBEST_RETRAIN_EVERY", value_name = "DURATION", value_parser = duration)]
     retrain_every: Option<Duration>,
     /// The journal a retraining attempt trains and evaluates on: the decisions of this
@@ -283,7 +284,7 @@ impl ServeArgs {
 
 /// What opening the data directory found: a summary, and a warning for each thing it
 /// had to cut, skip or drop.
-fn log_recovery(data: &std::path::Path, recovery: &Recovery) {
+fn log_recovery(data: &Path, recovery: &Recovery) {
     let data = data.display();
     tracing::info!(
         %data,
@@ -328,6 +329,28 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining the calls in flight");
 }
 
+/// Retraining candidates kept under `<data>/retrained/` besides the one running.
+const KEEP_CANDIDATES: usize = 5;
+
+/// Removes all but the `keep` newest candidates under `dir` (named by their attempt's
+/// time in ms), never the one `running`.
+fn prune_retrained(dir: &Path, running: &Path, keep: usize) -> std::io::Result<()> {
+    let mut candidates: Vec<(i64, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let at = path.file_name()?.to_str()?.parse().ok()?;
+            Some((at, path))
+        })
+        .collect();
+    candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+    for (_, path) in candidates.into_iter().skip(keep) {
+        if path != running {
+            std::fs::remove_dir_all(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// `--retrain-every`: an attempt every `every` until `stop`, each off the request threads;
 /// a candidate taken becomes the node's catalog and the next attempt starts from it.
 async fn retrain_every(
@@ -364,6 +387,14 @@ async fn retrain_every(
             Ok::<_, crate::learn::LearnError>((a, taken))
         })
         .await;
+        let kept = prune_retrained(
+            &node.db().data_dir().join("retrained"),
+            &running,
+            KEEP_CANDIDATES,
+        );
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "pruning old retraining candidates");
+        }
         match tried {
             Ok(Ok((a, taken))) => {
                 let (estimate, low, high) = a.estimate.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
@@ -393,5 +424,28 @@ async fn retrain_every(
                 node.count_retrain(Retrained::Failed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_candidates_and_the_running_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for at in [100, 200, 300, 400] {
+            std::fs::create_dir_all(dir.path().join(at.to_string()).join("offers")).expect("mkdir");
+        }
+        std::fs::create_dir(dir.path().join("notes")).expect("mkdir");
+        let running = dir.path().join("100");
+        prune_retrained(dir.path(), &running, 2).expect("prune");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // 400 and 300 are the newest; 100 runs; 200 goes; what is not a candidate stays.
+        assert_eq!(left, ["100", "300", "400", "notes"]);
     }
 }
