@@ -841,14 +841,42 @@ impl Learning {
         }
     }
 
-    /// An order-independent digest of the state (for comparing nodes and restarts).
+    /// A digest of what was learned, equal on nodes (and restarts) that learned the same
+    /// records: the clock, the weights and the impressions waiting, each hashed as it is
+    /// laid out in a snapshot, the waiting ones summed (so in no order, and with no copy
+    /// of them). The monitors are left out: diagnostic figures that a node restored from
+    /// a snapshot older than them counts from another point.
     pub fn digest(&self) -> u64 {
-        let mut bytes = Vec::new();
-        let (head, pending) = self.to_snapshot();
-        bytes.extend(postcard::to_allocvec(&head).unwrap_or_default());
-        bytes.extend(postcard::to_allocvec(&pending).unwrap_or_default());
-        bytes.extend(postcard::to_allocvec(&self.monitors_snapshot()).unwrap_or_default());
-        xxhash_rust::xxh3::xxh3_64(&bytes)
+        use xxhash_rust::xxh3::Xxh3;
+        /// Feeds what postcard writes straight into a hash.
+        struct Hashing<'a>(&'a mut Xxh3);
+        impl std::io::Write for Hashing<'_> {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.update(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        fn hash(value: &impl Serialize) -> u64 {
+            let mut h = Xxh3::new();
+            let _ = postcard::to_io(value, Hashing(&mut h));
+            h.digest()
+        }
+        let pending = self
+            .pending
+            .values()
+            .fold(0u64, |sum, p| sum.wrapping_add(hash(p)));
+        let mut h = Xxh3::new();
+        h.update(&self.clock.to_le_bytes());
+        for (k, w) in &self.cells {
+            h.update(&hash(k).to_le_bytes());
+            h.update(&hash(w).to_le_bytes());
+        }
+        h.update(&(self.pending.len() as u64).to_le_bytes());
+        h.update(&pending.to_le_bytes());
+        h.digest()
     }
 }
 

@@ -252,8 +252,9 @@ impl Db {
     }
 
     /// A digest of the learning state: equal on two nodes (or before and after a restart)
-    /// that learned the same. It serialises the whole state: for tests and tools, not
-    /// for every scrape.
+    /// that learned the same (`Learning::digest`). It hashes every waiting impression
+    /// under the learning lock, which outcomes wait for: part of `Status`, not of
+    /// `/metrics`.
     pub fn learning_digest(&self) -> u64 {
         self.learning
             .lock()

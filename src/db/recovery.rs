@@ -657,9 +657,11 @@ pub(super) fn apply(db: &Db, seq: u64, record: Record, dropped: &mut usize, dedu
             if !newer {
                 store.forget(&r.customer);
             }
+            // Marked forgotten first: a decision of theirs arriving meanwhile (a cluster
+            // node's decisions stream) sees the mark, after it is kept, and drops itself.
+            db.forgotten_at.insert(r.customer.as_str().into(), r.at);
             db.forget_inputs(&r.customer);
             db.decisions.retain(|_, d| *d.customer() != *r.customer);
-            db.forgotten_at.insert(r.customer.as_str().into(), r.at);
             db.forgotten
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

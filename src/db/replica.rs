@@ -135,13 +135,16 @@ impl Db {
             return;
         };
         let id = record.decision_id();
-        if self
-            .forgotten_at
-            .get(&Box::from(customer.as_str()))
-            .is_some_and(|at| uuid_time(id) <= at)
-        {
+        let forgotten = || {
+            self.forgotten_at
+                .get(&Box::from(customer.as_str()))
+                .is_some_and(|at| uuid_time(id) <= at)
+        };
+        if forgotten() {
             return;
         }
+        // The values first: an outcome waiting for this decision (`await_decisions`)
+        // goes on once the decision is remembered, and must find them.
         self.keep_record_inputs(&self.catalog(), record);
         self.decisions.insert(
             id,
@@ -151,6 +154,12 @@ impl Db {
                 record.shown.iter().map(|s| key(&s.offer)),
             ),
         );
+        // A forget applied meanwhile (it marks the customer before dropping their
+        // decisions and values) may have missed these: dropped now.
+        if forgotten() {
+            self.inputs.remove(&id);
+            self.decisions.remove(&id);
+        }
     }
 
     /// Whether the decision is remembered here (its outcomes find its customer).

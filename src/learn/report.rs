@@ -819,7 +819,7 @@ pub fn html(r: &Report) -> String {
     ));
     table(&mut out, "offer", &offers);
     if !r.models.is_empty() {
-        out.push_str("<h2>Adaptive models</h2><p>Learned from the whole journal in its order, as the node learned them. AUC and calibration are rolling (recent responses weigh most, half-life 1,000 responses), each response scored by the weights before it was learned from; calibration is the positive rate over the mean prediction (1 is calibrated); maturity is positives over 200.</p>\n<table><tr><th>model</th><th>offer</th><th>channel</th><th>responses</th><th>positives</th><th>base rate</th><th>AUC</th><th>calibration</th><th>maturity</th></tr>\n");
+        out.push_str("<h2>Adaptive models</h2><p>Learned from the whole journal in its order by this catalog's models, as the node learned them if it ran this catalog throughout. AUC and calibration are rolling (recent responses weigh most, half-life 1,000 responses), each response scored by the weights before it was learned from; calibration is the positive rate over the mean prediction (1 is calibrated); maturity is positives over 200.</p>\n<table><tr><th>model</th><th>offer</th><th>channel</th><th>responses</th><th>positives</th><th>base rate</th><th>AUC</th><th>calibration</th><th>maturity</th></tr>\n");
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
         for c in &r.models {
             let _ = writeln!(
