@@ -354,6 +354,11 @@ impl Model {
             .map(|(k, c)| (*k, c.load_full()))
     }
 
+    /// The weights published now in a cell (by offer key and channel key or 0).
+    pub fn published(&self, cell: (u32, u32)) -> Option<Arc<Weights>> {
+        self.cells.get()?.get(&cell).map(ArcSwap::load_full)
+    }
+
     /// Publishes a cell's weights to the decisions that read it.
     pub fn publish(&self, cell: (u32, u32), weights: Weights) {
         if let Some(c) = self.cells.get().and_then(|cells| cells.get(&cell)) {
@@ -557,6 +562,9 @@ pub struct Learning {
     closing: BTreeSet<(i64, u128, u32, u64)>,
     /// The latest acceptance time learned from: windows close by it, not by a timer.
     clock: i64,
+    /// Responses learned so far (each update of a cell): the learning state a decision
+    /// read is named by it (`DecisionRecord::learned`).
+    updates: u64,
 }
 
 /// A snapshot's copy of [`Learning`], without the pending impressions (written apart, in
@@ -585,6 +593,16 @@ impl Learning {
 
     pub fn clock(&self) -> i64 {
         self.clock
+    }
+
+    /// Responses learned so far.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Restores a snapshot's count of responses learned.
+    pub fn restore_updates(&mut self, updates: u64) {
+        self.updates = updates;
     }
 
     /// Learns one outcome. `models` are the models of the outcome's offer in the catalog
@@ -743,6 +761,7 @@ impl Learning {
             .or_default()
             .record(z, normal_cdf(z), positive);
         model.probit.update(w, &buf[..n], positive);
+        self.updates += 1;
         if positive {
             learned.positives += 1;
         } else {
@@ -870,6 +889,7 @@ impl Learning {
             .fold(0u64, |sum, p| sum.wrapping_add(hash(p)));
         let mut h = Xxh3::new();
         h.update(&self.clock.to_le_bytes());
+        h.update(&self.updates.to_le_bytes());
         for (k, w) in &self.cells {
             h.update(&hash(k).to_le_bytes());
             h.update(&hash(w).to_le_bytes());

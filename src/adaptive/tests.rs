@@ -288,6 +288,7 @@ fn a_snapshot_restores_the_state_exactly() {
     back.restore_head(head);
     back.restore_pending(pending);
     back.restore_monitors(l.monitors_snapshot());
+    back.restore_updates(l.updates());
     assert_eq!(back, l);
     assert_eq!(back.digest(), l.digest());
     // And both go on alike.

@@ -225,6 +225,7 @@ mod tests {
                 features: Vec::new(),
                 candidates: Vec::new(),
                 suppressed: None,
+                learned: None,
             };
             let mut payload = Vec::new();
             Record::Decision(Box::new(record)).encode(&mut payload);

@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use super::*;
 use crate::adaptive::{CellKey, Learned, Learning, Monitor};
 use crate::catalog::OfferIdx;
+use crate::decide::Decision;
 use crate::journal::DecisionRecord;
 use crate::schema::{Entity, Feature};
 
@@ -215,9 +216,53 @@ impl Db {
         if catalog.models.is_empty() {
             return;
         }
+        let before = learning.updates();
         let learned = catalog.learn(&mut learning, &r.response());
-        learning.publish(&catalog.models, &learned.changed);
+        if !learned.changed.is_empty() {
+            // A sequence lock around the publication: a decision that read weights while
+            // it was under way scores again (`decide_consistent`).
+            self.published.store(before << 1 | 1, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Release);
+            learning.publish(&catalog.models, &learned.changed);
+            self.published
+                .store(learning.updates() << 1, Ordering::Release);
+        }
         self.count_learned(&learned);
+    }
+
+    /// Runs `decide` (a pure decision) so that its scores read one published learning
+    /// state, and says which (`Decision::learned`: the responses learned before it): with
+    /// adaptive models, a decision during which weights were published is made again
+    /// (the same draws: it is the same decision, scored anew), at most a few times; past
+    /// that it goes unnamed (`None`). Without models, `decide` as it is.
+    pub fn decide_consistent(
+        &self,
+        catalog: &Catalog,
+        mut decide: impl FnMut() -> Decision,
+    ) -> Decision {
+        if catalog.models.is_empty() {
+            return decide();
+        }
+        let mut decision = None;
+        for _ in 0..4 {
+            let before = self.published.load(Ordering::Acquire);
+            let mut d = decide();
+            std::sync::atomic::fence(Ordering::Acquire);
+            let after = self.published.load(Ordering::Relaxed);
+            if before & 1 == 0 && before == after {
+                d.learned = Some(before >> 1);
+                return d;
+            }
+            decision = Some(d);
+            std::hint::spin_loop();
+        }
+        self.unnamed.fetch_add(1, Ordering::Relaxed);
+        decision.expect("decided at least once")
+    }
+
+    /// Decisions with adaptive models that went unnamed (`decide_consistent`).
+    pub fn unnamed_decisions(&self) -> u64 {
+        self.unnamed.load(Ordering::Relaxed)
     }
 
     fn count_learned(&self, l: &Learned) {
@@ -270,6 +315,8 @@ impl Db {
         let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
         let dropped = learning.retain(&catalog.models);
         learning.publish_all(&catalog.models);
+        self.published
+            .store(learning.updates() << 1, Ordering::Release);
         swap();
         dropped
     }

@@ -302,3 +302,147 @@ fn a_reload_keeps_a_model_defined_alike_and_resets_a_changed_one() {
     assert!((rate - 0.2).abs() < 1e-6, "{rate}");
     db.close().expect("close");
 }
+
+/// A decision scored, then outcomes learned (on a busy node, by other requests), then the
+/// decision journaled: the journal holds the outcomes before it. Its record names the
+/// learning state it read, and replay scores it with that state, so the logging catalog
+/// replayed still reproduces its logged distribution.
+#[test]
+fn a_decision_scored_before_outcomes_were_learned_replays_as_it_was_scored() {
+    use crate::journal::join::Reward;
+    use crate::learn::replay::{Mode, Target, read};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let catalog = db.catalog();
+    let p = catalog.placement("banner").expect("placement");
+    // Customers alike (exploration draws by customer, so one would see one offer).
+    for i in 0..=200 {
+        let customer = if i == 200 {
+            "mass".to_string()
+        } else {
+            format!("m{i}")
+        };
+        db.upsert(
+            &catalog,
+            &customer,
+            vec![Value::Enum(0), Value::Int(3)],
+            NOW,
+            false,
+        )
+        .expect("upsert");
+    }
+    // Decisions whose `card` will be rejected.
+    let mut shown_card = Vec::new();
+    for i in 0..200u32 {
+        let decision = id(NOW + 1000, i);
+        let context = Context::for_placement(&catalog, p, vec![]);
+        let card = db
+            .decide(
+                &db.view(),
+                Some(&format!("m{i}")),
+                &context,
+                p,
+                NOW + 1000,
+                &Options::new(decision),
+                |_, d| {
+                    d.offers
+                        .iter()
+                        .any(|s| catalog.offers[s.offer].id == "card")
+                },
+            )
+            .expect("decides");
+        if card {
+            shown_card.push(decision);
+        }
+    }
+    assert!(
+        shown_card.len() > 40,
+        "card shown {} times",
+        shown_card.len()
+    );
+    // Scored now: `card` (prior 0.1) beats `loan` (0.9 of it) for this customer.
+    let state = db
+        .store()
+        .with("mass", |s| s.cloned())
+        .expect("decodes")
+        .expect("stored");
+    let context = Context::for_placement(&catalog, p, vec![]);
+    let late = id(NOW + 2000, 0);
+    let scored = db.decide_consistent(&catalog, || {
+        decide::decide(
+            &catalog,
+            &state,
+            &context,
+            p,
+            NOW + 2000,
+            &Options::new(late),
+        )
+    });
+    let learned = scored.learned.expect("a learning state named");
+    assert_eq!(learned, db.learning().updates());
+    let best = |d: &Decision| {
+        let c = d
+            .candidates
+            .iter()
+            .max_by(|a, b| a.score.total_cmp(&b.score))
+            .expect("candidates");
+        catalog.offers[c.offer].id.clone()
+    };
+    assert_eq!(best(&scored), "card");
+    // Meanwhile `card` is rejected over and over, and learned: now `loan` scores higher.
+    for decision in &shown_card {
+        let input = OutcomeInput {
+            decision: *decision,
+            offer: "card".into(),
+            kind: EventKind::Reject,
+            value: None,
+            at: NOW + 2000,
+            customer: None,
+            channel: None,
+        };
+        db.record_outcome(&input, NOW + 2000).expect("outcome");
+    }
+    let again = decide::decide(
+        &catalog,
+        &state,
+        &context,
+        p,
+        NOW + 2000,
+        &Options::new(late),
+    );
+    assert_eq!(
+        best(&again),
+        "loan",
+        "the rejects moved the scores: {:?}",
+        again.candidates
+    );
+    // Only then is the decision journaled.
+    db.log_decision(&catalog, &state, &context, scored)
+        .expect("logged");
+    db.close().expect("close");
+
+    let log = read(
+        dir.path(),
+        &catalog,
+        &[Target::new(
+            "same",
+            Arc::into_inner(self::catalog()).expect("unshared"),
+            Mode::AsWritten,
+        )],
+        Reward::Value,
+        HOUR,
+        (None, None),
+    )
+    .expect("read");
+    let slot = log
+        .slots
+        .iter()
+        .find(|s| s.decision == late.as_u128())
+        .expect("the late decision's slot");
+    let sorted = |d: &[(u32, f64)]| {
+        let mut d = d.to_vec();
+        d.sort_by_key(|a| a.0);
+        d
+    };
+    assert_eq!(sorted(&slot.logged), sorted(&slot.targets[0]), "{slot:?}");
+}

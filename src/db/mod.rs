@@ -244,6 +244,10 @@ pub struct Db {
     spending: budget::Spending,
     /// The adaptive models' state, changed in journal order under `spending`'s lock.
     learning: Mutex<crate::adaptive::Learning>,
+    /// The learning state decisions read: its responses learned, shifted left one, the
+    /// low bit set while weights are being published (`decide_consistent`).
+    published: std::sync::atomic::AtomicU64,
+    unnamed: std::sync::atomic::AtomicU64,
     /// The predictor values of recent decisions that showed an offer with an adaptive
     /// model, postcard-encoded: what their outcomes' records carry (see `learning`).
     inputs: Generations<Uuid, Arc<[u8]>>,
@@ -370,6 +374,8 @@ impl Db {
             replay_from: Mutex::new(storage::Position::default()),
             spending: budget::Spending::default(),
             learning: Mutex::new(crate::adaptive::Learning::default()),
+            published: std::sync::atomic::AtomicU64::new(0),
+            unnamed: std::sync::atomic::AtomicU64::new(0),
             inputs: Generations::new(options.remembered_decisions),
             learned: learning::Counts::default(),
             unlogged: std::sync::atomic::AtomicU64::new(0),
@@ -597,7 +603,8 @@ impl Db {
     /// attributes and no history) and logs the decision, handing the journal the
     /// customer's packed record as it is. `respond` sees the decision before it goes to
     /// the journal: build the reply there. A caller that adds request attributes to the
-    /// stored ones decides itself and calls [`Db::log_decision`].
+    /// stored ones decides itself, through [`Db::decide_consistent`], and calls
+    /// [`Db::log_decision`].
     #[allow(clippy::too_many_arguments)]
     pub fn decide<R>(
         &self,
@@ -615,7 +622,9 @@ impl Db {
         if let Some(id) = customer {
             let done = view.store.with_record(id, |found| {
                 let (state, record) = found?;
-                let decision = decide::decide(catalog, state, context, placement, now, options);
+                let decision = self.decide_consistent(catalog, || {
+                    decide::decide(catalog, state, context, placement, now, options)
+                });
                 let reply = respond.take()?(state, &decision);
                 self.keep_inputs(catalog, &state.attributes, &context.values, &decision);
                 let id: Arc<str> = Arc::from(id);
@@ -643,7 +652,9 @@ impl Db {
             id: customer.map(str::to_string),
             ..CustomerState::default()
         };
-        let decision = decide::decide(catalog, &state, context, placement, now, options);
+        let decision = self.decide_consistent(catalog, || {
+            decide::decide(catalog, &state, context, placement, now, options)
+        });
         let respond = respond
             .take()
             .expect("not called: the customer was not found");

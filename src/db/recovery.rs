@@ -91,6 +91,8 @@ enum Item {
     Pending(Vec<crate::adaptive::Pending>),
     /// How well each cell of the adaptive models predicted, after `Pending`, in chunks.
     Monitors(Vec<(crate::adaptive::CellKey, crate::adaptive::Monitor)>),
+    /// Responses the adaptive models learned up to the position (after `Learning`).
+    LearningUpdates(u64),
 }
 
 /// Where a cluster node's state stands in its cluster's write stream: the stream (its
@@ -332,6 +334,7 @@ pub(super) fn write_snapshot(
         let (head, pending) = learning.to_snapshot();
         if head.clock != 0 || !head.cells.is_empty() || !pending.is_empty() {
             put(w, &Item::Learning(head))?;
+            put(w, &Item::LearningUpdates(learning.updates()))?;
             for chunk in pending.chunks(CHUNK) {
                 put(w, &Item::Pending(chunk.to_vec()))?;
             }
@@ -567,6 +570,11 @@ fn load_snapshot(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .restore_pending(pending),
+            Item::LearningUpdates(updates) => db
+                .learning
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore_updates(updates),
             Item::Monitors(monitors) => db
                 .learning
                 .lock()

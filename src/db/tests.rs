@@ -441,7 +441,9 @@ fn deciding_through_the_store_logs_the_same_record_as_by_hand() {
         .expect("decided");
     assert_eq!(shown, 3);
     let state = state_of(&db, "ada").expect("ada");
-    let by_hand = decide::decide(&catalog, &state, &context, p, NOW, &options);
+    let by_hand = db.decide_consistent(&catalog, || {
+        decide::decide(&catalog, &state, &context, p, NOW, &options)
+    });
     db.log_decision(&catalog, &state, &context, by_hand)
         .expect("logged");
     let unknown = db

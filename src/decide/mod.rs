@@ -146,6 +146,9 @@ pub struct Decision {
     pub suppressed: Option<String>,
     /// For every offer of the placement, where it stopped; when asked for.
     pub explanation: Option<Vec<Explained>>,
+    /// With adaptive models: the learning state the scores read (responses learned
+    /// before it), when the caller knows it (`Db::decide_consistent`); else `None`.
+    pub learned: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -272,6 +275,7 @@ pub fn decide(
         candidates: Vec::with_capacity(p.offers.len()),
         suppressed: None,
         explanation: None,
+        learned: None,
     };
     let mut explanation = options.explain.then(|| Vec::with_capacity(p.offers.len()));
 

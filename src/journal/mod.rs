@@ -27,8 +27,10 @@ use crate::schema::{EntitySchema, EventKind, Feature, Value};
 use crate::storage::{Damage, Encode, Position, SegmentReader, segment};
 
 /// The format byte in front of every record written now.
-const FORMAT: u8 = 3;
-/// Format 2: an outcome carried no inputs for adaptive models; still read.
+const FORMAT: u8 = 4;
+/// Format 3: a decision did not say which learning state it read; still read.
+const FORMAT_3: u8 = 3;
+/// Format 2: an outcome carried no inputs for adaptive models either; still read.
 const FORMAT_2: u8 = 2;
 /// The format of the first wave's journals, still read.
 const FORMAT_1: u8 = 1;
@@ -129,8 +131,8 @@ impl Record {
     /// As [`Record::decode_for_replay`], of a payload without the sequence number.
     pub fn decode_payload_for_replay(payload: &[u8]) -> Result<Replayed, DecodeError> {
         match payload {
-            // A decision is laid out alike in formats 2 and 3.
-            [FORMAT | FORMAT_2, DECISION_VARIANT, rest @ ..] => {
+            // A decision's head is laid out alike in formats 2 to 4.
+            [FORMAT | FORMAT_3 | FORMAT_2, DECISION_VARIANT, rest @ ..] => {
                 // postcard encodes a struct as its fields in order: the nested head is
                 // the record's first five fields, then its shown offers.
                 let (d, _) = postcard::take_from_bytes::<DecisionHeadShown<'_>>(rest)?;
@@ -162,6 +164,7 @@ impl Record {
     fn decode_record(payload: &[u8]) -> Result<Record, DecodeError> {
         match payload.split_first() {
             Some((&FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((&FORMAT_3, rest)) => Ok(postcard::from_bytes::<legacy::Record3>(rest)?.into()),
             Some((&FORMAT_2, rest)) => Ok(postcard::from_bytes::<legacy::Record2>(rest)?.into()),
             Some((&FORMAT_1, rest)) => Ok(postcard::from_bytes::<legacy::Record>(rest)?.into()),
             Some((&other, _)) => Err(DecodeError::UnknownFormat(other)),
@@ -284,6 +287,10 @@ pub struct DecisionRecord {
     /// Every offer that passed eligibility, policy and budgets, in catalog order.
     pub candidates: Vec<CandidateRecord>,
     pub suppressed: Option<String>,
+    /// With adaptive models: the learning state its scores read, as the number of
+    /// responses learned before it (`adaptive::Learning::updates`), so that replay scores
+    /// it as it was scored. `None` without models (or in journals before format 4).
+    pub learned: Option<u64>,
 }
 
 impl DecisionRecord {
@@ -441,6 +448,7 @@ impl PendingDecision {
                 })
                 .collect(),
             suppressed: d.suppressed.clone(),
+            learned: d.learned,
         }
     }
 }
@@ -868,7 +876,7 @@ mod tests {
             let context = crate::decide::Context::for_placement(&catalog, placement, vec![]);
             let id = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
             let options = crate::decide::Options::new(id);
-            let decision = crate::decide::decide(
+            let mut decision = crate::decide::decide(
                 &catalog,
                 &state,
                 &context,
@@ -876,6 +884,8 @@ mod tests {
                 1_795_428_000_000,
                 &options,
             );
+            // Every other one names the learning state it read.
+            decision.learned = placement.is_multiple_of(2).then_some(7 + placement as u64);
             let pending =
                 PendingDecision::new(Arc::clone(&catalog), &state, &context.values, decision);
             let record = Record::Decision(Box::new(pending.record()));
@@ -883,6 +893,22 @@ mod tests {
             record.encode(&mut owned);
             Entry::Decision(Box::new(pending)).encode(&mut borrowed);
             assert_eq!(borrowed, owned, "placement {placement}");
+            let mut framed = 5u64.to_le_bytes().to_vec();
+            framed.extend(&owned);
+            assert_eq!(
+                Record::decode(&framed).expect("decodes"),
+                (5, record.clone())
+            );
+            // Format 3 laid a decision out the same but for the last field (postcard's
+            // `None` is one zero byte): it reads as a decision naming no state.
+            if let Record::Decision(d) = &record
+                && d.learned.is_none()
+            {
+                let mut old = 5u64.to_le_bytes().to_vec();
+                old.push(FORMAT_3);
+                old.extend(&owned[1..owned.len() - 1]);
+                assert_eq!(Record::decode(&old).expect("format 3"), (5, record.clone()));
+            }
             assert!(
                 matches!(&record, Record::Decision(d) if d.features.len() > 20 && !d.candidates.is_empty())
             );

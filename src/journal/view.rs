@@ -17,7 +17,7 @@ impl Serialize for Decision<'_> {
         let d = &p.decision;
         let placement = &catalog.placements[d.placement];
         let experiment = d.experiment.map(|e| &catalog.experiments[e]);
-        let mut st = s.serialize_struct("DecisionRecord", 14)?;
+        let mut st = s.serialize_struct("DecisionRecord", 15)?;
         st.serialize_field("id", d.id.as_bytes())?;
         st.serialize_field("at", &d.at)?;
         st.serialize_field("customer", &p.customer.as_deref())?;
@@ -40,6 +40,7 @@ impl Serialize for Decision<'_> {
         })?;
         st.serialize_field("candidates", &Candidates(p))?;
         st.serialize_field("suppressed", &d.suppressed)?;
+        st.serialize_field("learned", &d.learned)?;
         st.end()
     }
 }

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::adaptive::{CellKey, Learning, Weights};
 use crate::catalog::Catalog;
 use crate::decide::{Context, Options, decide};
 use crate::journal::join::{Outcomes, Reward, slot_choices};
@@ -244,6 +245,96 @@ fn target_distributions(
     out
 }
 
+/// A target's recent publications, to score a decision with the learning state it was
+/// scored with (`DecisionRecord::learned`) when outcomes were learned between its
+/// scoring and its record: per learned outcome, the responses learned after it and each
+/// changed cell's weights before it.
+///
+/// It rewinds only once the journal and replay count alike: after a decision that read
+/// exactly the state replay holds at its record (a node restored from a snapshot that did
+/// not keep the count names its states by another count, and is never rewound).
+#[derive(Default)]
+struct Rewind {
+    changes: std::collections::VecDeque<(u64, CellKey, Arc<Weights>)>,
+    aligned: bool,
+}
+
+/// How many changed cells a rewind remembers: far more than race between a decision's
+/// scoring and its record.
+const REWIND: usize = 4096;
+
+/// Cells published back to an earlier state, to publish forward again.
+struct Rewound(Vec<CellKey>);
+
+impl Rewind {
+    fn keep(&mut self, catalog: &Catalog, updates: u64, changed: &[CellKey]) {
+        for cell in changed {
+            let Some(model) = catalog.models.iter().find(|m| m.fingerprint == cell.model) else {
+                continue;
+            };
+            let before = model
+                .published((cell.offer, cell.channel))
+                .unwrap_or_else(|| Arc::new(model.prior().clone()));
+            if self.changes.len() == REWIND {
+                self.changes.pop_front();
+            }
+            self.changes.push_back((updates, *cell, before));
+        }
+    }
+
+    /// Publishes each cell changed after `k` responses as it was then (when what is
+    /// remembered reaches back that far, and the counts are aligned).
+    fn to(&mut self, catalog: &Catalog, learning: &Learning, k: u64) -> Option<Rewound> {
+        let now = learning.updates();
+        if k >= now {
+            self.aligned = k == now;
+            return None;
+        }
+        let reaches = self.changes.len() < REWIND || self.changes.front().is_some_and(|f| f.0 <= k);
+        if !self.aligned || !reaches {
+            return None;
+        }
+        let mut then: HashMap<CellKey, &Arc<Weights>> = HashMap::new();
+        for (after, cell, before) in self.changes.iter().rev() {
+            if *after <= k {
+                break;
+            }
+            // Newest first: the oldest change after `k` has the state as of `k`.
+            then.insert(*cell, before);
+        }
+        let mut cells = Vec::with_capacity(then.len());
+        for (cell, weights) in then {
+            for model in catalog
+                .models
+                .iter()
+                .filter(|m| m.fingerprint == cell.model)
+            {
+                model.publish((cell.offer, cell.channel), (**weights).clone());
+            }
+            cells.push(cell);
+        }
+        Some(Rewound(cells))
+    }
+}
+
+impl Rewound {
+    fn restore(self, catalog: &Catalog, learning: &Learning) {
+        for cell in self.0 {
+            for model in catalog
+                .models
+                .iter()
+                .filter(|m| m.fingerprint == cell.model)
+            {
+                let now = learning
+                    .weights(&cell)
+                    .cloned()
+                    .unwrap_or_else(|| model.prior().clone());
+                model.publish((cell.offer, cell.channel), now);
+            }
+        }
+    }
+}
+
 /// Reads every shown slot of the journal of the data directory `data`, decided at or after `from` and before
 /// `to`, with the rewards joined within `window` ms, under `reference` (whose schema the
 /// attribute values are read in and whose history limits the rebuilt histories keep),
@@ -281,15 +372,17 @@ pub fn read(
     let mut histories: HashMap<String, History> = HashMap::new();
     // Each target's adaptive models learn from the journal's outcomes in its order, as
     // the node's did: a decision is scored by what they had learned before it.
-    let mut learnings: Vec<crate::adaptive::Learning> =
-        targets.iter().map(|_| Default::default()).collect();
+    let mut learnings: Vec<Learning> = targets.iter().map(|_| Default::default()).collect();
+    let mut rewinds: Vec<Rewind> = targets.iter().map(|_| Rewind::default()).collect();
     let empty = History::default();
     let mut reader = Reader::open(dir, Position::default())?;
     while let Some((_, _, record)) = reader.next_record()? {
         let d = match record {
             Record::Outcome(o) => {
-                for (t, learning) in targets.iter().zip(&mut learnings) {
+                for ((t, learning), rewind) in targets.iter().zip(&mut learnings).zip(&mut rewinds)
+                {
                     let learned = t.catalog.learn(learning, &o.response());
+                    rewind.keep(&t.catalog, learning.updates(), &learned.changed);
                     learning.publish(&t.catalog.models, &learned.changed);
                 }
                 if let (Some(customer), Some(channel)) = (&o.customer, &o.channel) {
@@ -328,14 +421,27 @@ pub fn read(
             .collect();
         let per_target: Vec<_> = targets
             .iter()
-            .map(|t| {
-                target_distributions(
+            .zip(&learnings)
+            .zip(&mut rewinds)
+            .map(|((t, learning), rewind)| {
+                // The logging catalog scores the decision with the learning state the
+                // node scored it with, not with what was learned between its scoring
+                // and its record.
+                let back = d
+                    .learned
+                    .filter(|_| *t.catalog.version == *d.catalog_version)
+                    .and_then(|k| rewind.to(&t.catalog, learning, k));
+                let distributions = target_distributions(
                     &t.catalog,
                     &d,
                     history,
                     &shown[..shown.len() - 1],
                     &mut log.offers,
-                )
+                );
+                if let Some(back) = back {
+                    back.restore(&t.catalog, learning);
+                }
+                distributions
             })
             .collect();
         let customer_values = values(&d.features, "customer.", &reference.schema.customer);

@@ -97,7 +97,9 @@ impl Service {
                         ..CustomerState::default()
                     });
                 state.merge(&catalog.schema, values.to_vec());
-                let d = decide::decide(catalog, &state, &context, placement, at, &options);
+                let d = db.decide_consistent(catalog, || {
+                    decide::decide(catalog, &state, &context, placement, at, &options)
+                });
                 let out = reply(&state, &d);
                 let logged = db.log_decision(catalog, &state, &context, d);
                 db.count_unlogged(logged.err());

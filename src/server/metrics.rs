@@ -588,7 +588,7 @@ struct ModelFigures {
 
 /// Name, help, type and labels of each family, in the order `ModelFigures::collect`
 /// builds them.
-const MODEL_FIGURES: [(&str, &str, MetricType, &[&str]); 8] = [
+const MODEL_FIGURES: [(&str, &str, MetricType, &[&str]); 9] = [
     (
         "nextbest_model_responses",
         "Responses an adaptive model learned for an offer (positive and negative).",
@@ -630,6 +630,12 @@ const MODEL_FIGURES: [(&str, &str, MetricType, &[&str]); 8] = [
         "Outcomes the node's adaptive models learned as positive or negative, or skipped (the decision's values unknown, after the window, or no room to wait), since it opened (replay included).",
         MetricType::COUNTER,
         &["result"],
+    ),
+    (
+        "nextbest_model_unnamed_decisions_total",
+        "Decisions with adaptive models whose scores read weights published meanwhile, several times running, and that went logged without naming the learning state they read (replay then scores them with the state at their record).",
+        MetricType::COUNTER,
+        &[],
     ),
     (
         "nextbest_retrain_attempts_total",
@@ -719,6 +725,11 @@ impl prometheus::core::Collector for ModelFigures {
             .iter()
             .map(|(r, n)| labelled(&[("result", r)], *n as f64, false))
             .collect(),
+            vec![labelled(
+                &[],
+                self.node.db().unnamed_decisions() as f64,
+                false,
+            )],
             super::Retrained::ALL
                 .iter()
                 .map(|&(r, name)| {

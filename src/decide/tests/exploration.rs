@@ -367,6 +367,7 @@ proptest::proptest! {
             candidates: candidates.clone(),
             suppressed: None,
             explanation: None,
+            learned: None,
         };
         let options = Options::new(Uuid::from_u128(1));
         arbitrate(&catalog, &catalog.placements[0], &mut decision, &options, draw);
