@@ -233,8 +233,8 @@ impl Db {
     /// Runs `decide` (a pure decision) so that its scores read one published learning
     /// state, and says which (`Decision::learned`: the responses learned before it): with
     /// adaptive models, a decision during which weights were published is made again
-    /// (the same draws: it is the same decision, scored anew), at most a few times; past
-    /// that it goes unnamed (`None`). Without models, `decide` as it is.
+    /// (the same draws: it is the same decision, scored anew), at most three times more;
+    /// past that it goes unnamed (`None`). Without models, `decide` as it is.
     pub fn decide_consistent(
         &self,
         catalog: &Catalog,
@@ -245,7 +245,16 @@ impl Db {
         }
         let mut decision = None;
         for _ in 0..4 {
-            let before = self.published.load(Ordering::Acquire);
+            let mut before = self.published.load(Ordering::Acquire);
+            // Weights being published: a few hundred nanoseconds; wait rather than
+            // score with them half done.
+            for _ in 0..10_000 {
+                if before & 1 == 0 {
+                    break;
+                }
+                std::hint::spin_loop();
+                before = self.published.load(Ordering::Acquire);
+            }
             let mut d = decide();
             std::sync::atomic::fence(Ordering::Acquire);
             let after = self.published.load(Ordering::Relaxed);

@@ -26,9 +26,11 @@ use crate::decide::Decision;
 use crate::schema::{EntitySchema, EventKind, Feature, Value};
 use crate::storage::{Damage, Encode, Position, SegmentReader, segment};
 
-/// The format byte in front of every record written now.
+/// The format byte in front of every decision written now.
 const FORMAT: u8 = 4;
-/// Format 3: a decision did not say which learning state it read; still read.
+/// Format 3: a decision did not say which learning state it read; still read, and still
+/// written for the other records, whose layout format 4 left as it was (so that nodes of
+/// the version before, in a cluster being upgraded, go on applying them).
 const FORMAT_3: u8 = 3;
 /// Format 2: an outcome carried no inputs for adaptive models either; still read.
 const FORMAT_2: u8 = 2;
@@ -193,7 +195,10 @@ pub enum DecodeError {
 
 impl Encode for Record {
     fn encode(&self, out: &mut Vec<u8>) {
-        out.push(FORMAT);
+        out.push(match self {
+            Record::Decision(_) => FORMAT,
+            _ => FORMAT_3,
+        });
         // Serializing these plain structs into a Vec cannot fail: every sequence has a
         // known length and the writer has no size limit.
         let bytes = postcard::to_extend(self, std::mem::take(out));
@@ -843,6 +848,9 @@ mod tests {
         };
         let mut encoded = Vec::new();
         Entry::Record(Record::Outcome(now.clone())).encode(&mut encoded);
+        // Its layout is format 3's still, and written so: a node of the version before
+        // applies it.
+        assert_eq!(encoded[0], FORMAT_3);
         let mut framed = 9u64.to_le_bytes().to_vec();
         framed.extend(encoded);
         assert_eq!(
@@ -899,15 +907,20 @@ mod tests {
                 Record::decode(&framed).expect("decodes"),
                 (5, record.clone())
             );
-            // Format 3 laid a decision out the same but for the last field (postcard's
-            // `None` is one zero byte): it reads as a decision naming no state.
+            // Formats 3 and 2 laid a decision out the same but for the last field
+            // (postcard's `None` is one zero byte): it reads as a decision naming no state.
             if let Record::Decision(d) = &record
                 && d.learned.is_none()
             {
-                let mut old = 5u64.to_le_bytes().to_vec();
-                old.push(FORMAT_3);
-                old.extend(&owned[1..owned.len() - 1]);
-                assert_eq!(Record::decode(&old).expect("format 3"), (5, record.clone()));
+                for format in [FORMAT_3, FORMAT_2] {
+                    let mut old = 5u64.to_le_bytes().to_vec();
+                    old.push(format);
+                    old.extend(&owned[1..owned.len() - 1]);
+                    assert_eq!(
+                        Record::decode(&old).expect("formats 3 and 2"),
+                        (5, record.clone())
+                    );
+                }
             }
             assert!(
                 matches!(&record, Record::Decision(d) if d.features.len() > 20 && !d.candidates.is_empty())

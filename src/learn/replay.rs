@@ -250,13 +250,18 @@ fn target_distributions(
 /// scoring and its record: per learned outcome, the responses learned after it and each
 /// changed cell's weights before it.
 ///
-/// It rewinds only once the journal and replay count alike: after a decision that read
-/// exactly the state replay holds at its record (a node restored from a snapshot that did
-/// not keep the count names its states by another count, and is never rewound).
+/// It rewinds only once the journal and replay count alike: after a decision of the same
+/// catalog version that read exactly the state replay holds at its record (a node
+/// restored from a snapshot that did not keep the count names its states by another
+/// count, and is never rewound), and only to a state replay passed through.
 #[derive(Default)]
 struct Rewind {
-    changes: std::collections::VecDeque<(u64, CellKey, Arc<Weights>)>,
+    /// Per cell changed: the responses learned before and after the outcome that changed
+    /// it, and its weights before.
+    changes: std::collections::VecDeque<(u64, u64, CellKey, Arc<Weights>)>,
     aligned: bool,
+    /// The catalog version of the last decision seen: another one (a reload) aligns anew.
+    version: String,
 }
 
 /// How many changed cells a rewind remembers: far more than race between a decision's
@@ -267,7 +272,12 @@ const REWIND: usize = 4096;
 struct Rewound(Vec<CellKey>);
 
 impl Rewind {
-    fn keep(&mut self, catalog: &Catalog, updates: u64, changed: &[CellKey]) {
+    fn keep(
+        &mut self,
+        catalog: &Catalog,
+        (before_count, updates): (u64, u64),
+        changed: &[CellKey],
+    ) {
         for cell in changed {
             let Some(model) = catalog.models.iter().find(|m| m.fingerprint == cell.model) else {
                 continue;
@@ -278,24 +288,38 @@ impl Rewind {
             if self.changes.len() == REWIND {
                 self.changes.pop_front();
             }
-            self.changes.push_back((updates, *cell, before));
+            self.changes
+                .push_back((before_count, updates, *cell, before));
         }
     }
 
     /// Publishes each cell changed after `k` responses as it was then (when what is
     /// remembered reaches back that far, and the counts are aligned).
-    fn to(&mut self, catalog: &Catalog, learning: &Learning, k: u64) -> Option<Rewound> {
+    fn to(
+        &mut self,
+        catalog: &Catalog,
+        learning: &Learning,
+        d: &DecisionRecord,
+        k: u64,
+    ) -> Option<Rewound> {
+        if self.version != d.catalog_version {
+            self.version.clone_from(&d.catalog_version);
+            self.aligned = false;
+        }
         let now = learning.updates();
         if k >= now {
             self.aligned = k == now;
             return None;
         }
-        let reaches = self.changes.len() < REWIND || self.changes.front().is_some_and(|f| f.0 <= k);
-        if !self.aligned || !reaches {
+        // `k` must be a state replay passed through (between two outcomes it learned),
+        // and still remembered.
+        let passed = self.changes.iter().any(|c| c.0 == k || c.1 == k);
+        let reaches = self.changes.len() < REWIND || self.changes.front().is_some_and(|f| f.1 <= k);
+        if !self.aligned || !passed || !reaches {
             return None;
         }
         let mut then: HashMap<CellKey, &Arc<Weights>> = HashMap::new();
-        for (after, cell, before) in self.changes.iter().rev() {
+        for (_, after, cell, before) in self.changes.iter().rev() {
             if *after <= k {
                 break;
             }
@@ -381,8 +405,9 @@ pub fn read(
             Record::Outcome(o) => {
                 for ((t, learning), rewind) in targets.iter().zip(&mut learnings).zip(&mut rewinds)
                 {
+                    let before = learning.updates();
                     let learned = t.catalog.learn(learning, &o.response());
-                    rewind.keep(&t.catalog, learning.updates(), &learned.changed);
+                    rewind.keep(&t.catalog, (before, learning.updates()), &learned.changed);
                     learning.publish(&t.catalog.models, &learned.changed);
                 }
                 if let (Some(customer), Some(channel)) = (&o.customer, &o.channel) {
@@ -430,7 +455,7 @@ pub fn read(
                 let back = d
                     .learned
                     .filter(|_| *t.catalog.version == *d.catalog_version)
-                    .and_then(|k| rewind.to(&t.catalog, learning, k));
+                    .and_then(|k| rewind.to(&t.catalog, learning, &d, k));
                 let distributions = target_distributions(
                     &t.catalog,
                     &d,
